@@ -1,0 +1,210 @@
+"""The validated configuration, as plain frozen dataclasses.
+
+`minisft.config.loader` turns YAML into these (naming the bad key and its line on error);
+everything else only ever sees these types. Durations are float seconds. Defaults follow
+the original script (LooksAlive every 3 s, 3 retries, 1 s timeout; IsAlive every 10 s).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+DEFAULT_CONFIG_PATH = Path("/etc/minisft/minisft.yaml")
+DEFAULT_CONTROL_SOCKET = Path("/run/minisft/minisft.sock")
+DEFAULT_STATE_DIR = Path("/var/lib/minisft")
+
+
+class Role(str, Enum):
+    PRIMARY = "primary"
+    BACKUP = "backup"
+
+
+class FallbackMode(str, Enum):
+    MANUAL = "manual"
+    AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class LooksAliveConfig:
+    """ICMP echo to the watched address. A miss is backed up by an ARP/NDP probe."""
+
+    interval: float = 3.0
+    retry: int = 3
+    timeout: float = 1.0
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    """One IsAlive check. `type` is http, https, tcp, tls, command, python or always.
+
+    `params` holds the type's own keys (validated by the loader against the check's schema),
+    e.g. {"url": "http://{address}/health", "expect_status": 200} for http. The placeholder
+    `{address}` is replaced by the address under test (service address or peer_ip).
+    """
+
+    type: str = "always"
+    timeout: float = 5.0
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class IsAliveConfig:
+    interval: float = 10.0
+    retry: int = 2  # consecutive failures before the service_dead alarm
+    check: CheckConfig = field(default_factory=CheckConfig)
+    on_holder: bool = False  # the node holding the address also checks its own service
+
+    @property
+    def enabled(self) -> bool:
+        return self.check.type != "always"
+
+
+@dataclass(frozen=True)
+class FallbackConfig:
+    mode: FallbackMode = FallbackMode.MANUAL
+    hold_down: float = 60.0  # peer must pass continuously this long before auto fallback
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """RFC 5227 ARP probe / IPv6 DAD-style NS before binding.
+
+    The RFC's 1-2 s spacing is for hosts configuring themselves at boot; on a failover path
+    we use LAN-scale spacing, and the probe runs while LooksAlive retries, so it adds little.
+    """
+
+    count: int = 3
+    interval: float = 0.05
+
+    @property
+    def duration(self) -> float:
+        return self.count * self.interval
+
+
+@dataclass(frozen=True)
+class AnnounceConfig:
+    """Gratuitous ARP / unsolicited NA after binding, and periodic refresh while holding."""
+
+    count: int = 3
+    interval: float = 0.1
+    refresh: float = 10.0  # 0 disables the periodic refresh
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    name: str
+    address: IPInterface  # monitor_ip with monitor_subnet
+    role: Role
+    peer_ip: IPAddress | None = None
+    looksalive: LooksAliveConfig = field(default_factory=LooksAliveConfig)
+    isalive: IsAliveConfig = field(default_factory=IsAliveConfig)
+    fallback: FallbackConfig = field(default_factory=FallbackConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    announce: AnnounceConfig = field(default_factory=AnnounceConfig)
+
+    @property
+    def ip(self) -> IPAddress:
+        return self.address.ip
+
+    @property
+    def detection_time(self) -> float:
+        """Worst case from the last answered ping to a takeover decision."""
+        return self.looksalive.interval + self.looksalive.retry * self.looksalive.timeout
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    name: str
+    local_ip: IPAddress
+    release_on_stop: bool = True  # SIGTERM releases the addresses this daemon holds
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "info"
+    syslog: bool = True
+    syslog_socket: Path = Path("/dev/log")
+    syslog_facility: str = "daemon"
+
+
+@dataclass(frozen=True)
+class SnmpTargetConfig:
+    host: str
+    port: int = 162
+    version: str = "2c"  # "2c" or "3"
+    type: str = "trap"  # "trap" or "inform"
+    community: str | None = None
+    user: str | None = None
+    auth_protocol: str = "sha256"
+    priv_protocol: str = "aes128"
+    auth_key: str | None = None  # resolved from auth_key_file / environment by the loader
+    priv_key: str | None = None
+    kinds: tuple[str, ...] = ()  # empty: every kind
+    min_severity: str = "debug"
+    timeout: float = 2.0
+    retries: int = 2
+
+
+@dataclass(frozen=True)
+class AppriseConfig:
+    urls: tuple[str, ...] = ()  # secrets resolved by the loader; never logged
+    config_file: Path | None = None
+    kinds: tuple[str, ...] = ()
+    min_severity: str = "debug"
+    title: str = "[MiniSFT {severity}] {node}: {kind} {monitor}"
+    body: str = "{reason}\n\nnode={node} monitor={monitor} address={address} state={state}"
+
+
+@dataclass(frozen=True)
+class AlertingConfig:
+    snmp_targets: tuple[SnmpTargetConfig, ...] = ()
+    apprise: AppriseConfig | None = None
+    prometheus_listen: str | None = None  # "127.0.0.1:9523"
+    queue_size: int = 1000  # per sink, in memory; the journal is the durable spool
+    max_backlog: int = 100_000  # per sink; older undelivered events are skipped and counted
+
+
+@dataclass(frozen=True)
+class PoolMemberConfig:
+    name: str
+    ip: IPAddress
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    name: str
+    members: tuple[PoolMemberConfig, ...]
+    addresses: tuple[IPInterface, ...]
+    key: bytes | None = None  # from key_file; never logged
+    looksalive: LooksAliveConfig = field(default_factory=LooksAliveConfig)
+    watch: str = "all"  # "neighbour" or "all"
+    preferred: dict[str, str] = field(default_factory=dict)  # address -> member name
+    fallback: FallbackConfig = field(default_factory=FallbackConfig)
+    witness: IPAddress | None = None
+    port: int = 7404
+
+
+@dataclass(frozen=True)
+class Config:
+    node: NodeConfig
+    monitors: tuple[MonitorConfig, ...] = ()
+    pools: tuple[PoolConfig, ...] = ()
+    control_socket: Path = DEFAULT_CONTROL_SOCKET
+    state_dir: Path = DEFAULT_STATE_DIR
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    alerting: AlertingConfig = field(default_factory=AlertingConfig)
+    source: Path | None = None  # the file this was loaded from
+
+    def monitor(self, name: str) -> MonitorConfig:
+        for m in self.monitors:
+            if m.name == name:
+                return m
+        raise KeyError(name)

@@ -1,0 +1,158 @@
+"""Inputs to and actions from the failover core. Plain data: no behaviour, no I/O.
+
+The runtime turns the world into inputs (probe results, admin commands, clock ticks) and
+carries out the actions (probe, bind, release, announce, emit). Results of actions carry
+the `token` of the action they answer, so a result that arrives after the machine moved on
+is recognised as stale and ignored rather than misapplied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from minisft.core.events import Notice
+
+# ---------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class Started:
+    """The runtime looked at the interface: is the address already bound here?"""
+
+    address_bound: bool
+
+
+@dataclass(frozen=True)
+class PingResult:
+    """LooksAlive: one ICMP echo to the service address."""
+
+    ok: bool
+    rtt: float | None = None  # seconds
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class ServiceResult:
+    """IsAlive: one service check against the service address."""
+
+    ok: bool
+    latency: float | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class PeerPingResult:
+    """LooksAlive against `peer_ip`, the primary's own host, watched for fallback."""
+
+    ok: bool
+    rtt: float | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class PeerServiceResult:
+    ok: bool
+    latency: float | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class ProbeDone:
+    """An ARP probe (IPv4) or DAD-style neighbour solicitation (IPv6) finished.
+
+    `answered_by` is the link-layer address that answered for the address, or None when
+    nobody did. A probe that gets an answer reports at once, without waiting out its rounds.
+    """
+
+    token: int
+    answered_by: str | None
+
+
+@dataclass(frozen=True)
+class BindDone:
+    token: int
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ConflictSeen:
+    """While holding: another host announced or answered for our address."""
+
+    mac: str
+
+
+@dataclass(frozen=True)
+class LinkChanged:
+    up: bool
+
+
+@dataclass(frozen=True)
+class AddressVanished:
+    """While holding: the address is no longer on the interface (removed by someone)."""
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Time passed. Timers (hold-down, refresh, grace) are evaluated on ticks."""
+
+
+class Verb(str, Enum):
+    RELEASE = "release"
+    CLAIM = "claim"
+    PAUSE = "pause"
+    RESUME = "resume"
+
+
+@dataclass(frozen=True)
+class Command:
+    verb: Verb
+    by: str = "cli"
+
+
+Input = (
+    Started | PingResult | ServiceResult | PeerPingResult | PeerServiceResult | ProbeDone
+    | BindDone | ConflictSeen | LinkChanged | AddressVanished | Tick | Command
+)
+
+# ---------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True)
+class StartProbe:
+    """Send `count` probes `interval` apart; report ProbeDone(token, ...) at the first
+    answer or `interval` after the last probe. Replaces any probe still running."""
+
+    token: int
+    count: int
+    interval: float
+
+
+@dataclass(frozen=True)
+class CancelProbe:
+    token: int
+
+
+@dataclass(frozen=True)
+class Bind:
+    """Add the address with its prefix on the local interface, then announce it."""
+
+    token: int
+
+
+@dataclass(frozen=True)
+class Release:
+    """Remove the address from the local interface (no error if it is already gone)."""
+
+
+@dataclass(frozen=True)
+class Announce:
+    """Gratuitous ARP / unsolicited NA for the address, `announce.count` times."""
+
+
+@dataclass(frozen=True)
+class Emit:
+    notice: Notice
+
+
+Action = StartProbe | CancelProbe | Bind | Release | Announce | Emit

@@ -1,0 +1,801 @@
+"""The failover decision for one service address, as a pure state machine.
+
+No I/O and no clock of its own: `handle(input, now)` takes one input and the monotonic time,
+changes state and returns the actions to carry out. The runtime, the tests and the
+benchmarks drive the very same object.
+
+States (what this node does about the address):
+
+    STARTING  -- waiting for the runtime's first look at the interface
+    WATCHING  -- the address is (or should be) held elsewhere; LooksAlive pings it
+    PROBING   -- about to bind: an ARP/NDP probe checks nobody answers for it
+    BINDING   -- the runtime binds and announces it
+    HOLDING   -- the address is bound here
+
+Which input is legal in which state is the table `TRANSITIONS`; anything else raises
+`IllegalInput`. Admin commands that do not apply raise `CommandRefused` with a reason the
+CLI shows. The rules that decide, each with the reason string its event carries:
+
+* LooksAlive: an ICMP miss starts an ARP/NDP probe at once. Any answer from the holder
+  (ICMP or ARP) proves it alive and resets the count, so one lost ping can never cause a
+  takeover; `retry` consecutive misses with no ARP answer declare the address down.
+* Takeover binds only after a complete probe round found nobody answering. If someone
+  answers, the node does not bind and raises `address_conflict`.
+* No takeover while this node's own link is down, while paused, or during the grace
+  period after an automatic fallback (the primary is claiming the address then).
+* Two holders: a holder whose link went down since it bound re-probes when the link
+  returns and yields to a holder that answers. Two holders that both stayed connected:
+  the `primary` keeps the address and re-announces, the `backup` yields.
+* Automatic fallback (backup role only): release once `peer_ip` passed LooksAlive (and
+  IsAlive, when configured) continuously for `hold_down`; any miss restarts the hold-down.
+  If the primary does not claim the address after a fallback, the backup takes it again
+  and suspends automatic fallback until the peer has been down and back, so a broken
+  primary cannot make the address ping-pong.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Callable
+
+from minisft.config.model import FallbackMode, MonitorConfig, Role
+from minisft.core.events import EventKind, Notice
+from minisft.core.io import (
+    Action,
+    AddressVanished,
+    Announce,
+    Bind,
+    BindDone,
+    CancelProbe,
+    Command,
+    ConflictSeen,
+    Emit,
+    Input,
+    LinkChanged,
+    PeerPingResult,
+    PeerServiceResult,
+    PingResult,
+    ProbeDone,
+    Release,
+    ServiceResult,
+    Started,
+    StartProbe,
+    Tick,
+    Verb,
+)
+
+
+class State(str, Enum):
+    STARTING = "starting"
+    WATCHING = "watching"
+    PROBING = "probing"
+    BINDING = "binding"
+    HOLDING = "holding"
+
+
+class Purpose(str, Enum):
+    """Why the machine is probing/binding: decides the event and what a refusal means."""
+
+    TAKEOVER = "takeover"
+    CLAIM = "claim"
+    STARTUP = "startup"
+    REPROBE = "reprobe"
+
+
+class Health(str, Enum):
+    UNKNOWN = "unknown"
+    UP = "up"
+    DEGRADED = "degraded"  # ICMP unanswered but the holder answers ARP/NDP
+    DOWN = "down"
+
+
+class IllegalInput(RuntimeError):
+    """An input arrived that the current state cannot receive: a bug in the caller."""
+
+
+class CommandRefused(Exception):
+    """An admin command that does not apply now; the message says why, for the CLI."""
+
+
+# Conflicts while holding are re-announced at most this often (RFC 5227 DEFEND_INTERVAL
+# is 10 s; we re-announce faster but report one conflict per quiet period).
+DEFEND_SPACING = 1.0
+CONFLICT_QUIET = 10.0
+
+
+@dataclass
+class LooksAliveStatus:
+    health: Health = Health.UNKNOWN
+    misses: int = 0  # consecutive misses not covered by an ARP/NDP answer
+    icmp_misses: int = 0  # consecutive ICMP misses, whatever ARP said
+    last_rtt: float | None = None
+    last_ok_at: float | None = None
+    sent: int = 0
+    lost: int = 0
+
+
+@dataclass
+class ServiceStatus:
+    failures: int = 0
+    dead: bool = False
+    last_ok: bool | None = None
+    last_latency: float | None = None
+    detail: str = ""
+
+
+@dataclass
+class PeerStatus:
+    health: Health = Health.UNKNOWN
+    misses: int = 0
+    last_rtt: float | None = None
+    service_ok: bool | None = None
+    up_since: float | None = None  # start of the current continuous healthy stretch
+
+
+@dataclass
+class Counters:
+    takeovers: int = 0
+    claims: int = 0
+    releases: int = 0
+    fallbacks: int = 0
+    yields: int = 0
+    conflicts: int = 0
+    service_alarms: int = 0
+
+
+@dataclass
+class MonitorMachine:
+    config: MonitorConfig
+    now: float
+    state: State = State.STARTING
+    reason: str = "starting: looking at the interface"
+    purpose: Purpose | None = None
+    paused: bool = False
+    link_up: bool = True
+    cut_off: bool = False  # link went down while holding: re-probe before trusting it
+    conflict_open: bool = False
+    holder_mac: str | None = None
+    looks: LooksAliveStatus = field(default_factory=LooksAliveStatus)
+    service: ServiceStatus = field(default_factory=ServiceStatus)
+    peer: PeerStatus = field(default_factory=PeerStatus)
+    counters: Counters = field(default_factory=Counters)
+    last_change: float = 0.0
+    _token: int = 0
+    _probe_token: int | None = None
+    _bind_token: int | None = None
+    _clear_rounds: int = 0  # complete probe rounds without answer since suspicion began
+    _takeover_not_before: float = 0.0
+    _fallback_at: float | None = None
+    _fallback_suspended: bool = False
+    _last_conflict_at: float = 0.0
+    _last_defend_at: float = -1e9
+    _next_refresh_at: float = 0.0
+    _pending: list[Action] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.last_change = self.now
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def handle(self, event: Input, now: float) -> list[Action]:
+        """Feed one input; return the actions to carry out, in order."""
+        handlers = TRANSITIONS[self.state]
+        kind = type(event)
+        if kind not in handlers:
+            raise IllegalInput(f"{self.name}: {kind.__name__} cannot happen in state {self.state.value}")
+        self.now = now
+        self._pending = []
+        handler = handlers[kind]
+        if handler is not None:
+            handler(self, event)
+        out, self._pending = self._pending, []
+        return out
+
+    @property
+    def wants_looksalive(self) -> bool:
+        """Should the runtime ping the service address now?"""
+        if self.paused or not self.link_up:
+            return False
+        return self.state is State.WATCHING or (
+            self.state is State.PROBING and self.purpose is Purpose.TAKEOVER
+        )
+
+    def next_ping_delay(self, elapsed: float) -> float:
+        """Seconds from now to the next ping, given how long the last one took.
+
+        After a miss the next ping goes out at once: retries are back to back, so detection
+        takes about `interval + retry * timeout`, not `retry * interval`.
+        """
+        if self.looks.icmp_misses > 0 and self.looks.misses > 0:
+            return 0.0
+        return max(0.0, self.config.looksalive.interval - elapsed)
+
+    @property
+    def wants_isalive(self) -> bool:
+        if self.paused or not self.config.isalive.enabled or not self.link_up:
+            return False
+        if self.state is State.WATCHING:
+            return self.looks.health is Health.UP
+        return self.state is State.HOLDING and self.config.isalive.on_holder
+
+    @property
+    def wants_peer_watch(self) -> bool:
+        """Ping `peer_ip` (the primary's host) while this backup holds its address."""
+        return (
+            not self.paused
+            and self.link_up
+            and self.config.peer_ip is not None
+            and self.config.role is Role.BACKUP
+            and self.state is State.HOLDING
+        )
+
+    @property
+    def wants_peer_isalive(self) -> bool:
+        return (
+            self.wants_peer_watch
+            and self.config.isalive.enabled
+            and self.config.fallback.mode is FallbackMode.AUTO
+            and self.peer.health is Health.UP
+        )
+
+    @property
+    def holds(self) -> bool:
+        return self.state is State.HOLDING or (
+            self.state is State.PROBING and self.purpose is Purpose.REPROBE
+        )
+
+    @property
+    def holder(self) -> str:
+        """Who holds the address, as far as this node knows: self, other, none, unknown."""
+        if self.holds:
+            return "self"
+        if self.looks.health in (Health.UP, Health.DEGRADED) or self.conflict_open:
+            return "other"
+        if self.looks.health is Health.DOWN:
+            return "none"
+        return "unknown"
+
+    @property
+    def fallback_grace(self) -> float:
+        """After an automatic fallback, how long the primary gets to claim the address."""
+        return 2 * self.config.detection_time + self.config.probe.duration + 1.0
+
+    def snapshot(self) -> dict[str, Any]:
+        """The monitor's state for `minisft status --json`, check_minisft and SNMP."""
+        c = self.config
+        return {
+            "name": c.name,
+            "address": str(c.ip),
+            "prefixlen": c.address.network.prefixlen,
+            "role": c.role.value,
+            "state": self.state.value,
+            "purpose": self.purpose.value if self.purpose else None,
+            "paused": self.paused,
+            "holder": self.holder,
+            "holder_mac": self.holder_mac,
+            "reason": self.reason,
+            "link_up": self.link_up,
+            "conflict_open": self.conflict_open,
+            "seconds_since_change": round(max(0.0, self.now - self.last_change), 3),
+            "looksalive": {
+                "health": self.looks.health.value,
+                "misses": self.looks.misses,
+                "icmp_misses": self.looks.icmp_misses,
+                "rtt_ms": _ms(self.looks.last_rtt),
+                "sent": self.looks.sent,
+                "lost": self.looks.lost,
+            },
+            "isalive": {
+                "enabled": c.isalive.enabled,
+                "check": c.isalive.check.type,
+                "ok": self.service.last_ok,
+                "dead": self.service.dead,
+                "latency_ms": _ms(self.service.last_latency),
+                "detail": self.service.detail,
+            },
+            "peer": {
+                "ip": str(c.peer_ip) if c.peer_ip else None,
+                "health": self.peer.health.value,
+                "rtt_ms": _ms(self.peer.last_rtt),
+                "up_for": round(self.now - self.peer.up_since, 3)
+                if self.peer.up_since is not None else None,
+                "fallback": c.fallback.mode.value,
+                "hold_down": c.fallback.hold_down,
+                "auto_fallback_suspended": self._fallback_suspended,
+            },
+            "counters": dict(vars(self.counters)),
+        }
+
+    # ------------------------------------------------------------------ helpers
+
+    def _go(self, state: State, reason: str, purpose: Purpose | None = None) -> None:
+        if state is not self.state:
+            self.last_change = self.now
+        self.state = state
+        self.purpose = purpose
+        self.reason = reason
+
+    def _do(self, *actions: Action) -> None:
+        self._pending.extend(actions)
+
+    def _emit(self, kind: EventKind, reason: str, **details: Any) -> None:
+        state = self.state.value + (" (paused)" if self.paused else "")
+        self._do(Emit(Notice(kind=kind, reason=reason, monitor=self.name,
+                             address=str(self.config.ip), state=state, details=details)))
+
+    def _next_token(self) -> int:
+        self._token += 1
+        return self._token
+
+    def _start_probe(self) -> None:
+        token = self._next_token()
+        self._probe_token = token
+        p = self.config.probe
+        self._do(StartProbe(token, p.count, p.interval))
+
+    def _cancel_probe(self) -> None:
+        if self._probe_token is not None:
+            self._do(CancelProbe(self._probe_token))
+            self._probe_token = None
+        self._clear_rounds = 0
+
+    def _bind(self, purpose: Purpose, reason: str) -> None:
+        self._cancel_probe()
+        token = self._next_token()
+        self._bind_token = token
+        self._go(State.BINDING, reason, purpose)
+        self._do(Bind(token))
+
+    def _reset_looks(self) -> None:
+        self.looks.misses = 0
+        self.looks.icmp_misses = 0
+        self.looks.health = Health.UNKNOWN
+
+    def _to_watching(self, reason: str) -> None:
+        self._cancel_probe()
+        self._reset_looks()
+        self.peer = PeerStatus()
+        self._go(State.WATCHING, reason)
+
+    # ------------------------------------------------------------------ start-up
+
+    def _on_started(self, ev: Started) -> None:
+        if ev.address_bound:
+            self._go(State.HOLDING, "address was already on the interface: adopted it")
+            self._next_refresh_at = self.now + self.config.announce.refresh
+            self._emit(EventKind.ADOPTED, "address already bound here at start-up: adopted "
+                       "without an outage and announced again")
+            self._do(Announce())
+        elif self.config.role is Role.PRIMARY:
+            self._go(State.PROBING, "primary starting: probing before binding", Purpose.STARTUP)
+            self._start_probe()
+        else:
+            self._go(State.WATCHING, "backup: watching the address")
+
+    # ------------------------------------------------------------------ LooksAlive
+
+    def _on_ping(self, ev: PingResult) -> None:
+        if not self.wants_looksalive:
+            return  # a result that was in flight when we paused or bound
+        looks = self.looks
+        looks.sent += 1
+        if ev.ok:
+            was = looks.health
+            looks.misses = looks.icmp_misses = 0
+            looks.last_rtt, looks.last_ok_at = ev.rtt, self.now
+            looks.health = Health.UP
+            self._cancel_probe()
+            if self.state is State.PROBING:
+                self._go(State.WATCHING, "address answers ping again: no takeover")
+            if was is not Health.UP:
+                self.reason = "address answers ping: held elsewhere, watching it"
+                what = "again" if was in (Health.DOWN, Health.DEGRADED) else "(held elsewhere)"
+                self._emit(EventKind.LOOKSALIVE_UP, f"answers ping {what}, rtt "
+                           f"{_ms(ev.rtt)} ms", rtt_ms=_ms(ev.rtt))
+            if self.conflict_open:
+                self.conflict_open = False
+                self._emit(EventKind.CONFLICT_CLEARED, "address answers ping again")
+            return
+        looks.lost += 1
+        looks.misses += 1
+        looks.icmp_misses += 1
+        if self._probe_token is None:
+            self._start_probe()  # ask ARP/NDP whether the holder is still there
+        if self.state is State.WATCHING:
+            self._consider_takeover()
+
+    def _consider_takeover(self) -> None:
+        """WATCHING with misses: decide whether LooksAlive has failed and we may bind."""
+        la = self.config.looksalive
+        if self.looks.misses < la.retry:
+            return
+        if self.looks.health is not Health.DOWN:
+            self.looks.health = Health.DOWN
+            self.reason = f"no answer to {self.looks.misses} pings nor to ARP/NDP"
+            self._emit(EventKind.LOOKSALIVE_DOWN,
+                       f"no answer to {self.looks.misses} consecutive pings "
+                       f"(interval {la.interval:g}s, timeout {la.timeout:g}s) nor to ARP/NDP",
+                       misses=self.looks.misses)
+        if not self.link_up or self.paused:
+            return
+        if self.now < self._takeover_not_before:
+            self.reason = "address down, but the primary was just handed it: waiting"
+            return
+        if self._clear_rounds >= 1:
+            self._bind(Purpose.TAKEOVER, "taking over: nobody answered pings or probes")
+        else:
+            self._go(State.PROBING, "taking over: last probe round before binding",
+                     Purpose.TAKEOVER)
+
+    def _on_probe_done(self, ev: ProbeDone) -> None:
+        if ev.token != self._probe_token:
+            return  # stale: cancelled or superseded
+        self._probe_token = None
+        if self.state is State.WATCHING:
+            self._probe_while_watching(ev)
+        elif self.state is State.PROBING:
+            self._probe_finished(ev)
+
+    def _probe_while_watching(self, ev: ProbeDone) -> None:
+        looks = self.looks
+        if ev.answered_by is not None:
+            # The holder answers ARP/NDP: it is alive, whatever ICMP says.
+            self.holder_mac = ev.answered_by
+            looks.misses = 0
+            self._clear_rounds = 0
+            if looks.icmp_misses >= 2 * self.config.looksalive.retry and \
+                    looks.health is not Health.DEGRADED:
+                looks.health = Health.DEGRADED
+                self._emit(EventKind.LOOKSALIVE_DEGRADED,
+                           f"{looks.icmp_misses} pings unanswered, but {ev.answered_by} "
+                           "answers ARP/NDP for the address: holder alive, not taking over",
+                           mac=ev.answered_by)
+            return
+        self._clear_rounds += 1
+        if looks.misses >= self.config.looksalive.retry:
+            self._consider_takeover()
+        elif looks.misses > 0:
+            self._start_probe()  # keep probing while pings go unanswered
+
+    def _probe_finished(self, ev: ProbeDone) -> None:
+        purpose = self.purpose
+        mac = ev.answered_by
+        if mac is None:
+            self._clear_rounds += 1
+            reasons = {
+                Purpose.TAKEOVER: "taking over: nobody answered pings or probes",
+                Purpose.CLAIM: "claimed by admin: nobody answered the probe",
+                Purpose.STARTUP: "primary: address free at start-up",
+                Purpose.REPROBE: "link back and nobody took the address: asserting it again",
+            }
+            assert purpose is not None
+            self._bind(purpose, reasons[purpose])
+            return
+        self.holder_mac = mac
+        if purpose is Purpose.TAKEOVER:
+            self.counters.conflicts += 1
+            self._to_watching(f"takeover refused: {mac} answers for the address")
+            self.conflict_open = True
+            self._emit(EventKind.ADDRESS_CONFLICT,
+                       f"LooksAlive failed, but {mac} answers ARP/NDP probes for the address: "
+                       "not binding it", mac=mac, phase="takeover")
+        elif purpose is Purpose.REPROBE:
+            self.counters.yields += 1
+            self._do(Release())
+            self._to_watching(f"yielded to {mac}, which took the address while our link was down")
+            self._emit(EventKind.YIELDED, f"while our link was down {mac} took the address "
+                       "over: released it and watching", mac=mac)
+        else:  # STARTUP or CLAIM: somebody else holds it
+            self._to_watching(f"address in use by {mac}: not binding it, watching it")
+            hint = ("fallback is manual: run `minisft release "
+                    f"{self.name}` on the holder, then `minisft claim {self.name}` here")
+            what = "claim refused" if purpose is Purpose.CLAIM else "returning primary"
+            self._emit(EventKind.ADDRESS_IN_USE,
+                       f"{what}: {mac} already answers for the address, not binding it; "
+                       f"watching it instead ({hint})", mac=mac, phase=purpose.value
+                       if purpose else "")
+
+    # ------------------------------------------------------------------ binding
+
+    def _on_bind_done(self, ev: BindDone) -> None:
+        if ev.token != self._bind_token:
+            return
+        self._bind_token = None
+        purpose = self.purpose
+        if ev.error is not None:
+            self._to_watching(f"bind failed: {ev.error}")
+            self._emit(EventKind.TAKEOVER_FAILED, f"could not bind the address: {ev.error}",
+                       phase=purpose.value if purpose else "")
+            return
+        self._go(State.HOLDING, self.reason)
+        self.cut_off = not self.link_up
+        self.conflict_open = False
+        self.service = ServiceStatus()
+        self.peer = PeerStatus()
+        self._next_refresh_at = self.now + self.config.announce.refresh
+        if purpose is Purpose.TAKEOVER:
+            self.counters.takeovers += 1
+            note = ""
+            if self._fallback_at is not None and \
+                    self.now - self._fallback_at < 2 * self.fallback_grace:
+                self._fallback_suspended = True
+                note = ("; the primary did not claim it after the automatic fallback, so "
+                        "automatic fallback is suspended until the peer goes down and returns")
+            self._fallback_at = None
+            self.reason = "holding: took over after LooksAlive failed"
+            self._emit(EventKind.TAKEOVER,
+                       f"took over: {self.looks.misses} pings and the probe went unanswered; "
+                       f"bound with /{self.config.address.network.prefixlen} and announced{note}")
+        else:
+            self.counters.claims += 1
+            self.reason = {
+                Purpose.CLAIM: "holding: claimed by admin",
+                Purpose.STARTUP: "holding: primary, address was free at start-up",
+                Purpose.REPROBE: "holding: re-asserted after the link came back",
+            }.get(purpose or Purpose.CLAIM, "holding")
+            self._emit(EventKind.CLAIMED, self.reason.removeprefix("holding: ") +
+                       "; nobody answered the probe; bound and announced",
+                       phase=purpose.value if purpose else "")
+
+    # ------------------------------------------------------------------ holding
+
+    def _on_conflict(self, ev: ConflictSeen) -> None:
+        if self.cut_off or self.config.role is Role.BACKUP:
+            self.counters.yields += 1
+            why = ("our link was down since we bound it" if self.cut_off
+                   else "this node is the backup for it")
+            self._do(Release())
+            self._to_watching(f"yielded to {ev.mac}")
+            self.holder_mac = ev.mac
+            self._emit(EventKind.YIELDED, f"{ev.mac} also holds the address; {why}: "
+                       "released it and watching", mac=ev.mac)
+            return
+        self._last_conflict_at = self.now
+        if not self.conflict_open:
+            self.conflict_open = True
+            self.counters.conflicts += 1
+            self._emit(EventKind.ADDRESS_CONFLICT,
+                       f"{ev.mac} also claims the address; this node is its primary and keeps "
+                       "it, re-announcing", mac=ev.mac, phase="holding")
+        if self.now - self._last_defend_at >= DEFEND_SPACING:
+            self._last_defend_at = self.now
+            self._do(Announce())
+
+    def _on_vanished(self, ev: AddressVanished) -> None:
+        if not self.link_up or self.state is not State.HOLDING:
+            return  # IPv6 addresses go with the link; the link-up re-probe handles it
+        self._to_watching("address was removed from the interface by someone else")
+        self._emit(EventKind.ADDRESS_REMOVED,
+                   "the address was removed from the interface outside MiniSFT; watching it "
+                   f"again (use `minisft release {self.name}` to remove it for good)")
+
+    def _on_peer_ping(self, ev: PeerPingResult) -> None:
+        if not self.wants_peer_watch:
+            return
+        peer = self.peer
+        ip = self.config.peer_ip
+        if ev.ok:
+            peer.misses = 0
+            peer.last_rtt = ev.rtt
+            was = peer.health
+            peer.health = Health.UP
+            if was is Health.DOWN:
+                self._fallback_suspended = False  # the peer went away and came back
+            if peer.up_since is None and self._peer_service_ok():
+                peer.up_since = self.now
+            if was is not Health.UP:
+                if self.config.fallback.mode is FallbackMode.AUTO and not self._fallback_suspended:
+                    plan = (f"automatic fallback after it stays up for "
+                            f"{self.config.fallback.hold_down:g}s")
+                elif self._fallback_suspended:
+                    plan = "automatic fallback is suspended: fall back by hand"
+                else:
+                    plan = (f"fallback is manual: `minisft release {self.name}` here, then "
+                            f"`minisft claim {self.name}` on the peer")
+                self._emit(EventKind.PEER_UP, f"peer {ip} answers ping; {plan}",
+                           peer=str(ip))
+            return
+        peer.misses += 1
+        peer.up_since = None  # hold-down restarts on any miss
+        if peer.misses >= self.config.looksalive.retry and peer.health is not Health.DOWN:
+            was_up = peer.health is Health.UP
+            peer.health = Health.DOWN
+            if was_up:
+                self._emit(EventKind.PEER_DOWN, f"peer {ip} stopped answering ping; "
+                           "hold-down reset", peer=str(ip))
+
+    def _peer_service_ok(self) -> bool:
+        if not self.config.isalive.enabled or self.config.fallback.mode is not FallbackMode.AUTO:
+            return True
+        return self.peer.service_ok is True
+
+    def _on_peer_service(self, ev: PeerServiceResult) -> None:
+        if not self.wants_peer_watch:
+            return
+        self.peer.service_ok = ev.ok
+        if not ev.ok:
+            self.peer.up_since = None
+        elif self.peer.up_since is None and self.peer.health is Health.UP:
+            self.peer.up_since = self.now
+
+    def _on_service(self, ev: ServiceResult) -> None:
+        if not self.wants_isalive:
+            return
+        s = self.service
+        s.last_ok, s.last_latency, s.detail = ev.ok, ev.latency, ev.detail
+        check = self.config.isalive.check.type
+        if ev.ok:
+            s.failures = 0
+            if s.dead:
+                s.dead = False
+                self._emit(EventKind.SERVICE_RECOVERED, f"{check} check passes again",
+                           latency_ms=_ms(ev.latency))
+            return
+        s.failures += 1
+        if s.failures >= self.config.isalive.retry and not s.dead:
+            s.dead = True
+            self.counters.service_alarms += 1
+            if self.state is State.HOLDING:
+                where = "on this node, which holds the address"
+            else:
+                where = "while the address answers ping: no takeover, the other host holds it"
+            self._emit(EventKind.SERVICE_DEAD,
+                       f"{check} check failed {s.failures} times ({ev.detail}) {where}",
+                       detail=ev.detail)
+
+    # ------------------------------------------------------------------ link and time
+
+    def _on_link(self, ev: LinkChanged) -> None:
+        if ev.up == self.link_up:
+            return
+        self.link_up = ev.up
+        holding = self.holds
+        if not ev.up:
+            if self.state is State.PROBING and self.purpose is Purpose.REPROBE:
+                self._cancel_probe()
+                self._go(State.HOLDING, "link down again before the re-probe finished")
+            elif self.state in (State.WATCHING, State.PROBING) and not holding:
+                self._to_watching("own link is down: not taking anything over")
+            if self.state in (State.HOLDING, State.BINDING):
+                self.cut_off = True
+            self._emit(EventKind.LINK_DOWN, "this node's link is down"
+                       + (": the address is unreachable here; it will be re-probed when the "
+                          "link returns" if holding else ": no takeover while it is down"))
+            return
+        if self.state is State.HOLDING and self.cut_off:
+            self._emit(EventKind.LINK_UP, "link is back: re-probing the address before "
+                       "asserting it, someone may have taken it over meanwhile")
+            self._go(State.PROBING, "link back: re-probing", Purpose.REPROBE)
+            self._start_probe()
+            return
+        if self.state is State.WATCHING:
+            self._reset_looks()
+        self._emit(EventKind.LINK_UP, "this node's link is back")
+
+    def _on_tick(self, ev: Tick) -> None:
+        if self.state is State.WATCHING:
+            if self.looks.misses >= self.config.looksalive.retry:
+                self._consider_takeover()
+            return
+        if self.state is not State.HOLDING:
+            return
+        if self.conflict_open and self.now - self._last_conflict_at >= CONFLICT_QUIET:
+            self.conflict_open = False
+            self._emit(EventKind.CONFLICT_CLEARED, f"no other claim for {CONFLICT_QUIET:g}s")
+        refresh = self.config.announce.refresh
+        if refresh > 0 and self.link_up and not self.cut_off and self.now >= self._next_refresh_at:
+            self._next_refresh_at = self.now + refresh
+            self._do(Announce())
+        self._consider_fallback()
+
+    def _consider_fallback(self) -> None:
+        c = self.config
+        if (c.role is not Role.BACKUP or c.fallback.mode is not FallbackMode.AUTO
+                or self.paused or not self.link_up or self._fallback_suspended
+                or self.peer.up_since is None):
+            return
+        up_for = self.now - self.peer.up_since
+        if up_for < c.fallback.hold_down:
+            return
+        self.counters.fallbacks += 1
+        self._do(Release())
+        self._to_watching("handed the address back to the primary")
+        self._fallback_at = self.now
+        self._takeover_not_before = self.now + self.fallback_grace
+        checks = "LooksAlive and IsAlive" if c.isalive.enabled else "LooksAlive"
+        self._emit(EventKind.FALLBACK,
+                   f"peer {c.peer_ip} passed {checks} for {up_for:.0f}s (hold-down "
+                   f"{c.fallback.hold_down:g}s): released the address for the primary to claim",
+                   peer=str(c.peer_ip))
+
+    # ------------------------------------------------------------------ admin
+
+    def _on_command(self, ev: Command) -> None:
+        verb = ev.verb
+        if verb is Verb.RELEASE:
+            if not self.holds:
+                raise CommandRefused(f"{self.name}: this node does not hold "
+                                     f"{self.config.ip} (state {self.state.value})")
+            self.counters.releases += 1
+            self._do(Release())
+            self._to_watching("released by admin; watching paused")
+            self.paused = True
+            self._emit(EventKind.RELEASED, f"released by {ev.by}; watching is paused so the "
+                       f"address is not taken back: `minisft resume {self.name}` once the other "
+                       "node holds it", by=ev.by)
+        elif verb is Verb.CLAIM:
+            if self.holds:
+                raise CommandRefused(f"{self.name}: this node already holds {self.config.ip}")
+            if self.state not in (State.WATCHING, State.PROBING) or (
+                    self.state is State.PROBING and self.purpose is not Purpose.TAKEOVER):
+                raise CommandRefused(f"{self.name}: busy ({self.state.value}"
+                                     f"{' ' + self.purpose.value if self.purpose else ''}); "
+                                     "try again in a moment")
+            self.paused = False
+            self._cancel_probe()
+            self._go(State.PROBING, f"claim by {ev.by}: probing before binding", Purpose.CLAIM)
+            self._start_probe()
+        elif verb is Verb.PAUSE:
+            if self.paused:
+                raise CommandRefused(f"{self.name}: already paused")
+            if self.state in (State.STARTING, State.BINDING) or (
+                    self.state is State.PROBING and self.purpose is not Purpose.TAKEOVER):
+                raise CommandRefused(f"{self.name}: busy ({self.state.value}); try again")
+            self.paused = True
+            if self.state is State.PROBING:
+                self._to_watching("paused by admin")
+            self._cancel_probe()
+            self._emit(EventKind.PAUSED, f"watching paused by {ev.by}"
+                       + ("; the address stays bound here" if self.holds else ""), by=ev.by)
+        elif verb is Verb.RESUME:
+            if not self.paused:
+                raise CommandRefused(f"{self.name}: not paused")
+            self.paused = False
+            if self.state is State.WATCHING:
+                self._reset_looks()
+            self._emit(EventKind.RESUMED, f"watching resumed by {ev.by}", by=ev.by)
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000.0, 3)
+
+
+Handler = Callable[[MonitorMachine, Any], None] | None
+_IGNORE = None
+
+# Inputs that can arrive in any state after start-up; results of work started in an
+# earlier state are checked against tokens or `wants_*` inside the handler.
+_COMMON: dict[type, Handler] = {
+    Command: MonitorMachine._on_command,
+    Tick: MonitorMachine._on_tick,
+    LinkChanged: MonitorMachine._on_link,
+    PingResult: MonitorMachine._on_ping,
+    ServiceResult: MonitorMachine._on_service,
+    PeerPingResult: MonitorMachine._on_peer_ping,
+    PeerServiceResult: MonitorMachine._on_peer_service,
+    ProbeDone: MonitorMachine._on_probe_done,
+    ConflictSeen: _IGNORE,
+    AddressVanished: _IGNORE,
+}
+
+TRANSITIONS: dict[State, dict[type, Handler]] = {
+    State.STARTING: {
+        Started: MonitorMachine._on_started,
+        Command: MonitorMachine._on_command,
+        LinkChanged: MonitorMachine._on_link,
+        Tick: _IGNORE,
+    },
+    State.WATCHING: dict(_COMMON),
+    State.PROBING: dict(_COMMON),
+    State.BINDING: {**_COMMON, BindDone: MonitorMachine._on_bind_done},
+    State.HOLDING: {
+        **_COMMON,
+        ConflictSeen: MonitorMachine._on_conflict,
+        AddressVanished: MonitorMachine._on_vanished,
+    },
+}
