@@ -1,0 +1,1 @@
+"""Pull-style monitoring of the daemon: the Prometheus exposition of its live state."""

@@ -1,0 +1,678 @@
+"""check_minisft: a Nagios/Icinga plugin that judges a MiniSFT node from its status file.
+
+Built like a nagiosplugin check, without that dependency (it must start fast: a monitoring
+server runs it every few seconds for many hosts): probe -> metrics -> evaluation -> summary.
+
+* probe:      `read_status` reads STATE_DIR/status.json and proves the daemon is alive
+              (file present and readable, pid running, updated recently); otherwise UNKNOWN.
+* metrics:    `monitor_metrics` / `sink_metrics` turn it into named values with units.
+* evaluation: `evaluate_monitor` / `evaluate_sink` apply the failover rules, and `Range`
+              applies the -w/-c thresholds, each yielding `Result`s carrying a `State`.
+* summary:    `summarize` picks the worst state and writes the plugin output.
+
+Only the standard library is imported at start-up; yaml only when a config file must be
+read to find `state_dir`. The status file (mode 0644) exists because the control socket is
+root-only while monitoring runs as an unprivileged user.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import sys
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Any, NoReturn
+
+from minisft import __version__
+
+PROG = "check_minisft"
+DEFAULT_CONFIG = "/etc/minisft/minisft.yaml"
+DEFAULT_STATE_DIR = "/var/lib/minisft"
+STATUS_NAME = "status.json"
+SUPPORTED_VERSION = 1
+# The daemon rewrites the file about every second; 5 s tolerates a slow disk or a busy
+# event loop while still catching a hung daemon within one check interval.
+DEFAULT_MAX_AGE = 5.0
+DEFAULT_TIMEOUT = 10.0
+
+
+# ------------------------------------------------------------------------------- states
+
+
+class State(Enum):
+    """A plugin state; the exit code and label live here so nothing else maps them."""
+
+    OK = (0, "OK")
+    WARNING = (1, "WARNING")
+    CRITICAL = (2, "CRITICAL")
+    UNKNOWN = (3, "UNKNOWN")
+
+    @property
+    def code(self) -> int:
+        return int(self.value[0])
+
+    @property
+    def label(self) -> str:
+        return str(self.value[1])
+
+
+def worst(states: list[State]) -> State:
+    """The most severe state; UNKNOWN outranks CRITICAL, as in nagiosplugin."""
+    return max(states, key=lambda s: s.code, default=State.OK)
+
+
+class CheckError(Exception):
+    """The plugin cannot judge the node: reported as UNKNOWN with this message."""
+
+
+class UsageError(CheckError):
+    """Bad command-line arguments (also UNKNOWN, per the plugin guidelines)."""
+
+
+# ------------------------------------------------------------------------------- ranges
+
+
+class Range:
+    """A threshold range in the Monitoring Plugins syntax.
+
+    ``10`` alerts outside 0..10, ``10:`` below 10, ``~:10`` above 10, ``10:20`` outside
+    10..20, ``@10:20`` inside 10..20 (inclusive). Start defaults to 0, end to infinity.
+    """
+
+    __slots__ = ("end", "inside", "start", "text")
+
+    def __init__(self, text: str) -> None:
+        spec = text.strip()
+        if not spec:
+            raise ValueError("empty range")
+        self.text = spec
+        self.inside = spec.startswith("@")
+        if self.inside:
+            spec = spec[1:]
+        if not spec:
+            raise ValueError(f"range {text!r}: nothing after @")
+        if ":" in spec:
+            lo, hi = spec.split(":", 1)
+        else:
+            lo, hi = "", spec
+        self.start = -math.inf if lo == "~" else _number(lo, 0.0, text)
+        self.end = _number(hi, math.inf, text)
+        if self.start > self.end:
+            raise ValueError(f"range {text!r}: start is greater than end")
+
+    def alerts(self, value: float) -> bool:
+        """True when `value` must raise the alert this range stands for."""
+        within = self.start <= value <= self.end
+        return within if self.inside else not within
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return f"Range({self.text!r})"
+
+
+def _number(part: str, default: float, whole: str) -> float:
+    if part == "":
+        return default
+    try:
+        value = float(part)
+    except ValueError:
+        raise ValueError(f"range {whole!r}: {part!r} is not a number") from None
+    if math.isnan(value) or (math.isinf(value) and part.lstrip("+-").lower() != "inf"):
+        raise ValueError(f"range {whole!r}: {part!r} is not a number")
+    return value
+
+
+def parse_range(text: str) -> Range:
+    """argparse type: raises ArgumentTypeError so the usage error names the option."""
+    try:
+        return Range(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+# ------------------------------------------------------------------------------- probe
+
+
+def status_path(args: argparse.Namespace) -> tuple[Path, str]:
+    """Where the status file is, and how we found it (for -vvv)."""
+    if args.status:
+        return Path(args.status), "from --status"
+    config = Path(args.config or DEFAULT_CONFIG)
+    try:
+        text = config.read_text(encoding="utf-8")
+    except OSError as exc:
+        if args.config:
+            raise CheckError(f"cannot read config {config}: {exc.strerror or exc}") from None
+        # The default config may be root-only (it can hold secrets); the default state dir
+        # is then the best guess, and a wrong guess shows up as missing or stale.
+        return Path(DEFAULT_STATE_DIR) / STATUS_NAME, f"default ({config} not readable)"
+    state_dir = _state_dir_from_yaml(text, config)
+    return Path(state_dir) / STATUS_NAME, f"state_dir from {config}"
+
+
+def _state_dir_from_yaml(text: str, config: Path) -> str:
+    import yaml  # lazily: only this path needs it, and it costs ~15 ms to import
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        data = yaml.load(text, Loader=loader)  # a SafeLoader variant
+    except yaml.YAMLError as exc:
+        raise CheckError(f"config {config} is not valid YAML: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise CheckError(f"config {config}: top level is not a mapping")
+    value = data.get("state_dir", DEFAULT_STATE_DIR)
+    if not isinstance(value, str) or not value:
+        raise CheckError(f"config {config}: state_dir must be a path")
+    return value
+
+
+def read_status(path: Path, max_age: float, now: float) -> dict[str, Any]:
+    """Read the status file and prove the daemon behind it is alive, or raise CheckError."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckError(f"status file {path} not found: is minisft running "
+                         "(or use --config/--status)?") from None
+    except PermissionError:
+        raise CheckError(f"status file {path}: permission denied") from None
+    except OSError as exc:
+        raise CheckError(f"cannot read status file {path}: {exc.strerror or exc}") from None
+    try:
+        status = json.loads(raw)
+    except ValueError as exc:
+        raise CheckError(f"status file {path} is not valid JSON: {exc}") from None
+    if not isinstance(status, dict):
+        raise CheckError(f"status file {path}: not a JSON object")
+    version = status.get("version")
+    if version != SUPPORTED_VERSION:
+        raise CheckError(f"status file {path}: format version {version!r} not supported "
+                         f"(this plugin reads version {SUPPORTED_VERSION})")
+    stopped = status.get("stopped_at")
+    if isinstance(stopped, (int, float)):
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stopped))
+        raise CheckError(f"daemon stopped at {when} (status file {path})")
+    pid = status.get("pid")
+    if isinstance(pid, int) and not pid_alive(pid):
+        raise CheckError(f"daemon pid {pid} is not running (status file {path} left behind)")
+    updated = status.get("updated_at")
+    if not isinstance(updated, (int, float)):
+        raise CheckError(f"status file {path}: no updated_at")
+    age = now - float(updated)
+    if age > max_age:
+        raise CheckError(f"status file {path} is {age:.0f} s old (max {max_age:g} s): "
+                         "daemon hung or stopped")
+    if age < -max_age:
+        raise CheckError(f"status file {path} is dated {-age:.0f} s in the future: "
+                         "clock skew?")
+    if not isinstance(status.get("monitors", []), list):
+        raise CheckError(f"status file {path}: monitors is not a list")
+    return status
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by root: we run as nagios
+    return True
+
+
+# ------------------------------------------------------------------------------- metrics
+
+
+class Metric:
+    """A named value with a unit, rendered as one perfdata item."""
+
+    __slots__ = ("critical", "label", "maximum", "minimum", "uom", "value", "warning")
+
+    def __init__(self, label: str, value: float | None, uom: str = "", *,
+                 warning: Range | None = None, critical: Range | None = None,
+                 minimum: float | None = None, maximum: float | None = None) -> None:
+        self.label = label
+        self.value = value
+        self.uom = uom
+        self.warning = warning
+        self.critical = critical
+        self.minimum = minimum
+        self.maximum = maximum
+
+    def perfdata(self) -> str:
+        # 'label'=value[UOM];[warn];[crit];[min];[max]; `U` when the value is unknown
+        label = self.label.replace("'", "_").replace("=", "_")
+        value = "U" if self.value is None else _num(self.value) + self.uom
+        fields = [
+            value,
+            "" if self.warning is None else str(self.warning),
+            "" if self.critical is None else str(self.critical),
+            "" if self.minimum is None else _num(self.minimum),
+            "" if self.maximum is None else _num(self.maximum),
+        ]
+        while len(fields) > 1 and fields[-1] == "":
+            fields.pop()
+        return f"'{label}'=" + ";".join(fields)
+
+
+def _num(value: float) -> str:
+    """Plain decimal, never exponent notation (perfdata parsers do not accept 1e-05)."""
+    if float(value).is_integer():
+        return str(int(value))
+    return f"{value:.6f}".rstrip("0").rstrip(".")
+
+
+class Thresholds:
+    __slots__ = ("lat_critical", "lat_warning", "rtt_critical", "rtt_warning")
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.rtt_warning: Range | None = args.warning
+        self.rtt_critical: Range | None = args.critical
+        self.lat_warning: Range | None = args.isalive_warning
+        self.lat_critical: Range | None = args.isalive_critical
+
+
+def monitor_metrics(mon: dict[str, Any], th: Thresholds, now: float) -> list[Metric]:
+    name = str(mon.get("name", "?"))
+    looks = mon.get("looksalive") or {}
+    isalive = mon.get("isalive") or {}
+    counters = mon.get("counters") or {}
+    out = [
+        Metric(f"{name}_rtt", _watched_rtt(mon), "ms", warning=th.rtt_warning,
+               critical=th.rtt_critical, minimum=0),
+    ]
+    if isalive.get("enabled"):
+        out.append(Metric(f"{name}_isalive", _float(isalive.get("latency_ms")), "ms",
+                          warning=th.lat_warning, critical=th.lat_critical, minimum=0))
+    for key in ("takeovers", "fallbacks", "conflicts", "service_alarms"):
+        out.append(Metric(f"{name}_{key}", _float(counters.get(key, 0)), "c"))
+    out.append(Metric(f"{name}_lost", _float(looks.get("lost", 0)), "c"))
+    out.append(Metric(f"{name}_since_change", _since_change(mon, now), "s", minimum=0))
+    return out
+
+
+def _watched_rtt(mon: dict[str, Any]) -> float | None:
+    # The RTT is measured only while another node holds the address: once this node binds,
+    # the last value is history, so report it as undetermined instead.
+    if mon.get("state") != "watching":
+        return None
+    return _float((mon.get("looksalive") or {}).get("rtt_ms"))
+
+
+def _since_change(mon: dict[str, Any], now: float) -> float | None:
+    changed = mon.get("last_change_time")
+    if isinstance(changed, (int, float)):
+        return round(max(0.0, now - float(changed)), 3)
+    return _float(mon.get("seconds_since_change"))
+
+
+def _float(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def sink_metrics(sink: dict[str, Any]) -> list[Metric]:
+    name = str(sink.get("name", "?"))
+    return [
+        Metric(f"sink_{name}_pending", _float(sink.get("pending")), "", minimum=0),
+        Metric(f"sink_{name}_dropped", _float(sink.get("dropped")), "c"),
+        Metric(f"sink_{name}_failures", _float(sink.get("failures")), "c"),
+    ]
+
+
+# ------------------------------------------------------------------------------- evaluation
+
+
+class Result:
+    """One finding about one subject (a monitor, a sink): a state and why."""
+
+    __slots__ = ("state", "subject", "text")
+
+    def __init__(self, state: State, subject: str, text: str) -> None:
+        self.state = state
+        self.subject = subject
+        self.text = text
+
+    def __str__(self) -> str:
+        return f"{self.subject}: {self.text}"
+
+
+def evaluate_monitor(mon: dict[str, Any], th: Thresholds) -> list[Result]:
+    """The failover rules: what is wrong with one monitor, worst first; [] when OK."""
+    name = str(mon.get("name", "?"))
+    addr = str(mon.get("address", "?"))
+    role = mon.get("role")
+    state = mon.get("state")
+    holder = mon.get("holder")
+    looks = mon.get("looksalive") or {}
+    isalive = mon.get("isalive") or {}
+    found: list[Result] = []
+
+    def add(st: State, text: str) -> None:
+        found.append(Result(st, name, _clean(text)))
+
+    if mon.get("conflict_open"):
+        add(State.CRITICAL, f"address conflict on {addr}: another host answers for it")
+    if holder == "none":
+        add(State.CRITICAL, f"{addr} is held by nobody")
+    if isalive.get("dead"):
+        detail = isalive.get("detail") or "no detail"
+        add(State.CRITICAL, f"service dead behind a live host ({detail})")
+    if mon.get("link_up") is False:
+        if holder == "self":
+            add(State.CRITICAL, f"holds {addr} but its link is down")
+        else:
+            add(State.WARNING, "link down: cannot take over")
+    if holder == "self" and role == "backup":
+        add(State.WARNING, f"{addr} runs on this backup node (failover, no fallback yet)")
+    elif holder == "other" and role == "primary":
+        add(State.WARNING, f"{addr} runs on the backup (failover, no fallback yet)")
+    elif holder not in ("self", "other", "none"):
+        add(State.WARNING, f"holder of {addr} not known yet (state {state})")
+    if mon.get("paused"):
+        add(State.WARNING, "paused: no takeover until resumed")
+    if looks.get("health") == "degraded":
+        add(State.WARNING, "LooksAlive degraded: ping unanswered, ARP/NDP answers")
+    if isalive.get("ok") is False and not isalive.get("dead"):
+        add(State.WARNING, f"service check failing ({isalive.get('detail') or 'no detail'})")
+    rtt = _watched_rtt(mon)
+    if rtt is not None:
+        _threshold(found, name, "rtt", rtt, th.rtt_warning, th.rtt_critical)
+    latency = _float(isalive.get("latency_ms"))
+    if latency is not None and isalive.get("enabled"):
+        _threshold(found, name, "isalive latency", latency, th.lat_warning, th.lat_critical)
+    found.sort(key=lambda r: -r.state.code)
+    return found
+
+
+def _threshold(found: list[Result], name: str, what: str, value: float,
+               warning: Range | None, critical: Range | None) -> None:
+    if critical is not None and critical.alerts(value):
+        found.append(Result(State.CRITICAL, name, f"{what} {_num(value)} ms (critical {critical})"))
+    elif warning is not None and warning.alerts(value):
+        found.append(Result(State.WARNING, name, f"{what} {_num(value)} ms (warning {warning})"))
+
+
+def describe_monitor(mon: dict[str, Any]) -> str:
+    """The short all-is-well phrase: `web holding`, `db watching`."""
+    state = str(mon.get("state", "?"))
+    return f"{mon.get('name', '?')} {state}" + (" (paused)" if mon.get("paused") else "")
+
+
+def evaluate_sink(sink: dict[str, Any]) -> list[Result]:
+    state = str(sink.get("state", "ok"))
+    if state == "ok":
+        return []
+    error = sink.get("last_error")
+    why = f": {error}" if error else ""
+    return [Result(State.WARNING, f"sink {sink.get('name', '?')}",
+                   _clean(f"{state}, {sink.get('dropped', 0)} dropped{why}"))]
+
+
+def _clean(text: str) -> str:
+    # `|` starts perfdata and a newline starts long output: neither may leak from daemon text
+    return " ".join(text.replace("|", "/").split())
+
+
+# ------------------------------------------------------------------------------- summary
+
+
+class Check:
+    """Everything one run found, ready to be summarized."""
+
+    __slots__ = ("details", "metrics", "monitors", "node", "results", "sinks")
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self.monitors: list[dict[str, Any]] = []
+        self.sinks: list[dict[str, Any]] = []
+        self.results: list[Result] = []
+        self.metrics: list[Metric] = []
+        self.details: list[str] = []
+
+    @property
+    def state(self) -> State:
+        return worst([r.state for r in self.results])
+
+
+def run_check(status: dict[str, Any], args: argparse.Namespace, now: float) -> Check:
+    node = _clean(str(status.get("node") or "?"))
+    check = Check(node)
+    th = Thresholds(args)
+    monitors = [m for m in status.get("monitors", []) if isinstance(m, dict)]
+    if args.monitor:
+        known = {str(m.get("name")) for m in monitors}
+        missing = [n for n in args.monitor if n not in known]
+        if missing:
+            raise CheckError(f"no monitor named {', '.join(missing)} on {node} "
+                             f"(known: {', '.join(sorted(known)) or 'none'})")
+        monitors = [m for m in monitors if m.get("name") in args.monitor]
+    if args.no_monitors:
+        monitors = []
+    check.monitors = monitors
+    for mon in monitors:
+        check.results.extend(evaluate_monitor(mon, th))
+        check.metrics.extend(monitor_metrics(mon, th, now))
+    if not args.no_sinks:
+        check.sinks = [s for s in status.get("sinks", []) if isinstance(s, dict)]
+        for sink in check.sinks:
+            check.results.extend(evaluate_sink(sink))
+            check.metrics.extend(sink_metrics(sink))
+    age = now - float(status["updated_at"])
+    check.metrics.append(Metric("status_age", round(max(0.0, age), 3), "s", minimum=0))
+    check.details = _details(status, check, args.verbose)
+    return check
+
+
+def _details(status: dict[str, Any], check: Check, verbose: int) -> list[str]:
+    if verbose < 1:
+        return []
+    lines: list[str] = []
+    for mon in check.monitors:
+        looks = mon.get("looksalive") or {}
+        isalive = mon.get("isalive") or {}
+        problems = [r for r in check.results if r.subject == mon.get("name")]
+        st = worst([r.state for r in problems]).label
+        lines.append(_clean(
+            f"[{st}] {mon.get('name')} {mon.get('address')} role={mon.get('role')} "
+            f"state={mon.get('state')} holder={mon.get('holder')}"
+            + (" paused" if mon.get("paused") else "")
+            + (f": {'; '.join(r.text for r in problems)}" if problems else "")))
+        if verbose >= 2:
+            lines.append("    " + _clean(f"reason: {mon.get('reason')}"))
+            lines.append("    " + _clean(
+                f"looksalive: health={looks.get('health')} rtt_ms={looks.get('rtt_ms')} "
+                f"misses={looks.get('misses')} sent={looks.get('sent')} "
+                f"lost={looks.get('lost')}"))
+            if isalive.get("enabled"):
+                lines.append("    " + _clean(
+                    f"isalive: {isalive.get('check')} ok={isalive.get('ok')} "
+                    f"dead={isalive.get('dead')} latency_ms={isalive.get('latency_ms')} "
+                    f"{isalive.get('detail') or ''}"))
+            counters = mon.get("counters") or {}
+            lines.append("    counters: " + " ".join(f"{k}={v}" for k, v in counters.items()))
+    for sink in check.sinks:
+        bad = evaluate_sink(sink)
+        lines.append(_clean(
+            f"[{'WARNING' if bad else 'OK'}] sink {sink.get('name')} state={sink.get('state')} "
+            f"delivered={sink.get('delivered')} pending={sink.get('pending')} "
+            f"dropped={sink.get('dropped')} failures={sink.get('failures')}"
+            + (f" last_error={sink.get('last_error')}" if sink.get("last_error") else "")))
+    if verbose >= 3:
+        lines.append(_clean(
+            f"daemon: node={status.get('node')} pid={status.get('pid')} "
+            f"version={status.get('software_version')} started_at={status.get('started_at')} "
+            f"updated_at={status.get('updated_at')} last_event_seq={status.get('last_event_seq')}"))
+    return lines
+
+
+def summarize(check: Check) -> str:
+    """The plugin output: status line with perfdata, then long output when verbose."""
+    state = check.state
+    if state is State.OK:
+        n = len(check.monitors)
+        if n:
+            shown = ", ".join(describe_monitor(m) for m in check.monitors)
+            text = f"{check.node}: {n} monitor{'s' if n != 1 else ''} as configured ({shown})"
+        else:
+            text = f"{check.node}: daemon running, no monitors checked"
+        if check.sinks:
+            text += f", {len(check.sinks)} sink{'s' if len(check.sinks) != 1 else ''} ok"
+    else:
+        bad = sorted((r for r in check.results if r.state is not State.OK),
+                     key=lambda r: -r.state.code)
+        text = f"{check.node}: " + "; ".join(str(r) for r in bad)
+    perf = " ".join(m.perfdata() for m in check.metrics)
+    lines = [f"MINISFT {state.label} - {text}" + (f" | {perf}" if perf else "")]
+    lines.extend(check.details)
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------- CLI
+
+
+HELP_EPILOG = """\
+states:
+  OK        every selected monitor is as configured: a primary-role monitor holds its
+            address here, a backup-role monitor watches it held by the other node;
+            every alert sink delivers.
+  WARNING   an address runs on its backup (failover happened, no fallback yet: a
+            backup-role monitor holds it, or a primary-role monitor sees the other node
+            holding it); a check is degraded (LooksAlive degraded, IsAlive failing but not
+            yet dead, RTT or latency beyond -w/--isalive-warning); a monitor is paused;
+            the node's link is down; an alert sink is retrying or dropping events; the
+            holder is not known yet (just started).
+  CRITICAL  an address is held by nobody; an address conflict is open; a service is dead
+            behind a live host (IsAlive dead); this node holds an address with its link
+            down; RTT or latency beyond -c/--isalive-critical.
+  UNKNOWN   bad arguments; the daemon cannot be reached: status file missing, unreadable,
+            not valid, older than --max-age, written by a daemon that stopped, or its
+            pid is not running; timeout.
+
+thresholds (Monitoring Plugins range syntax, alert when the value is ...):
+  10        outside 0..10         10:      below 10         ~:10     above 10
+  10:20     outside 10..20        @10:20   inside 10..20 (inclusive)
+  -w/-c apply to the LooksAlive round-trip time in ms, measured only while the monitor
+  watches the address held by the other node; --isalive-warning/--isalive-critical apply
+  to the IsAlive check latency in ms.
+
+perfdata per monitor NAME: NAME_rtt (ms), NAME_isalive (ms, when IsAlive is configured),
+  NAME_takeovers, NAME_fallbacks, NAME_conflicts, NAME_service_alarms, NAME_lost (counters),
+  NAME_since_change (s); per sink: sink_S_pending, sink_S_dropped, sink_S_failures;
+  status_age (s).
+
+examples:
+  check_minisft                                 all monitors and sinks (default config)
+  check_minisft --monitor web --no-sinks -w 5 -c 20
+                                                one address, RTT warn > 5 ms, crit > 20 ms
+  check_minisft --no-monitors                   only the daemon and its alert sinks
+  check_minisft --status /srv/minisft/status.json --max-age 10 -vv
+  check_minisft --config /etc/minisft/lab.yaml --isalive-critical 2000
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # argparse exits 2 (CRITICAL to Nagios); the guidelines want UNKNOWN for usage errors
+        self.print_usage(sys.stderr)
+        print(f"MINISFT UNKNOWN - usage error: {_clean(message)}")
+        sys.exit(State.UNKNOWN.code)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=PROG,
+        description="Check a MiniSFT IP-failover node from its status file "
+                    "(STATE_DIR/status.json, rewritten by the daemon every second).",
+        epilog=HELP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("-V", "--version", action="version", version=f"{PROG} {__version__}")
+    p.add_argument("--config", metavar="FILE",
+                   help=f"daemon config, read for state_dir (default {DEFAULT_CONFIG}; "
+                        f"if the default is unreadable, {DEFAULT_STATE_DIR} is assumed)")
+    p.add_argument("--status", metavar="FILE", help="status file to read (overrides --config)")
+    p.add_argument("-m", "--monitor", metavar="NAME", action="append",
+                   help="check only this monitor (repeatable; default: all)")
+    p.add_argument("--no-monitors", action="store_true",
+                   help="check only the daemon and its sinks")
+    p.add_argument("--no-sinks", action="store_true",
+                   help="ignore alert sink health (for per-monitor services)")
+    p.add_argument("-w", "--warning", metavar="RANGE", type=parse_range,
+                   help="LooksAlive RTT in ms that raises WARNING")
+    p.add_argument("-c", "--critical", metavar="RANGE", type=parse_range,
+                   help="LooksAlive RTT in ms that raises CRITICAL")
+    p.add_argument("--isalive-warning", metavar="RANGE", type=parse_range,
+                   help="IsAlive check latency in ms that raises WARNING")
+    p.add_argument("--isalive-critical", metavar="RANGE", type=parse_range,
+                   help="IsAlive check latency in ms that raises CRITICAL")
+    p.add_argument("--max-age", metavar="SECONDS", type=_positive, default=DEFAULT_MAX_AGE,
+                   help=f"status older than this is UNKNOWN (default {DEFAULT_MAX_AGE:g})")
+    p.add_argument("-t", "--timeout", metavar="SECONDS", type=_positive,
+                   default=DEFAULT_TIMEOUT,
+                   help=f"give up with UNKNOWN after this long (default {DEFAULT_TIMEOUT:g})")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="-v one line per monitor and sink, -vv with details, -vvv daemon info")
+    return p
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
+    return value
+
+
+class _Timeout(Exception):
+    pass
+
+
+def _on_alarm(signum: int, frame: Any) -> None:
+    raise _Timeout
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.no_monitors and args.monitor:
+        print("MINISFT UNKNOWN - usage error: --monitor and --no-monitors exclude each other")
+        return State.UNKNOWN.code
+    signal.signal(signal.SIGALRM, _on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, args.timeout)
+    try:
+        now = time.time()
+        path, how = status_path(args)
+        status = read_status(path, args.max_age, now)
+        check = run_check(status, args, now)
+        if args.verbose >= 3:
+            check.details.append(f"status file: {path} ({how})")
+        output, code = summarize(check), check.state.code
+    except _Timeout:
+        output = f"MINISFT UNKNOWN - timeout after {args.timeout:g} s"
+        code = State.UNKNOWN.code
+    except CheckError as exc:
+        output, code = f"MINISFT UNKNOWN - {_clean(str(exc))}", State.UNKNOWN.code
+    except Exception as exc:  # a plugin must answer, never die with a traceback (exit 1)
+        output = f"MINISFT UNKNOWN - internal error: {type(exc).__name__}: {_clean(str(exc))}"
+        code = State.UNKNOWN.code
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    print(output)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

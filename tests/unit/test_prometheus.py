@@ -1,0 +1,262 @@
+"""The Prometheus exposition: values, format (checked with prometheus_client's own parser)
+and the asyncio /metrics server over real loopback TCP."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from minisft.monitoring.prometheus import (
+    CONTENT_TYPE,
+    MONITOR_STATES,
+    parse_listen,
+    render_metrics,
+    serve_metrics,
+)
+
+
+def monitor(name: str, role: str, state: str, holder: str, **over: Any) -> dict[str, Any]:
+    """A monitor entry shaped like MonitorMachine.snapshot() plus last_change_time."""
+    mon: dict[str, Any] = {
+        "name": name, "address": "192.0.2.10", "prefixlen": 24, "role": role,
+        "state": state, "purpose": None, "paused": False, "holder": holder,
+        "holder_mac": None, "reason": "test", "link_up": True, "conflict_open": False,
+        "seconds_since_change": 120.0,
+        "looksalive": {"health": "up" if holder == "other" else "unknown", "misses": 0,
+                       "icmp_misses": 0, "rtt_ms": 0.25, "sent": 40, "lost": 1},
+        "isalive": {"enabled": True, "check": "http", "ok": True, "dead": False,
+                    "latency_ms": 12.5, "detail": "200 OK"},
+        "peer": {"ip": None, "health": "unknown", "rtt_ms": None, "up_for": None,
+                 "fallback": "manual", "hold_down": 60.0, "auto_fallback_suspended": False},
+        "counters": {"takeovers": 3, "claims": 1, "releases": 0, "fallbacks": 2, "yields": 0,
+                     "conflicts": 0, "service_alarms": 0},
+        "last_change_time": 1_700_000_000.0,
+    }
+    for key, val in over.items():
+        if isinstance(val, dict) and isinstance(mon.get(key), dict):
+            mon[key] = {**mon[key], **val}
+        else:
+            mon[key] = val
+    return mon
+
+
+def ok_status() -> dict[str, Any]:
+    return {
+        "version": 1, "node": "alpha", "pid": 4242, "started_at": 1_700_000_000.5,
+        "updated_at": 1_700_003_600.25, "software_version": "0.1.0", "last_event_seq": 42,
+        "monitors": [
+            monitor("web", "primary", "holding", "self"),
+            monitor("db", "backup", "watching", "other"),
+        ],
+        "sinks": [{"name": "snmp-192.0.2.9-162-v2c-trap", "delivered": 10, "pending": 0,
+                   "dropped": 0, "failures": 0, "last_error": None, "state": "ok"}],
+        "pools": [],
+    }
+
+
+def samples(body: bytes) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    out: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+    for fam in text_string_to_metric_families(body.decode()):
+        for s in fam.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def value(body: bytes, name: str, **labels: str) -> float:
+    return samples(body)[(name, frozenset(labels.items()))]
+
+
+def test_node_and_daemon_metrics() -> None:
+    status = ok_status()
+    body = render_metrics(status)
+    assert value(body, "minisft_info", node="alpha", version="0.1.0", interface="") == 1
+    status.update(interface="eth0", link_up=False)
+    body = render_metrics(status)
+    assert value(body, "minisft_info", node="alpha", version="0.1.0", interface="eth0") == 1
+    assert value(body, "minisft_link_up") == 0
+    assert value(body, "minisft_events_total") == 42
+    assert value(body, "minisft_start_time_seconds") == pytest.approx(status["started_at"])
+    assert value(body, "minisft_status_updated_timestamp_seconds") == pytest.approx(
+        status["updated_at"])
+
+
+def test_monitor_state_is_one_hot() -> None:
+    body = render_metrics(ok_status())
+    for st in MONITOR_STATES:
+        assert value(body, "minisft_monitor_state", monitor="web", state=st) == (
+            st == "holding")
+        assert value(body, "minisft_monitor_state", monitor="db", state=st) == (
+            st == "watching")
+    assert value(body, "minisft_monitor_holder", monitor="web", holder="self") == 1
+    assert value(body, "minisft_monitor_holder", monitor="web", holder="none") == 0
+    assert value(body, "minisft_monitor_info", monitor="db", address="192.0.2.10",
+                 role="backup") == 1
+
+
+def test_monitor_values_in_base_units() -> None:
+    body = render_metrics(ok_status())
+    assert value(body, "minisft_monitor_looksalive_rtt_seconds", monitor="db") == 0.00025
+    assert value(body, "minisft_monitor_isalive_latency_seconds", monitor="db") == 0.0125
+    assert value(body, "minisft_monitor_looksalive_up", monitor="db") == 1
+    assert value(body, "minisft_monitor_looksalive_pings_total", monitor="db") == 40
+    assert value(body, "minisft_monitor_looksalive_lost_total", monitor="db") == 1
+    assert value(body, "minisft_monitor_isalive_ok", monitor="web") == 1
+    assert value(body, "minisft_monitor_isalive_dead", monitor="web") == 0
+    assert value(body, "minisft_monitor_takeovers_total", monitor="web") == 3
+    assert value(body, "minisft_monitor_fallbacks_total", monitor="web") == 2
+    assert value(body, "minisft_monitor_conflicts_total", monitor="web") == 0
+    assert value(body, "minisft_monitor_seconds_since_change", monitor="web") == 120
+    assert value(body, "minisft_monitor_failed_over", monitor="web") == 0
+
+
+def test_failover_and_alarms() -> None:
+    status = ok_status()
+    status["monitors"] = [
+        monitor("a", "backup", "holding", "self", peer={"ip": "192.0.2.2", "health": "down"}),
+        monitor("b", "primary", "watching", "other"),
+        monitor("c", "backup", "watching", "none", conflict_open=True,
+                isalive={"ok": False, "dead": True}),
+    ]
+    body = render_metrics(status)
+    assert value(body, "minisft_monitor_failed_over", monitor="a") == 1
+    assert value(body, "minisft_monitor_failed_over", monitor="b") == 1
+    assert value(body, "minisft_monitor_failed_over", monitor="c") == 0
+    assert value(body, "minisft_monitor_peer_health", monitor="a", health="down") == 1
+    assert value(body, "minisft_monitor_holder", monitor="c", holder="none") == 1
+    assert value(body, "minisft_monitor_conflict_open", monitor="c") == 1
+    assert value(body, "minisft_monitor_isalive_dead", monitor="c") == 1
+    assert value(body, "minisft_monitor_isalive_ok", monitor="c") == 0
+    # no peer configured: no peer series at all rather than a fake "unknown"
+    assert ("minisft_monitor_peer_health", frozenset({("monitor", "b"), ("health", "unknown")})
+            ) not in samples(body)
+
+
+def test_unknown_values_are_absent_not_zero() -> None:
+    status = ok_status()
+    status["monitors"][0]["looksalive"]["rtt_ms"] = None
+    status["monitors"][0]["isalive"]["ok"] = None
+    body = samples(render_metrics(status))
+    assert ("minisft_monitor_looksalive_rtt_seconds", frozenset({("monitor", "web")})
+            ) not in body
+    assert ("minisft_monitor_isalive_ok", frozenset({("monitor", "web")})) not in body
+
+
+def test_sink_metrics() -> None:
+    status = ok_status()
+    status["sinks"].append({"name": "apprise", "delivered": 3, "pending": 2, "dropped": 5,
+                            "failures": 9, "last_error": "boom", "state": "retrying"})
+    body = render_metrics(status)
+    sink = "snmp-192.0.2.9-162-v2c-trap"
+    assert value(body, "minisft_sink_delivered_total", sink=sink) == 10
+    assert value(body, "minisft_sink_ok", sink=sink) == 1
+    assert value(body, "minisft_sink_ok", sink="apprise") == 0
+    assert value(body, "minisft_sink_dropped_total", sink="apprise") == 5
+    assert value(body, "minisft_sink_pending_events", sink="apprise") == 2
+    assert value(body, "minisft_sink_failures_total", sink="apprise") == 9
+    assert value(body, "minisft_sink_state", sink="apprise", state="retrying") == 1
+
+
+def test_label_values_are_escaped() -> None:
+    status = ok_status()
+    status["monitors"][0]["name"] = 'we"b\\1\nx'
+    body = render_metrics(status)
+    assert b'monitor="we\\"b\\\\1\\nx"' in body
+    assert value(body, "minisft_monitor_paused", monitor='we"b\\1\nx') == 0
+
+
+def test_new_state_values_still_render() -> None:
+    status = ok_status()
+    status["monitors"][0]["state"] = "draining"  # from a newer daemon
+    body = render_metrics(status)
+    assert value(body, "minisft_monitor_state", monitor="web", state="draining") == 1
+    assert value(body, "minisft_monitor_state", monitor="web", state="holding") == 0
+
+
+def test_empty_status_is_valid() -> None:
+    body = render_metrics({})
+    families = {f.name for f in text_string_to_metric_families(body.decode())}
+    assert "minisft_info" in families
+    assert body.endswith(b"\n")
+
+
+@pytest.mark.parametrize(("listen", "expected"), [
+    ("127.0.0.1:9523", ("127.0.0.1", 9523)),
+    ("[::1]:9523", ("::1", 9523)),
+    (":9523", ("127.0.0.1", 9523)),
+    ("0.0.0.0:0", ("0.0.0.0", 0)),
+])
+def test_parse_listen(listen: str, expected: tuple[str, int]) -> None:
+    assert parse_listen(listen) == expected
+
+
+@pytest.mark.parametrize("listen", ["9523", "::1:9523", "host:port", "1.2.3.4:70000", "[::1]"])
+def test_parse_listen_rejects(listen: str) -> None:
+    with pytest.raises(ValueError):
+        parse_listen(listen)
+
+
+async def _http(port: int, request: bytes) -> tuple[str, dict[str, str], bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    await writer.drain()
+    raw = await asyncio.wait_for(reader.read(), 5)  # server closes after one response
+    writer.close()
+    await writer.wait_closed()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return lines[0], headers, body
+
+
+def test_serve_metrics_over_loopback() -> None:
+    state: dict[str, Any] = {"status": ok_status(), "fail": False}
+
+    def get_status() -> dict[str, Any]:
+        if state["fail"]:
+            raise RuntimeError("no state")
+        return copy.deepcopy(state["status"])
+
+    async def scenario() -> None:
+        server = await serve_metrics("127.0.0.1:0", get_status)
+        assert isinstance(server, asyncio.Server)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            line, headers, body = await _http(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert line == "HTTP/1.1 200 OK"
+            assert headers["Content-Type"] == CONTENT_TYPE
+            assert int(headers["Content-Length"]) == len(body)
+            assert body == render_metrics(state["status"])
+
+            # every scrape renders the live state afresh
+            state["status"]["monitors"][0]["counters"]["takeovers"] = 99
+            _, _, body = await _http(port, b"GET /metrics?x=1 HTTP/1.0\r\n\r\n")
+            assert value(body, "minisft_monitor_takeovers_total", monitor="web") == 99
+
+            line, headers, body = await _http(port, b"HEAD /metrics HTTP/1.1\r\n\r\n")
+            assert line == "HTTP/1.1 200 OK" and body == b""
+            assert int(headers["Content-Length"]) > 0
+
+            line, _, _ = await _http(port, b"GET /nope HTTP/1.1\r\n\r\n")
+            assert line == "HTTP/1.1 404 Not Found"
+            line, headers, _ = await _http(port, b"POST /metrics HTTP/1.1\r\n\r\n")
+            assert line == "HTTP/1.1 405 Method Not Allowed"
+            assert headers["Allow"] == "GET, HEAD"
+            line, _, _ = await _http(port, b"garbage\r\n\r\n")
+            assert line == "HTTP/1.1 400 Bad Request"
+
+            state["fail"] = True
+            line, _, _ = await _http(port, b"GET /metrics HTTP/1.1\r\n\r\n")
+            assert line == "HTTP/1.1 500 Internal Server Error"
+            state["fail"] = False
+            # the server survived the failure
+            line, _, _ = await _http(port, b"GET /metrics HTTP/1.1\r\n\r\n")
+            assert line == "HTTP/1.1 200 OK"
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(scenario())
