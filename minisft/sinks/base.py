@@ -41,7 +41,7 @@ class Sink(abc.ABC):
     def accepts(self, event: Event) -> bool:
         return self.filter.accepts(event)
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Open transports. Called once before the first delivery."""
 
     @abc.abstractmethod
@@ -51,7 +51,7 @@ class Sink(abc.ABC):
         Must not block the event loop: use asyncio I/O or `asyncio.to_thread`.
         """
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release transports. Called once at shutdown."""
 
 
