@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +21,12 @@ DEFAULT_CONTROL_SOCKET = Path("/run/minisft/minisft.sock")
 DEFAULT_STATE_DIR = Path("/var/lib/minisft")
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     PRIMARY = "primary"
     BACKUP = "backup"
 
 
-class FallbackMode(str, Enum):
+class FallbackMode(StrEnum):
     MANUAL = "manual"
     AUTO = "auto"
 
@@ -140,12 +140,14 @@ class SnmpTargetConfig:
     port: int = 162
     version: str = "2c"  # "2c" or "3"
     type: str = "trap"  # "trap" or "inform"
-    community: str | None = None
+    # secrets stay out of repr(): configs get logged and printed in tracebacks
+    community: str | None = field(default=None, repr=False)
     user: str | None = None
     auth_protocol: str = "sha256"
     priv_protocol: str = "aes128"
-    auth_key: str | None = None  # resolved from auth_key_file / environment by the loader
-    priv_key: str | None = None
+    # resolved from auth_key_file / auth_key_env by the loader
+    auth_key: str | None = field(default=None, repr=False)
+    priv_key: str | None = field(default=None, repr=False)
     kinds: tuple[str, ...] = ()  # empty: every kind
     min_severity: str = "debug"
     timeout: float = 2.0
@@ -154,7 +156,9 @@ class SnmpTargetConfig:
 
 @dataclass(frozen=True)
 class AppriseConfig:
-    urls: tuple[str, ...] = ()  # secrets resolved by the loader; never logged
+    # a URL string or a {url, tag, kinds, min_severity} mapping (see sinks.apprise_sink);
+    # URLs hold passwords and tokens: kept out of repr, never logged
+    urls: tuple[str | dict[str, Any], ...] = field(default=(), repr=False)
     config_file: Path | None = None
     kinds: tuple[str, ...] = ()
     min_severity: str = "debug"
@@ -183,10 +187,11 @@ class PoolConfig:
     name: str
     members: tuple[PoolMemberConfig, ...]
     addresses: tuple[IPInterface, ...]
-    key: bytes | None = None  # from key_file; never logged
+    key: bytes | None = field(default=None, repr=False)  # from key_file; never logged
     looksalive: LooksAliveConfig = field(default_factory=LooksAliveConfig)
     watch: str = "all"  # "neighbour" or "all"
-    preferred: dict[str, str] = field(default_factory=dict)  # address -> member name
+    # str(ip) of one of `addresses` (no prefix) -> member name
+    preferred: dict[str, str] = field(default_factory=dict)
     fallback: FallbackConfig = field(default_factory=FallbackConfig)
     witness: IPAddress | None = None
     port: int = 7404

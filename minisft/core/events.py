@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from enum import Enum, IntEnum
+from enum import IntEnum, StrEnum
 from typing import Any
 
 
@@ -39,7 +39,7 @@ class Severity(IntEnum):
             raise ValueError(f"unknown severity {text!r} (one of: {names})") from None
 
 
-class EventKind(str, Enum):
+class EventKind(StrEnum):
     """Every kind of event. The value is the stable wire name (journal, traps, filters)."""
 
     # daemon lifecycle and admin

@@ -1,0 +1,317 @@
+"""The `minisft` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from minisft import __version__
+from minisft.config.model import DEFAULT_CONFIG_PATH
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_NO_DAEMON = 3
+
+DESCRIPTION = """\
+MiniSFT keeps service IP addresses alive across servers. A node watches an address it does
+not hold with LooksAlive (ICMP ping, backed by ARP/NDP) and IsAlive (a real service check);
+when LooksAlive fails `retry` times it probes the address (RFC 5227), binds it on the
+interface that carries node.local_ip and announces it. Every decision is an event: system
+log, the journal in state_dir, SNMP traps, apprise, Nagios/Icinga, Prometheus.
+"""
+
+EPILOG = """\
+manual fallback, the original procedure as commands:
+  on the node that took over:   minisft release web    (removes it, pauses watching)
+  on the primary:               minisft claim web      (probes, binds, announces)
+  back on the first node:       minisft resume web     (watches again)
+
+examples:
+  minisft run --config /etc/minisft/minisft.yaml       foreground, for systemd
+  minisft check-config --config ./alpha.yaml           validate, change nothing
+  minisft status --json                                live state of every monitor
+  minisft events --follow                              the event journal, as it grows
+  minisft demo                                         a two-node takeover in a namespace lab
+
+exit codes: 0 ok, 1 command refused or failed, 2 bad configuration, 3 daemon unreachable.
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="minisft", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"minisft {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=description or help,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        sp.add_argument("--config", "-c", type=Path, default=DEFAULT_CONFIG_PATH,
+                        metavar="FILE", help=f"config file (default {DEFAULT_CONFIG_PATH})")
+        return sp
+
+    run = add("run", "run the daemon in the foreground (for systemd: Type=notify)",
+              "Run the daemon in the foreground. SIGTERM stops it (releasing held addresses "
+              "if node.release_on_stop), SIGHUP reloads the config (a bad file is refused "
+              "and the running config stays).")
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                     help="override logging.level")
+    add("check-config", "validate the config file; change nothing",
+        "Validate the config file: on error, name the key and its line and exit 2. "
+        "Touches nothing on the host.")
+    st = add("status", "show every monitor: state, holder, last results, counters")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    for verb, text in (
+        ("release", "remove the address here and pause watching (manual fallback step 1)"),
+        ("claim", "probe the address and bind it here now (manual fallback step 2)"),
+        ("pause", "stop watching (a held address stays bound)"),
+        ("resume", "watch again after release or pause"),
+    ):
+        sp = add(verb, text)
+        sp.add_argument("monitor", metavar="NAME", help="monitor name from the config")
+    ev = add("events", "show the event journal (works without the daemon)")
+    ev.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    ev.add_argument("--last", "-n", type=int, default=20, metavar="N",
+                    help="show the last N events first (default 20; 0 = all)")
+    ev.add_argument("--kind", action="append", metavar="KIND", help="only this kind (repeat)")
+    ev.add_argument("--monitor", metavar="NAME", help="only this monitor")
+    ev.add_argument("--json", action="store_true", help="one JSON object per line")
+    add("reload", "reload the config file in the running daemon (like SIGHUP)")
+    add("test-alert", "send a test event through every configured sink; report each")
+    demo = sub.add_parser("demo", help="a live two-node takeover in a namespace lab (root)",
+                          description="Build a namespace lab (two nodes and a client), start "
+                          "two daemons, kill the holder's link, show the takeover and the "
+                          "events as they happen, then fall back by hand. Cleans up after "
+                          "itself, also on Ctrl-C.")
+    demo.add_argument("--fast", action="store_true", help="shorter pauses between the acts")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = _COMMANDS[args.command]
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+def _load(args: argparse.Namespace, *, secrets: bool = True) -> Any:
+    """Load the config or exit 2 naming every bad key. Commands that only need to find the
+    daemon pass secrets=False, so they do not need to read root-only key files."""
+    from minisft.config.loader import ConfigError, load_config
+
+    try:
+        return load_config(args.config, secrets=secrets)
+    except ConfigError as exc:
+        print(f"minisft: config error: {exc.report()}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from minisft.runtime.daemon import Daemon
+
+    config = _load(args)
+    level = (args.log_level or config.logging.level).upper()
+    logging.basicConfig(level=getattr(logging, level, logging.INFO),
+                        format="%(asctime)s minisft[%(process)d] %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    return asyncio.run(Daemon(config, config_path=args.config).run())
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load(args)
+    print(f"{args.config}: OK")
+    print(f"  node {config.node.name}, local_ip {config.node.local_ip}")
+    for m in config.monitors:
+        la = m.looksalive
+        check = m.isalive.check.type
+        print(f"  monitor {m.name}: {m.address} role {m.role.value}, LooksAlive every "
+              f"{la.interval:g}s x{la.retry} (timeout {la.timeout:g}s), IsAlive {check}, "
+              f"fallback {m.fallback.mode.value}")
+    for pool in config.pools:
+        print(f"  pool {pool.name}: {len(pool.members)} members, {len(pool.addresses)} "
+              "addresses")
+    sinks = (["syslog"] if config.logging.syslog else []) + \
+        [f"snmp {t.host}:{t.port} v{t.version} {t.type}" for t in config.alerting.snmp_targets]
+    if config.alerting.apprise is not None:
+        sinks.append("apprise")
+    print(f"  sinks: {', '.join(sinks) or 'none (journal only)'}")
+    print(f"  state_dir {config.state_dir}, control_socket {config.control_socket}")
+    return EXIT_OK
+
+
+def _request(args: argparse.Namespace, payload: dict[str, Any]) -> dict[str, Any]:
+    from minisft.runtime.control import ControlError, request
+
+    config = _load(args, secrets=False)
+    try:
+        return request(config.control_socket, payload)
+    except ControlError as exc:
+        print(f"minisft: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_NO_DAEMON) from None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    answer = _request(args, {"cmd": "status"})
+    status = answer.get("status", {})
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+        return EXIT_OK
+    print(format_status(status))
+    return EXIT_OK
+
+
+def format_status(st: dict[str, Any]) -> str:
+    up = time.time() - float(st.get("started_at") or time.time())
+    lines = [f"node {st.get('node')} on {st.get('interface')} ({st.get('local_ip')}), pid "
+             f"{st.get('pid')}, up {_duration(up)}, link "
+             f"{'up' if st.get('link_up') else 'DOWN'}"]
+    header = ("MONITOR", "ADDRESS", "ROLE", "STATE", "HOLDER", "LOOKSALIVE", "ISALIVE",
+              "TAKEOVERS", "CONFLICTS", "SINCE")
+    rows = [header]
+    for m in st.get("monitors", []):
+        la = m["looksalive"]
+        rtt = f" {la['rtt_ms']}ms" if la.get("rtt_ms") is not None and la["health"] == "up" \
+            else ""
+        ia = m["isalive"]
+        if not ia["enabled"]:
+            isalive = "-"
+        elif ia["dead"]:
+            isalive = "DEAD"
+        else:
+            isalive = {True: "ok", False: "failing", None: "pending"}[ia["ok"]]
+            if ia.get("latency_ms") is not None:
+                isalive += f" {ia['latency_ms']:.0f}ms"
+        state = m["state"] + (" (paused)" if m["paused"] else "")
+        if m["conflict_open"]:
+            state += " CONFLICT"
+        rows.append((m["name"], f"{m['address']}/{m['prefixlen']}", m["role"], state,
+                     m["holder"], la["health"] + rtt, isalive, str(m["counters"]["takeovers"]),
+                     str(m["counters"]["conflicts"]), _duration(m["seconds_since_change"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for r in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    for m in st.get("monitors", []):
+        lines.append(f"  {m['name']}: {m['reason']}")
+    sinks = st.get("sinks", [])
+    if sinks:
+        parts = []
+        for s in sinks:
+            text = f"{s['name']} {s.get('state', '?')} ({s.get('delivered', 0)} delivered"
+            if s.get("pending"):
+                text += f", {s['pending']} pending"
+            if s.get("dropped"):
+                text += f", {s['dropped']} dropped"
+            text += ")"
+            if s.get("last_error") and s.get("state") != "ok":
+                text += f": {s['last_error']}"
+            parts.append(text)
+        lines.append("sinks: " + "; ".join(parts))
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def cmd_admin(args: argparse.Namespace) -> int:
+    answer = _request(args, {"cmd": args.command, "monitor": args.monitor, "by": "cli"})
+    if not answer.get("ok"):
+        print(f"minisft: {args.command} refused: {answer.get('error')}", file=sys.stderr)
+        return EXIT_FAILED
+    m = answer.get("monitor", {})
+    print(f"{args.monitor}: {m.get('state')}{' (paused)' if m.get('paused') else ''} - "
+          f"{m.get('reason')}")
+    return EXIT_OK
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    answer = _request(args, {"cmd": "reload"})
+    if not answer.get("ok"):
+        print(f"minisft: {answer.get('error')}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(answer.get("message"))
+    return EXIT_OK
+
+
+def cmd_test_alert(args: argparse.Namespace) -> int:
+    answer = _request(args, {"cmd": "test-alert"})
+    results: dict[str, str | None] = answer.get("results", {})
+    if not results:
+        print("no sinks configured (events go to the journal only)")
+        return EXIT_OK
+    failed = 0
+    for name, error in results.items():
+        if error is None:
+            print(f"  {name}: delivered")
+        else:
+            failed += 1
+            print(f"  {name}: FAILED: {error}")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    from minisft.runtime.journal import EventJournal, format_event, read_events
+
+    config = _load(args, secrets=False)
+    color = sys.stdout.isatty()
+    kinds = set(args.kind) if args.kind else None
+    last_seq = 0
+    for event in read_events(config.state_dir, last=args.last or None, kinds=kinds,
+                             monitor=args.monitor):
+        print(event.to_json() if args.json else format_event(event, color), flush=True)
+        last_seq = event.seq
+    if not args.follow:
+        return EXIT_OK
+    journal = EventJournal(config.state_dir / "journal")
+    if last_seq == 0:
+        last_seq = max((e.seq for e in read_events(config.state_dir, last=1)), default=0)
+    for event in journal.follow(last_seq):
+        if kinds and event.kind.value not in kinds:
+            continue
+        if args.monitor and event.monitor != args.monitor:
+            continue
+        print(event.to_json() if args.json else format_event(event, color), flush=True)
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from minisft.lab.demo import run_demo
+
+    return run_demo(fast=args.fast)
+
+
+_COMMANDS = {
+    "run": cmd_run,
+    "check-config": cmd_check_config,
+    "status": cmd_status,
+    "release": cmd_admin,
+    "claim": cmd_admin,
+    "pause": cmd_admin,
+    "resume": cmd_admin,
+    "events": cmd_events,
+    "reload": cmd_reload,
+    "test-alert": cmd_test_alert,
+    "demo": cmd_demo,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())
