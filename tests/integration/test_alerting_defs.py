@@ -467,7 +467,7 @@ def test_traphandler_reads_severity_and_forwards_with_apprise(tmp_path: Path) ->
             f"  - json://127.0.0.1:{port}/info:\n      - tag: info\n")
         trap = ("localhost\nUDP: [127.0.0.1]:40000->[127.0.0.1]:162\n"
                 ".1.3.6.1.2.1.1.3.0 0:0:01:00.00\n"
-                ".1.3.6.1.6.3.1.1.4.1.0 .1.3.6.1.4.1.32473.1.0.7\n"
+                ".1.3.6.1.6.3.1.1.4.1.0 .1.3.6.1.4.1.32473.0.7\n"
                 "MINISFT-MIB::minisftEventSeverity.0 critical(2)\n"
                 'MINISFT-MIB::minisftEventReason.0 "holder stopped answering"\n')
         env = {**os.environ, "PATH": f"{Path(apprise_cli).parent}:{os.environ['PATH']}"}
@@ -480,7 +480,7 @@ def test_traphandler_reads_severity_and_forwards_with_apprise(tmp_path: Path) ->
     assert proc.returncode == 0, proc.stderr
     record = json.loads((tmp_path / "log").read_text())
     assert record["severity"] == "critical"
-    assert record["trap_oid"] == ".1.3.6.1.4.1.32473.1.0.7"
+    assert record["trap_oid"] == ".1.3.6.1.4.1.32473.0.7"
     assert [path for path, _ in _Collector.received] == ["/critical"]
     payload = _Collector.received[0][1]
     assert "holder stopped answering" in payload["message"]

@@ -1,0 +1,347 @@
+"""`minisft-snmp-pass`: a net-snmp pass_persist helper serving MINISFT-MIB's node scalars
+and monitor table from the daemon's status file (STATE_DIR/status.json).
+
+snmpd.conf:
+    pass_persist .1.3.6.1.4.1.32473.1 /usr/bin/minisft-snmp-pass --config /etc/minisft/minisft.yaml
+
+Protocol (snmpd.conf(5)): snmpd writes "PING" and expects "PONG"; then "get" or "getnext"
+followed by an OID line, answered by three lines (OID, type, value) or "NONE"; "set" is
+followed by an OID line and a "type value" line and answered "not-writable".
+
+No pysnmp and no daemon connection: plain OID arithmetic over a JSON file the daemon
+rewrites atomically every second, so the helper starts fast, never blocks the daemon and
+keeps answering (with minisftNodeStatusAge growing) when the daemon is gone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import contextlib
+import ipaddress
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from minisft.snmp import oids
+
+DEFAULT_CONFIG = Path("/etc/minisft/minisft.yaml")
+DEFAULT_STATE_DIR = Path("/var/lib/minisft")
+STATUS_NAME = "status.json"
+MAX_U32 = 2**32 - 1
+REBUILD_AFTER = 1.0  # seconds: the age and uptime values move with the clock
+
+OID = tuple[int, ...]
+Entry = tuple[OID, str, str]  # (oid, pass type, value text)
+
+
+# ------------------------------------------------------------------ value encoding
+
+
+def parse_oid(text: str) -> OID | None:
+    text = text.strip().lstrip(".")
+    if not text:
+        return ()
+    try:
+        return tuple(int(part) for part in text.split("."))
+    except ValueError:
+        return None
+
+
+def format_oid(oid: OID) -> str:
+    return "." + ".".join(str(n) for n in oid)
+
+
+def _text(value: Any) -> str:
+    """One line of SnmpAdminString (UTF-8, at most 255 octets, no line breaks)."""
+    text = "" if value is None else str(value)
+    text = " ".join(text.splitlines())
+    data = text.encode("utf-8")[:255]
+    return data.decode("utf-8", "ignore")
+
+
+def _octets(data: bytes) -> str:
+    return " ".join(f"{b:02X}" for b in data)
+
+
+def _u32(value: Any) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return 0
+    if not math.isfinite(number) or number < 0:
+        return 0
+    return min(int(number), MAX_U32)
+
+
+def _micro(ms: Any) -> int:
+    try:
+        return _u32(round(float(ms) * 1000.0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def date_and_time(epoch: Any) -> bytes:
+    """SNMPv2-TC DateAndTime in UTC (11 octets); empty if unknown."""
+    try:
+        t = float(epoch)
+    except (TypeError, ValueError):
+        return b""
+    if not math.isfinite(t) or t < 0:
+        return b""
+    tm = time.gmtime(t)
+    deci = int((t - math.floor(t)) * 10) % 10
+    return (tm.tm_year.to_bytes(2, "big")
+            + bytes([tm.tm_mon, tm.tm_mday, tm.tm_hour, tm.tm_min, min(tm.tm_sec, 60), deci])
+            + b"+\x00\x00")
+
+
+def _mac(value: Any) -> bytes:
+    if not isinstance(value, str):
+        return b""
+    digits = value.replace(":", "").replace("-", "").replace(".", "").strip()
+    try:
+        data = bytes.fromhex(digits)
+    except ValueError:
+        return b""
+    return data if 6 <= len(data) <= 20 else b""
+
+
+def _truth(value: Any) -> int:
+    return oids.TRUTH[bool(value)]
+
+
+# ------------------------------------------------------------------ status -> entries
+
+
+def node_entries(status: dict[str, Any], now: float) -> Iterator[Entry]:
+    n = oids.NODE_SCALARS
+
+    def scalar(name: str, kind: str, value: str) -> Entry:
+        return (*oids.NODE, n[name], 0), kind, value
+
+    started: Any = status.get("started_at")
+    updated: Any = status.get("updated_at")
+    monitors = status.get("monitors") or []
+    yield scalar("minisftNodeName", "string", _text(status.get("node")))
+    yield scalar("minisftNodeSoftwareVersion", "string", _text(status.get("software_version")))
+    yield scalar("minisftNodeStartTime", "octet", _octets(date_and_time(started)))
+    try:
+        uptime = _u32((float(updated) - float(started)) * 100)
+    except (TypeError, ValueError):
+        uptime = 0
+    yield scalar("minisftNodeUptime", "timeticks", str(uptime))
+    yield scalar("minisftNodeMonitorCount", "gauge", str(len(monitors)))
+    yield scalar("minisftNodeLastEventSeq", "gauge", str(_u32(status.get("last_event_seq"))))
+    try:
+        age = _u32(now - float(updated))
+    except (TypeError, ValueError):
+        age = MAX_U32
+    yield scalar("minisftNodeStatusAge", "gauge", str(age))
+    if isinstance(status.get("link_up"), bool):
+        yield scalar("minisftNodeLinkUp", "integer", str(_truth(status["link_up"])))
+
+
+def monitor_row(mon: dict[str, Any], updated: Any) -> dict[str, tuple[str, str]]:
+    """Column name -> (pass type, value) for one MonitorMachine.snapshot()."""
+    try:
+        addr = ipaddress.ip_address(str(mon.get("address", "")).split("%", 1)[0])
+        addr_type, addr_bytes = (1 if addr.version == 4 else 2), addr.packed
+    except ValueError:
+        addr_type, addr_bytes = oids.INET_ADDRESS_TYPE["unknown"], b""
+    looks = mon.get("looksalive") or {}
+    isalive = mon.get("isalive") or {}
+    peer = mon.get("peer") or {}
+    counters = mon.get("counters") or {}
+    if not isalive.get("enabled", True):
+        check = "disabled"
+    elif isalive.get("ok") is True:
+        check = "ok"
+    elif isalive.get("ok") is False:
+        check = "failed"
+    else:
+        check = "unknown"
+    changed = mon.get("last_change_time")
+    if changed is None:
+        try:
+            changed = float(updated) - float(mon.get("seconds_since_change") or 0.0)
+        except (TypeError, ValueError):
+            changed = None
+    state = str(mon.get("state") or "").split(" ", 1)[0]
+    return {
+        "minisftMonitorName": ("string", _text(mon.get("name"))),
+        "minisftMonitorAddressType": ("integer", str(addr_type)),
+        "minisftMonitorAddress": ("octet", _octets(addr_bytes)),
+        "minisftMonitorPrefixLength": ("gauge", str(_u32(mon.get("prefixlen")))),
+        "minisftMonitorRole": ("integer", str(oids.ROLE.get(str(mon.get("role")), 1))),
+        "minisftMonitorState": ("integer", str(oids.MONITOR_STATE.get(state, 0))),
+        "minisftMonitorPaused": ("integer", str(_truth(mon.get("paused")))),
+        "minisftMonitorHolder": ("integer", str(oids.HOLDER.get(str(mon.get("holder")), 1))),
+        "minisftMonitorHolderMac": ("octet", _octets(_mac(mon.get("holder_mac")))),
+        "minisftMonitorLooksAlive": ("integer", str(oids.HEALTH.get(str(looks.get("health")),
+                                                                    1))),
+        "minisftMonitorLooksAliveRtt": ("gauge", str(_micro(looks.get("rtt_ms")))),
+        "minisftMonitorIsAlive": ("integer", str(oids.CHECK_RESULT[check])),
+        "minisftMonitorIsAliveLatency": ("gauge", str(_micro(isalive.get("latency_ms")))),
+        "minisftMonitorServiceDead": ("integer", str(_truth(isalive.get("dead")))),
+        "minisftMonitorPeerHealth": ("integer", str(oids.HEALTH.get(str(peer.get("health")),
+                                                                    1))),
+        "minisftMonitorTakeovers": ("counter", str(_u32(counters.get("takeovers")) % 2**32)),
+        "minisftMonitorConflicts": ("counter", str(_u32(counters.get("conflicts")) % 2**32)),
+        "minisftMonitorLastChange": ("octet", _octets(date_and_time(changed))),
+        "minisftMonitorReason": ("string", _text(mon.get("reason"))),
+    }
+
+
+def build_entries(status: dict[str, Any], now: float) -> list[Entry]:
+    entries = list(node_entries(status, now))
+    monitors = [m for m in status.get("monitors") or [] if isinstance(m, dict)]
+    rows = [monitor_row(m, status.get("updated_at")) for m in monitors[:65535]]
+    for column, number in oids.MONITOR_COLUMNS.items():
+        if column == "minisftMonitorIndex":  # not-accessible
+            continue
+        for index, row in enumerate(rows, start=1):
+            kind, value = row[column]
+            entries.append(((*oids.MONITOR_ENTRY, number, index), kind, value))
+    entries.sort(key=lambda e: e[0])
+    return entries
+
+
+# ------------------------------------------------------------------ the MIB view
+
+
+class StatusView:
+    """The status file as a sorted list of OID entries, reloaded when the file changes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp: tuple[int, int, int] | None = None
+        self._status: dict[str, Any] | None = None
+        self._entries: list[Entry] = []
+        self._oids: list[OID] = []
+        self._built_at = -math.inf
+
+    def entries(self) -> list[Entry]:
+        now = time.time()
+        try:
+            st = os.stat(self.path)
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError:
+            stamp = None
+        if stamp != self._stamp:
+            self._stamp = stamp
+            self._status = self._load() if stamp else None
+            self._built_at = -math.inf
+        if self._status is None:
+            self._entries = []
+        elif now - self._built_at >= REBUILD_AFTER:
+            self._entries = build_entries(self._status, now)
+            self._built_at = now
+        self._oids = [e[0] for e in self._entries]
+        return self._entries
+
+    def _load(self) -> dict[str, Any] | None:
+        try:
+            with open(self.path, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except (OSError, ValueError):
+            self._stamp = None  # try again next request (e.g. a half-written copy)
+            return self._status  # keep serving the last good status
+        return data if isinstance(data, dict) else None
+
+    def get(self, oid: OID) -> Entry | None:
+        entries = self.entries()
+        i = bisect.bisect_left(self._oids, oid)
+        return entries[i] if i < len(entries) and entries[i][0] == oid else None
+
+    def getnext(self, oid: OID) -> Entry | None:
+        entries = self.entries()
+        i = bisect.bisect_right(self._oids, oid)
+        return entries[i] if i < len(entries) else None
+
+
+# ------------------------------------------------------------------ the protocol
+
+
+def serve(view: StatusView, stdin: IO[str], stdout: IO[str]) -> None:
+    def reply(*lines: str) -> None:
+        stdout.write("".join(line + "\n" for line in lines))
+        stdout.flush()
+
+    def answer(entry: Entry | None) -> None:
+        if entry is None:
+            reply("NONE")
+        else:
+            reply(format_oid(entry[0]), entry[1], entry[2])
+
+    while True:
+        line = stdin.readline()
+        if not line:
+            return  # snmpd closed the pipe
+        command = line.strip().lower()
+        if not command:
+            continue
+        if command == "ping":
+            reply("PONG")
+        elif command in ("get", "getnext"):
+            oid = parse_oid(stdin.readline())
+            if oid is None:
+                reply("NONE")
+            elif command == "get":
+                answer(view.get(oid))
+            else:
+                answer(view.getnext(oid))
+        elif command == "set":
+            stdin.readline()  # OID
+            stdin.readline()  # type and value
+            reply("not-writable")
+        else:
+            reply("NONE")
+
+
+def status_path_from_config(config: Path) -> Path:
+    import yaml  # only for --config; the document's other keys are not validated here
+
+    with open(config, encoding="utf-8") as fh:
+        doc = yaml.safe_load(fh)
+    state_dir = doc.get("state_dir") if isinstance(doc, dict) else None
+    return Path(state_dir or DEFAULT_STATE_DIR) / STATUS_NAME
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="minisft-snmp-pass",
+        description="net-snmp pass_persist helper serving MINISFT-MIB from the daemon's "
+                    "status file. In snmpd.conf: pass_persist .1.3.6.1.4.1.32473.1 "
+                    "/usr/bin/minisft-snmp-pass --config /etc/minisft/minisft.yaml")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--config", type=Path,
+                       help=f"MiniSFT config whose state_dir holds {STATUS_NAME} "
+                            f"(default {DEFAULT_CONFIG})")
+    group.add_argument("--status", type=Path, help=f"the {STATUS_NAME} file itself")
+    args = parser.parse_args(argv)
+    if args.status is not None:
+        path = args.status
+    else:
+        config = args.config or DEFAULT_CONFIG
+        try:
+            path = status_path_from_config(config)
+        except OSError as exc:
+            print(f"minisft-snmp-pass: cannot read {config}: {exc.strerror}", file=sys.stderr)
+            return 2
+        except Exception as exc:  # YAML errors quote the file, which may hold secrets
+            print(f"minisft-snmp-pass: cannot parse {config}: {type(exc).__name__}",
+                  file=sys.stderr)
+            return 2
+    with contextlib.suppress(BrokenPipeError, KeyboardInterrupt):  # snmpd went away
+        serve(StatusView(path), sys.stdin, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
