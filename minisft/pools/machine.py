@@ -1,0 +1,622 @@
+"""One member's decisions for a pool of shared addresses, as a pure state machine.
+
+Same style as `minisft.core.monitor`: no I/O, no clock; `handle(input, now)` returns the
+actions to carry out, the legal inputs per phase are the table `TRANSITIONS`, anything
+else raises `IllegalInput`.
+
+Phases of the member (addresses have their own slot: free, probing, binding, held):
+
+    STARTING  -- waiting for the runtime's first look at the interface (`Started`)
+    JOINING   -- listening to heartbeats for one detection time before taking anything,
+                 so a starting member does not grab addresses its peers hold
+    ACTIVE    -- part of a quorum: takes, keeps and hands over addresses per the formula
+    ISOLATED  -- no quorum (or own link down): takes nothing over, keeps what it holds
+
+Rules, each with the reason its event carries:
+
+* **Liveness.** Heartbeats go out every ``looksalive.interval``. A member is *silent* after
+  ``retry * interval + timeout`` (the detection time) without a valid heartbeat.
+  ``watch: all``: every member judges every other by its own heartbeats.
+  ``watch: neighbour``: in the configured member order (a ring, skipping members silent to
+  this node) only the next member after X -- X's watcher -- judges X by its heartbeats;
+  the others adopt the watcher's verdict (the ``lost`` list in its heartbeats), or judge
+  by themselves after twice the detection time if the watcher says nothing. One verdict
+  per member keeps views identical under asymmetric loss, so the formula agrees.
+* **Quorum.** Visible = this node plus the members it hears. ACTIVE needs a strict
+  majority of the configured members, or exactly half plus a reachable `witness` (the
+  tie-breaker for even pools, e.g. two members). A minority never counts the witness:
+  a member that is cut off from its peers but still sees the gateway must not take the
+  majority's addresses.
+* **Split-brain rule: isolated keeps, takes nothing.** Patroni releases on quorum loss
+  because two writable databases corrupt data. A service IP is stateless: releasing would
+  turn a switch failure that cuts every member off (and the last survivor of a pool) into
+  a total outage, while keeping costs at most a duplicate on a segment the peers cannot
+  reach. So an isolated member keeps what it holds, takes nothing over, and stops
+  re-announcing (the majority's gratuitous ARP/NA for the addresses it takes wins). When
+  the partition heals, duplicates are resolved below.
+* **Assignment.** `formula.assign` over this node plus the members that are alive, not
+  isolated and *stable* (see fallback), with the configured roster as the base layer.
+* **Taking an address** (ACTIVE only): if the formula gives it to this node and no live
+  member holds it (free, or its holder is lost), probe it (ARP/NDP) and bind if nobody
+  answers. If a live member holds it, ask for it (``wants`` in the heartbeat) and wait:
+  the holder decides when to let go, so an address is never held twice on purpose.
+* **Handing over** (fallback auto): a holder releases an address when the formula gives it
+  to another member *and* that member's heartbeat says it wants it.
+* **Fallback.** ``auto``: a member that comes back (or first appears after this node
+  joined) becomes stable after ``hold_down`` of continuous heartbeats; only then does the
+  formula count it, so it gets its addresses back after the hold-down. ``manual``: members
+  count as soon as they are alive (they get free and orphaned addresses), but a holder
+  never releases to rebalance: addresses stay where they are until an admin feeds
+  `Rebalance` (one hand-over pass, as auto would do it) or their holder dies.
+* **Duplicates** (two live holders, e.g. after a partition heals): the formula over every
+  live, non-isolated member *ignoring* hold-down picks the keeper; if it is none of the
+  holders, the holder ranked first by HRW keeps it. Every other holder releases (YIELDED).
+* **Config drift.** A peer whose config digest differs raises CONFIG_DRIFT once per
+  episode (and a notice when it matches again). It still counts: the alarm is for a human.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from minisft.config.model import AnnounceConfig, FallbackMode, PoolConfig, ProbeConfig
+from minisft.core.events import EventKind, Notice, Severity
+from minisft.pools.actions import (
+    Action,
+    AddressGone,
+    Announce,
+    Bind,
+    BindDone,
+    CancelProbe,
+    Emit,
+    HeartbeatSeen,
+    LinkChanged,
+    PoolInput,
+    ProbeDone,
+    Rebalance,
+    Release,
+    SendHeartbeat,
+    Started,
+    StartProbe,
+    Tick,
+    WitnessResult,
+)
+from minisft.pools.formula import assign, ranking
+from minisft.pools.protocol import config_digest
+
+
+class Phase(StrEnum):
+    STARTING = "starting"
+    JOINING = "joining"
+    ACTIVE = "active"
+    ISOLATED = "isolated"
+
+
+class Slot(StrEnum):
+    FREE = "free"
+    PROBING = "probing"
+    BINDING = "binding"
+    HELD = "held"
+
+
+class IllegalInput(RuntimeError):
+    """An input the current phase cannot receive: a bug in the caller."""
+
+
+@dataclass
+class MemberView:
+    """What this node knows about one other member."""
+
+    name: str
+    weight: int
+    last_seen: float | None = None
+    alive: bool = False  # this node's verdict
+    stable: bool = False  # counted by the formula (auto fallback: after hold-down)
+    initial: bool = False  # seen while this node was joining: no hold-down
+    back_at: float | None = None
+    state: str = "alive"
+    holds: frozenset[str] = frozenset()
+    wants: frozenset[str] = frozenset()
+    lost: frozenset[str] = frozenset()
+    digest: str | None = None
+    drift: bool = False
+    heartbeats: int = 0
+
+
+@dataclass
+class Counters:
+    takeovers: int = 0  # bound an address another member held
+    claims: int = 0  # bound an address nobody held
+    handovers: int = 0  # released to the member the formula gives it
+    yields: int = 0  # released a duplicate
+    conflicts: int = 0  # a probe found someone answering
+    bind_failures: int = 0
+    heartbeats_seen: int = 0
+
+
+# Probe and announce settings are not per pool: the core's LAN-scale defaults.
+PROBE = ProbeConfig()
+ANNOUNCE = AnnounceConfig()
+
+
+@dataclass
+class PoolMachine:
+    pool: PoolConfig
+    me: str
+    now: float
+    phase: Phase = Phase.STARTING
+    reason: str = "starting: looking at the interface"
+    link_up: bool = True
+    witness_ok: bool | None = None
+    counters: Counters = field(default_factory=Counters)
+    _token: int = 0
+    _pending: list[Action] = field(default_factory=list)
+    _rebalance_by: str | None = None
+
+    def __post_init__(self) -> None:
+        names = [m.name for m in self.pool.members]
+        if self.me not in names:
+            raise ValueError(f"{self.me!r} is not a member of pool {self.pool.name!r}")
+        self.digest = config_digest(self.pool)
+        self.order = names
+        self.weights = {m.name: m.weight for m in self.pool.members}
+        self.keys = [str(a) for a in self.pool.addresses]
+        by_ip = {str(a.ip): str(a) for a in self.pool.addresses}
+        self.preferred: dict[str, str] = {}
+        for raw, member in self.pool.preferred.items():
+            try:
+                key = by_ip.get(str(ipaddress.ip_interface(raw).ip))
+            except ValueError:
+                key = None
+            if key is not None:
+                self.preferred[key] = member
+        self.views = {n: MemberView(n, self.weights[n]) for n in names if n != self.me}
+        self.slots = dict.fromkeys(self.keys, Slot.FREE)
+        self.last_holder: dict[str, str] = {}
+        self.assignment: dict[str, str] = {}
+        self.wants: frozenset[str] = frozenset()
+        self._probe_tokens: dict[int, str] = {}
+        self._bind_tokens: dict[int, str] = {}
+        self._retry_at: dict[str, float] = {}
+        self._conflict_open: set[str] = set()
+        self._next_announce: dict[str, float] = {}
+        self._witness_misses = 0
+        self._joined_at = self.now
+        self.last_change = self.now
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def detection_time(self) -> float:
+        la = self.pool.looksalive
+        return la.retry * la.interval + la.timeout
+
+    def handle(self, event: PoolInput, now: float) -> list[Action]:
+        handlers = TRANSITIONS[self.phase]
+        kind = type(event)
+        if kind not in handlers:
+            raise IllegalInput(f"pool {self.pool.name}: {kind.__name__} cannot happen in "
+                               f"phase {self.phase.value}")
+        self.now = now
+        self._pending = []
+        handler = handlers[kind]
+        if handler is not None:
+            handler(self, event)
+        if self.phase is not Phase.STARTING:
+            self._refresh()
+        out, self._pending = self._pending, []
+        return out
+
+    @property
+    def held(self) -> list[str]:
+        return [a for a in self.keys if self.slots[a] is Slot.HELD]
+
+    def heartbeat_fields(self, leaving: bool = False) -> dict[str, Any]:
+        """What this node's next heartbeat says (state, holds, wants, lost).
+
+        `leaving`: the farewell a stopping member sends after releasing its addresses, so
+        the others take them over at once instead of after the detection time."""
+        claimed = [a for a in self.keys if self.slots[a] in (Slot.HELD, Slot.BINDING)]
+        return {
+            "state": "leaving" if leaving else
+            "isolated" if self.phase is Phase.ISOLATED else "alive",
+            "holds": () if leaving else tuple(claimed),
+            "wants": tuple(sorted(self.wants)),
+            "lost": tuple(sorted(n for n, v in self.views.items()
+                                 if not v.alive and v.last_seen is not None)),
+            "digest": self.digest,
+        }
+
+    def snapshot(self) -> dict[str, Any]:
+        members = [{
+            "name": self.me, "self": True, "weight": self.weights[self.me],
+            "alive": True, "stable": self.phase is not Phase.ISOLATED,
+            "state": "isolated" if self.phase is Phase.ISOLATED else "alive",
+            "holds": self.held,
+        }]
+        for name in self.order:
+            if name == self.me:
+                continue
+            v = self.views[name]
+            members.append({
+                "name": name, "self": False, "weight": v.weight, "alive": v.alive,
+                "stable": v.stable, "state": v.state, "holds": sorted(v.holds),
+                "wants": sorted(v.wants), "drift": v.drift, "heartbeats": v.heartbeats,
+                "last_seen_ago": round(self.now - v.last_seen, 3)
+                if v.last_seen is not None else None,
+            })
+        return {
+            "name": self.pool.name,
+            "member": self.me,
+            "phase": self.phase.value,
+            "reason": self.reason,
+            "isolated": self.phase is Phase.ISOLATED,
+            "link_up": self.link_up,
+            "witness": str(self.pool.witness) if self.pool.witness else None,
+            "witness_ok": self.witness_ok,
+            "watch": self.pool.watch,
+            "fallback": self.pool.fallback.mode.value,
+            "config_digest": self.digest,
+            "drift": sorted(n for n, v in self.views.items() if v.drift),
+            "members": members,
+            "assignment": dict(self.assignment),
+            "addresses": {a: self.slots[a].value for a in self.keys},
+            "held": self.held,
+            "wants": sorted(self.wants),
+            "counters": dict(vars(self.counters)),
+            "seconds_since_change": round(max(0.0, self.now - self.last_change), 3),
+        }
+
+    # ------------------------------------------------------------------ helpers
+
+    def _do(self, *actions: Action) -> None:
+        self._pending.extend(actions)
+
+    def _emit(self, kind: EventKind, reason: str, address: str | None = None, *,
+              severity: Severity | None = None, **details: Any) -> None:
+        extra = details.pop("details", {})
+        self._do(Emit(Notice(kind=kind, reason=reason, monitor=self.pool.name,
+                             address=address, state=self.phase.value, severity=severity,
+                             details={**details, **extra})))
+
+    def _next_token(self) -> int:
+        self._token += 1
+        return self._token
+
+    def _go(self, phase: Phase, reason: str) -> None:
+        if phase is not self.phase:
+            self.last_change = self.now
+        self.phase = phase
+        self.reason = reason
+
+    def _silent(self, v: MemberView, factor: float = 1.0) -> bool:
+        return v.last_seen is None or self.now - v.last_seen > factor * self.detection_time
+
+    # ------------------------------------------------------------------ inputs
+
+    def _on_started(self, ev: Started) -> None:
+        self._go(Phase.JOINING, "joining: listening to the other members before taking "
+                                "anything")
+        self._joined_at = self.now
+        for a in sorted(ev.held & set(self.keys)):
+            self.slots[a] = Slot.HELD
+            self.last_holder[a] = self.me
+            self._next_announce[a] = self.now + ANNOUNCE.refresh
+            self._emit(EventKind.ADOPTED, "pool address already bound here at start-up: "
+                       "adopted and announced again", address=a)
+            self._do(Announce(a))
+
+    def _on_heartbeat(self, ev: HeartbeatSeen) -> None:
+        v = self.views.get(ev.member)
+        if v is None:
+            return  # the transport filters unknown senders; tolerate it anyway
+        self.counters.heartbeats_seen += 1
+        v.heartbeats += 1
+        if self.phase is Phase.JOINING and v.last_seen is None:
+            v.initial = True
+        v.last_seen = self.now
+        v.state = ev.state if ev.state in ("alive", "isolated", "leaving") else "alive"
+        v.holds = ev.holds & set(self.keys)
+        v.wants = ev.wants
+        v.lost = ev.lost
+        for a in v.holds:
+            self.last_holder[a] = ev.member
+        if ev.digest != self.digest and not v.drift:
+            v.drift = True
+            self._emit(EventKind.CONFIG_DRIFT,
+                       f"member {ev.member} runs a different configuration of pool "
+                       f"{self.pool.name} (digest {ev.digest[:12]}, ours {self.digest[:12]}): "
+                       "assignments may disagree until the configs match",
+                       member=ev.member, theirs=ev.digest, ours=self.digest)
+        elif ev.digest == self.digest and v.drift:
+            v.drift = False
+            self._emit(EventKind.CONFIG_DRIFT, f"member {ev.member} has the same pool "
+                       "configuration again", severity=Severity.NOTICE, member=ev.member,
+                       resolved=True)
+        v.digest = ev.digest
+
+    def _on_witness(self, ev: WitnessResult) -> None:
+        if ev.ok:
+            self._witness_misses = 0
+            self.witness_ok = True
+            return
+        self._witness_misses += 1
+        if self._witness_misses >= self.pool.looksalive.retry:
+            self.witness_ok = False
+
+    def _on_link(self, ev: LinkChanged) -> None:
+        if ev.up == self.link_up:
+            return
+        self.link_up = ev.up
+        if ev.up:
+            self._emit(EventKind.LINK_UP, "this node's link is back")
+        else:
+            self._emit(EventKind.LINK_DOWN, "this node's link is down: taking nothing over, "
+                       "keeping what it holds")
+
+    def _on_gone(self, ev: AddressGone) -> None:
+        a = ev.address
+        if self.slots.get(a) is not Slot.HELD:
+            return
+        self.slots[a] = Slot.FREE
+        self._do(SendHeartbeat())
+        self._emit(EventKind.ADDRESS_REMOVED, "the address vanished from the interface; it "
+                   "is taken again if the formula still gives it to this node", address=a)
+
+    def _on_rebalance(self, ev: Rebalance) -> None:
+        self._rebalance_by = ev.by  # used (and cleared) by the reconcile of this input
+
+    def _on_probe_done(self, ev: ProbeDone) -> None:
+        a = self._probe_tokens.pop(ev.token, None)
+        if a is None or self.slots[a] is not Slot.PROBING:
+            return  # stale: cancelled or superseded
+        if ev.answered_by is not None:
+            self.slots[a] = Slot.FREE
+            self._retry_at[a] = self.now + self.detection_time
+            self.counters.conflicts += 1
+            if a not in self._conflict_open:
+                self._conflict_open.add(a)
+                self._emit(EventKind.ADDRESS_CONFLICT,
+                           f"the formula gives this address to {self.me}, but {ev.answered_by} "
+                           "answers ARP/NDP for it: not binding, trying again later",
+                           address=a, mac=ev.answered_by)
+            return
+        if self.phase is not Phase.ACTIVE or self.assignment.get(a) != self.me:
+            self.slots[a] = Slot.FREE  # the world changed while probing
+            return
+        token = self._next_token()
+        self._bind_tokens[token] = a
+        self.slots[a] = Slot.BINDING
+        self._do(Bind(token, a))
+
+    def _on_bind_done(self, ev: BindDone) -> None:
+        a = self._bind_tokens.pop(ev.token, None)
+        if a is None or self.slots[a] is not Slot.BINDING:
+            return
+        if ev.error is not None:
+            self.slots[a] = Slot.FREE
+            self._retry_at[a] = self.now + self.detection_time
+            self.counters.bind_failures += 1
+            self._emit(EventKind.TAKEOVER_FAILED, f"could not bind the address: {ev.error}",
+                       address=a)
+            return
+        self.slots[a] = Slot.HELD
+        self._conflict_open.discard(a)
+        self._next_announce[a] = self.now + ANNOUNCE.refresh
+        before = self.last_holder.get(a)
+        self.last_holder[a] = self.me
+        self._do(SendHeartbeat())
+        if before is not None and before != self.me:
+            self.counters.takeovers += 1
+            lost = before in self.views and not self.views[before].alive
+            why = "was lost" if lost else "released it"
+            self._emit(EventKind.ADDRESS_MOVED, f"{before} {why}: address moved {before} -> "
+                       f"{self.me} per the formula; bound and announced", address=a,
+                       details={"from": before, "to": self.me})
+        else:
+            self.counters.claims += 1
+            self._emit(EventKind.CLAIMED, "nobody held the address and the formula gives it "
+                       "to this node: bound and announced", address=a)
+
+    # ------------------------------------------------------------------ evaluation
+
+    def _refresh(self) -> None:
+        self._judge_members()
+        if self.phase is Phase.JOINING and self.now - self._joined_at < self.detection_time:
+            return
+        self._judge_quorum()
+        self._reconcile()
+        self._refresh_announcements()
+
+    def _watcher_of(self, name: str) -> str:
+        """The next member after `name` in configured order that this node hears."""
+        i = self.order.index(name)
+        for step in range(1, len(self.order)):
+            cand = self.order[(i + step) % len(self.order)]
+            if cand == self.me or not self._silent(self.views[cand]):
+                return cand
+        return self.me
+
+    def _judge_members(self) -> None:
+        hold_down = self.pool.fallback.hold_down
+        auto = self.pool.fallback.mode is FallbackMode.AUTO
+        for name in self.order:
+            if name == self.me:
+                continue
+            v = self.views[name]
+            if self.pool.watch == "neighbour":
+                watcher = self._watcher_of(name)
+                if watcher == self.me:
+                    lost = self._silent(v)
+                else:
+                    lost = name in self.views[watcher].lost or self._silent(v, 2.0)
+            else:
+                lost = self._silent(v)
+            lost = lost or v.state == "leaving"
+            if v.alive and lost:
+                v.alive = v.stable = False
+                v.initial = False
+                v.back_at = None
+                held = sorted(v.holds)
+                if v.state == "leaving":
+                    self._emit(EventKind.MEMBER_LOST, f"member {name} is stopping and left "
+                               "the pool", member=name, held=len(v.holds))
+                    continue
+                self._emit(EventKind.MEMBER_LOST,
+                           f"member {name} is lost: no heartbeat for "
+                           f"{self.now - (v.last_seen or self.now):.1f}s (detection "
+                           f"{self.detection_time:g}s, watch {self.pool.watch})"
+                           + (f"; it held {', '.join(held)}" if held else ""),
+                           member=name, held=len(held))
+            elif not v.alive and not lost:
+                v.alive = True
+                v.back_at = self.now
+                if not v.initial:
+                    plan = (f"it gets its addresses back after {hold_down:g}s of continuous "
+                            "heartbeats" if auto else "fallback is manual: addresses stay "
+                            "where they are")
+                    self._emit(EventKind.MEMBER_BACK, f"member {name} is back: {plan}",
+                               member=name)
+            if v.alive and not v.stable:
+                v.stable = (not auto or v.initial
+                            or (v.back_at is not None and self.now - v.back_at >= hold_down))
+
+    def _judge_quorum(self) -> None:
+        n = len(self.order)
+        visible = 1 + sum(1 for v in self.views.values()
+                          if not self._silent(v) and v.state != "leaving")
+        if not self.link_up:
+            ok, why = False, "own link is down"
+        elif 2 * visible > n:
+            ok, why = True, f"sees {visible} of {n} members"
+        elif 2 * visible == n and self.witness_ok:
+            ok, why = True, f"sees {visible} of {n} members and the witness {self.pool.witness}"
+        else:
+            witness = ""
+            if self.pool.witness is not None:
+                witness = (" (the witness only breaks ties at exactly half)"
+                           if 2 * visible < n else f"; witness {self.pool.witness} unreachable")
+            ok, why = False, f"sees only {visible} of {n} members{witness}"
+        if ok and self.phase is not Phase.ACTIVE:
+            was = self.phase
+            self._go(Phase.ACTIVE, f"active: {why}")
+            if was is Phase.ISOLATED:
+                self._emit(EventKind.REJOINED, f"quorum regained: {why}", visible=visible)
+        elif not ok and self.phase is not Phase.ISOLATED:
+            self._go(Phase.ISOLATED, f"isolated: {why}")
+            for a in self.keys:
+                if self.slots[a] is Slot.PROBING:
+                    self._cancel_probe(a)
+            held = self.held
+            self._emit(EventKind.ISOLATED, f"no quorum: {why}; taking nothing over, keeping "
+                       f"the {len(held)} address(es) held here", visible=visible, members=n)
+        elif ok:
+            self.reason = f"active: {why}"
+
+    def _cancel_probe(self, a: str) -> None:
+        for token, addr in list(self._probe_tokens.items()):
+            if addr == a:
+                del self._probe_tokens[token]
+                self._do(CancelProbe(token, a))
+        self.slots[a] = Slot.FREE
+
+    def _live(self, *, stable_only: bool) -> dict[str, int]:
+        out = {self.me: self.weights[self.me]}
+        for name, v in self.views.items():
+            if v.alive and v.state != "isolated" and (v.stable or not stable_only):
+                out[name] = v.weight
+        return out
+
+    def _reconcile(self) -> None:
+        pool = self.pool.name
+        desired = assign(self.keys, self._live(stable_only=True), self.preferred,
+                         self.weights, pool=pool)
+        everyone = assign(self.keys, self._live(stable_only=False), self.preferred,
+                          self.weights, pool=pool)
+        self.assignment = desired
+        active = self.phase is Phase.ACTIVE and self.link_up
+        by, self._rebalance_by = self._rebalance_by, None
+        auto = self.pool.fallback.mode is FallbackMode.AUTO or by is not None
+        wants: set[str] = set()
+        for a in self.keys:
+            slot = self.slots[a]
+            others = {n for n, v in self.views.items() if v.alive and a in v.holds}
+            if slot is Slot.HELD:
+                if others:
+                    keeper = everyone[a] if everyone[a] in others | {self.me} else ranking(
+                        pool, a, {m: self.weights[m] for m in others | {self.me}})[0]
+                    if keeper != self.me:
+                        self.counters.yields += 1
+                        self._release(a)
+                        self._emit(EventKind.YIELDED,
+                                   f"held here and by {', '.join(sorted(others))}: the formula "
+                                   f"keeps it on {keeper}; released it here", address=a,
+                                   keeper=keeper)
+                elif active and auto and desired[a] != self.me and \
+                        a in self.views[desired[a]].wants:
+                    self.counters.handovers += 1
+                    self._release(a)
+                    self._emit(EventKind.RELEASED, f"handed over to {desired[a]}, which the "
+                               "formula gives it to and which asked for it"
+                               + (f" (rebalance by {by})" if by else ""), address=a,
+                               to=desired[a])
+                continue
+            mine = active and desired.get(a) == self.me
+            if slot is Slot.PROBING:
+                if not mine or others:
+                    self._cancel_probe(a)
+                continue
+            if slot is Slot.BINDING or not mine:
+                continue
+            if others:
+                wants.add(a)
+            elif self.now >= self._retry_at.get(a, 0.0):
+                token = self._next_token()
+                self._probe_tokens[token] = a
+                self.slots[a] = Slot.PROBING
+                self._do(StartProbe(token, a, PROBE.count, PROBE.interval))
+        if wants != self.wants:
+            self.wants = frozenset(wants)
+            self._do(SendHeartbeat())
+
+    def _release(self, a: str) -> None:
+        self.slots[a] = Slot.FREE
+        self._do(Release(a), SendHeartbeat())
+
+    def _refresh_announcements(self) -> None:
+        if self.phase is not Phase.ACTIVE or not self.link_up or ANNOUNCE.refresh <= 0:
+            return
+        for a in self.held:
+            if self.now >= self._next_announce.get(a, 0.0):
+                self._next_announce[a] = self.now + ANNOUNCE.refresh
+                self._do(Announce(a))
+
+
+Handler = Callable[[PoolMachine, Any], None] | None
+
+_RUNNING: dict[type, Handler] = {
+    HeartbeatSeen: PoolMachine._on_heartbeat,
+    Tick: None,
+    WitnessResult: PoolMachine._on_witness,
+    LinkChanged: PoolMachine._on_link,
+    AddressGone: PoolMachine._on_gone,
+    ProbeDone: PoolMachine._on_probe_done,
+    BindDone: PoolMachine._on_bind_done,
+    Rebalance: PoolMachine._on_rebalance,
+}
+
+TRANSITIONS: dict[Phase, dict[type, Handler]] = {
+    Phase.STARTING: {
+        Started: PoolMachine._on_started,
+        Tick: None,
+        WitnessResult: PoolMachine._on_witness,
+        LinkChanged: PoolMachine._on_link,
+    },
+    Phase.JOINING: dict(_RUNNING),
+    Phase.ACTIVE: dict(_RUNNING),
+    Phase.ISOLATED: dict(_RUNNING),
+}

@@ -1,0 +1,306 @@
+"""Pools in a namespace lab: three real members (tests/integration/pool_node.py) on a bridge.
+
+Hosts: members a, b (weight 2), c; a gateway `gw` (192.0.2.254, the witness) and an
+outsider `x` that plays attacker. Heartbeats every 200 ms, lost after 3 x 200 ms + 200 ms
+(0.8 s), hold-down 2 s. The expected layout is computed with the formula itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from minisft.lab.netns import Host, Lab
+from minisft.pools.formula import assign
+from tests.integration.cluster import wait_until
+
+pytestmark = pytest.mark.netns
+
+NODE = Path(__file__).with_name("pool_node.py")
+MEMBERS = {"a": 1, "b": 2, "c": 1}
+ADDRESSES = ["192.0.2.101/24", "192.0.2.102/24", "192.0.2.103/24", "192.0.2.104/24",
+             "192.0.2.105/24", "2001:db8::101/64"]
+DETECTION = 0.8
+PORT = 7404
+
+
+def expected(alive: list[str]) -> dict[str, str]:
+    return assign(ADDRESSES, {m: MEMBERS[m] for m in alive}, {}, MEMBERS, pool="front")
+
+
+class PoolLab:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.lab = Lab()
+        self.hosts: dict[str, Host] = {}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        try:
+            for i, name in enumerate(MEMBERS, start=1):
+                self.hosts[name] = self.lab.add_host(name, f"192.0.2.{i}/24",
+                                                     f"2001:db8::{i}/64")
+            self.gw = self.lab.add_host("gw", "192.0.2.254/24", "2001:db8::254/64")
+            self.x = self.lab.add_host("x", "192.0.2.200/24", "2001:db8::200/64")
+        except BaseException:
+            self.lab.close()
+            raise
+        self.key = tmp / "front.key"
+        self.key.write_bytes(os.urandom(32))
+        self.key.chmod(0o600)
+
+    def config(self, name: str, addresses: list[str] | None = None,
+               key: Path | None = None) -> Path:
+        path = self.tmp / f"{name}.yaml"
+        doc = {
+            "node": {"name": name, "local_ip": self.hosts[name].ip},
+            "logging": {"syslog": False},
+            "pools": [{
+                "name": "front",
+                "members": [{"name": m, "ip": self.hosts[m].ip, "weight": w}
+                            for m, w in MEMBERS.items()],
+                "addresses": addresses or ADDRESSES,
+                "key_file": str(key or self.key),
+                "looksalive": {"interval": "200ms", "retry": 3, "timeout": "200ms"},
+                "watch": "all",
+                "fallback": {"mode": "auto", "hold_down": "2s"},
+                "witness": "192.0.2.254",
+                "port": PORT,
+            }],
+        }
+        path.write_text(yaml.safe_dump(doc))
+        return path
+
+    def start(self, name: str, **kw: Any) -> None:
+        cfg = self.config(name, **kw)
+        log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
+        self.procs[name] = self.hosts[name].popen(
+            [sys.executable, str(NODE), str(cfg), str(self.journal_path(name)),
+             str(self.status_path(name))], stdout=log, stderr=log)
+
+    def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
+        proc = self.procs.pop(name)
+        os.killpg(proc.pid, sig)
+        proc.wait(20)
+
+    def journal_path(self, name: str) -> Path:
+        return self.tmp / f"{name}.jsonl"
+
+    def status_path(self, name: str) -> Path:
+        return self.tmp / f"{name}.status.json"
+
+    def status(self, name: str) -> dict[str, Any]:
+        for _ in range(20):
+            try:
+                data: dict[str, Any] = json.loads(self.status_path(name).read_text())
+                return data
+            except (OSError, ValueError):
+                time.sleep(0.05)
+        raise AssertionError(f"no status from {name}")
+
+    def events(self, name: str, kind: str | None = None) -> list[dict[str, Any]]:
+        path = self.journal_path(name)
+        if not path.exists():
+            return []
+        out = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [e for e in out if kind is None or e["kind"] == kind]
+
+    def holders(self, names: list[str] | None = None) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {a: [] for a in ADDRESSES}
+        for name in names or list(MEMBERS):
+            have = {a.split("/")[0] for a in self.hosts[name].addresses()}
+            for a in ADDRESSES:
+                if a.split("/")[0] in have:
+                    out[a].append(name)
+        return out
+
+    def layout(self, names: list[str] | None = None) -> dict[str, str] | None:
+        """Address -> its one holder, or None while any address has 0 or 2+ holders."""
+        holders = self.holders(names)
+        if any(len(h) != 1 for h in holders.values()):
+            return None
+        return {a: h[0] for a, h in holders.items()}
+
+    def assert_alive(self) -> None:
+        for name, proc in self.procs.items():
+            assert proc.poll() is None, f"{name} exited:\n" + (
+                self.tmp / f"{name}.log").read_text()[-3000:]
+
+    def close(self, failed: bool) -> None:
+        if failed:
+            for name in MEMBERS:
+                log = self.tmp / f"{name}.log"
+                if log.exists():
+                    sys.stderr.write(f"\n----- {name} -----\n{log.read_text()[-4000:]}\n")
+        self.lab.close()
+
+
+@contextmanager
+def pool_lab(tmp_path: Path, **start: dict[str, Any]) -> Iterator[PoolLab]:
+    pl = PoolLab(tmp_path)
+    failed = True
+    try:
+        for name in MEMBERS:
+            pl.start(name, **start.get(name, {}))
+        wait_until("every address held once, per the formula",
+                   lambda: pl.layout() == expected(list(MEMBERS)), timeout=30)
+        yield pl
+        failed = False
+    finally:
+        pl.close(failed)
+
+
+def test_spread_failover_and_fallback(tmp_path: Path) -> None:
+    with pool_lab(tmp_path) as pl:
+        before = expected(list(MEMBERS))
+        # kill b (link down): its addresses move to a and c per the formula
+        t0 = time.monotonic()
+        pl.hosts["b"].link_down()
+        wait_until("b's addresses on a and c", lambda: pl.layout(["a", "c"]) == expected(
+            ["a", "c"]), timeout=15, step=0.02)
+        took = time.monotonic() - t0
+        print(f"\nfailover after link down: {took:.2f}s (detection {DETECTION}s)")
+        assert took < DETECTION + 3.0, f"failover took {took:.2f}s"
+        for n in ("a", "c"):
+            assert [e["details"]["member"] for e in pl.events(n, "member_lost")] == ["b"]
+        moved = [e for n in ("a", "c") for e in pl.events(n, "address_moved")]
+        assert sorted(e["address"] for e in moved) == sorted(
+            a for a, m in before.items() if m == "b")
+        assert all(e["details"]["from"] == "b" for e in moved)
+        assert pl.events("b", "isolated"), "b must see that it is cut off"
+
+        # link back: b kept its IPv4 addresses; the duplicates resolve by the formula
+        pl.hosts["b"].link_up()
+        wait_until("one holder per address again", lambda: pl.layout() == before,
+                   timeout=20)
+        assert pl.events("b", "rejoined")
+
+        # graceful stop of b: it releases and says so, a and c take over at once
+        pl.stop("b")
+        t0 = time.monotonic()
+        wait_until("b's addresses on a and c", lambda: pl.layout(["a", "c"]) == expected(
+            ["a", "c"]), timeout=15, step=0.02)
+        print(f"take-over after a graceful stop: {time.monotonic() - t0:.2f}s")
+        assert time.monotonic() - t0 < DETECTION + 2.0
+        assert "left the pool" in pl.events("a", "member_lost")[-1]["reason"]
+
+        # restart b: auto fallback gives its addresses back after the 2 s hold-down
+        pl.start("b")
+        wait_until("a sees b back", lambda: len(pl.events("a", "member_back")) >= 1,
+                   timeout=15, step=0.02)
+        back = time.monotonic()
+        time.sleep(1.2)
+        assert pl.layout(["a", "c"]) == expected(["a", "c"]), "fell back before hold-down"
+        wait_until("fallback to the full layout", lambda: pl.layout() == before, timeout=15)
+        print(f"fallback {time.monotonic() - back:.2f}s after member_back (hold-down 2s)")
+        assert time.monotonic() - back >= 1.8  # hold-down 2 s, minus polling lag
+        pl.assert_alive()
+        snap = pl.status("a")
+        assert snap["phase"] == "active" and snap["assignment"] == before
+        assert snap["counters"]["handovers"] >= 1
+
+
+def test_partitioned_member_is_isolated_and_takes_nothing(tmp_path: Path) -> None:
+    with pool_lab(tmp_path) as pl:
+        before = expected(list(MEMBERS))
+        mine = sorted(a for a, m in before.items() if m == "a")
+        # a is cut off from b and c but still sees the gateway (the witness) and clients
+        pl.lab.partition("a", "b")
+        pl.lab.partition("a", "c")
+        wait_until("a isolated", lambda: pl.status("a")["isolated"], timeout=15)
+        wait_until("b and c took a's addresses", lambda: pl.layout(["b", "c"]) == expected(
+            ["b", "c"]), timeout=15)
+        time.sleep(1.0)
+        snap = pl.status("a")
+        assert snap["held"] == mine, "an isolated member keeps its own and takes nothing"
+        assert "only breaks ties" in snap["reason"]
+        isolated_at = pl.events("a", "isolated")[0]["seq"]
+        assert not [e for e in pl.events("a") if e["seq"] > isolated_at
+                    and e["kind"] in ("claimed", "address_moved")]
+        pl.lab.heal()
+        wait_until("one holder per address again", lambda: pl.layout() == before,
+                   timeout=20)
+        assert pl.events("a", "rejoined")
+        yielded = [e for n in ("b", "c") for e in pl.events(n, "yielded")]
+        assert sorted(e["address"] for e in yielded) == mine
+        pl.assert_alive()
+
+
+CAPTURE = r"""
+import socket, sys
+# ETH_P_ALL: taps for one protocol do not see frames the port transmits
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+s.bind((sys.argv[1], 0))
+s.settimeout(10)
+while True:
+    frame = s.recv(65535)
+    ip = frame[14:]
+    if frame[12:14] != b"\x08\x00" or ip[9] != 17:
+        continue
+    ihl = (ip[0] & 15) * 4
+    udp = ip[ihl:]
+    dst = socket.inet_aton(sys.argv[3])
+    if int.from_bytes(udp[2:4], "big") == int(sys.argv[2]) and ip[16:20] == dst:
+        print(udp[8:].hex())
+        break
+"""
+
+SEND = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for hexdata in sys.argv[3:]:
+    s.sendto(bytes.fromhex(hexdata), (sys.argv[1], int(sys.argv[2])))
+"""
+
+
+def test_forged_replayed_and_drifted(tmp_path: Path) -> None:
+    forged_key = tmp_path / "forged.key"
+    forged_key.write_bytes(os.urandom(32))
+    forged_key.chmod(0o600)
+    drifted = ADDRESSES[:-1]  # c does not know the IPv6 address
+    with pool_lab(tmp_path, c={"addresses": drifted}) as pl:
+        a_ip = pl.hosts["a"].ip
+        # config drift: raised once on each side
+        wait_until("drift seen", lambda: pl.events("a", "config_drift"), timeout=10)
+        drift = pl.events("a", "config_drift")
+        assert len(drift) == 1 and drift[0]["details"]["member"] == "c"
+        assert drift[0]["severity"] == "critical"
+        assert pl.status("a")["drift"] == ["c"]
+        assert len(pl.events("c", "config_drift")) == 2
+
+        # capture a real heartbeat b -> a on a's switch port, replay it from x
+        port = pl.hosts["a"].port
+        cap = subprocess.run(["ip", "netns", "exec", pl.lab.switch_ns, sys.executable, "-c",
+                              CAPTURE, port, str(PORT), a_ip], capture_output=True,
+                             text=True, timeout=30)
+        real = cap.stdout.strip()
+        assert real, cap.stderr
+        # a forged one: a real-looking heartbeat signed with another key, from a real
+        # member name; plus garbage
+        from minisft.pools.protocol import Heartbeat, encode
+
+        forged = encode(Heartbeat(pool="front", member="b", boot="0123456789abcdef",
+                                  seq=10**9, time=time.time(), state="alive",
+                                  holds=tuple(ADDRESSES), digest="0" * 32),
+                        forged_key.read_bytes()).hex()
+        before = pl.status("a")["transport"]["dropped"]
+        pl.x.run(sys.executable, "-c", SEND, a_ip, str(PORT), real, real, forged,
+                 os.urandom(64).hex(), b"mSFT\x01garbage".hex())
+        wait_until("drops counted", lambda: pl.status("a")["transport"]["dropped"][
+            "replayed"] >= before["replayed"] + 2, timeout=10)
+        after = pl.status("a")["transport"]["dropped"]
+        assert after["forged"] == before["forged"] + 1
+        assert after["malformed"] == before["malformed"] + 2
+        time.sleep(1.0)
+        pl.assert_alive()
+        assert pl.layout() == expected(list(MEMBERS)), "forged claims changed nothing"
+        assert not pl.events("a", "member_lost")

@@ -1,0 +1,499 @@
+"""The pool machine, driven by a simulated LAN of real PoolMachines (plus hypothesis histories).
+
+`Sim` decides nothing: it turns a simulated world (hosts up or down, links, partitions,
+foreign hosts answering ARP) into the machines' inputs and carries out their actions the
+way `minisft.pools.runtime` does: heartbeats every interval to every reachable member,
+probes that report after their rounds (answered if a reachable host has the address bound),
+binds that complete after a short latency, ticks.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from minisft.config.model import (
+    FallbackConfig,
+    FallbackMode,
+    LooksAliveConfig,
+    PoolConfig,
+    PoolMemberConfig,
+)
+from minisft.core.events import EventKind, Notice
+from minisft.pools.actions import (
+    Announce,
+    Bind,
+    BindDone,
+    CancelProbe,
+    Emit,
+    HeartbeatSeen,
+    LinkChanged,
+    ProbeDone,
+    Rebalance,
+    Release,
+    SendHeartbeat,
+    Started,
+    StartProbe,
+    Tick,
+    WitnessResult,
+)
+from minisft.pools.formula import assign
+from minisft.pools.machine import IllegalInput, Phase, PoolMachine, Slot
+
+ADDRESSES = ("192.0.2.101/24", "192.0.2.102/24", "192.0.2.103/24", "192.0.2.104/24",
+             "192.0.2.105/24", "2001:db8::101/64")
+STEP = 0.05
+HOLD_DOWN = 2.0
+
+
+def make_pool(names: list[str], *, weights: dict[str, int] | None = None,
+              addresses: tuple[str, ...] = ADDRESSES, mode: FallbackMode = FallbackMode.AUTO,
+              watch: str = "all", witness: str | None = None,
+              preferred: dict[str, str] | None = None) -> PoolConfig:
+    return PoolConfig(
+        name="front",
+        members=tuple(PoolMemberConfig(n, ipaddress.ip_address(f"192.0.2.{i + 1}"),
+                                       (weights or {}).get(n, 1))
+                      for i, n in enumerate(names)),
+        addresses=tuple(ipaddress.ip_interface(a) for a in addresses),
+        key=b"k" * 32,
+        looksalive=LooksAliveConfig(interval=0.2, retry=3, timeout=0.2),
+        watch=watch,
+        preferred=preferred or {},
+        fallback=FallbackConfig(mode=mode, hold_down=HOLD_DOWN),
+        witness=ipaddress.ip_address(witness) if witness else None,
+    )
+
+
+@dataclass
+class SimNode:
+    name: str
+    machine: PoolMachine
+    running: bool = True
+    link: bool = True
+    bound: set[str] = field(default_factory=set)
+    probes: dict[int, tuple[float, str]] = field(default_factory=dict)
+    binds: dict[int, tuple[float, str]] = field(default_factory=dict)
+    events: list[Notice] = field(default_factory=list)
+    trace: list[tuple[float, Phase, Any]] = field(default_factory=list)
+    next_hb: float = 0.0
+
+
+class Sim:
+    def __init__(self, pools: dict[str, PoolConfig], *, witness_ok: bool = True,
+                 start: bool = True) -> None:
+        self.t = 0.0
+        self.cut: set[frozenset[str]] = set()
+        self.witness_ok = witness_ok
+        self.foreign: set[str] = set()  # addresses a non-member host answers for
+        self.nodes = {n: SimNode(n, PoolMachine(p, n, now=0.0)) for n, p in pools.items()}
+        if start:
+            for n in self.nodes:
+                self.feed(n, Started(frozenset()))
+
+    # -------------------------------------------------------------- world
+
+    def reach(self, a: str, b: str) -> bool:
+        na, nb = self.nodes[a], self.nodes[b]
+        return (na.running and nb.running and na.link and nb.link
+                and frozenset((a, b)) not in self.cut)
+
+    def feed(self, name: str, event: Any) -> None:
+        node = self.nodes[name]
+        actions = node.machine.handle(event, self.t)
+        node.trace.append((self.t, node.machine.phase, event))
+        for action in actions:
+            node.trace.append((self.t, node.machine.phase, action))
+            if isinstance(action, Emit):
+                node.events.append(action.notice)
+            elif isinstance(action, StartProbe):
+                node.probes[action.token] = (
+                    self.t + action.count * action.interval, action.address)
+            elif isinstance(action, CancelProbe):
+                node.probes.pop(action.token, None)
+            elif isinstance(action, Bind):
+                node.binds[action.token] = (self.t + 0.02, action.address)
+            elif isinstance(action, Release):
+                node.bound.discard(action.address)
+            elif isinstance(action, SendHeartbeat):
+                node.next_hb = self.t  # the runtime sends at once
+            else:
+                assert isinstance(action, Announce)
+
+    def heartbeat(self, name: str) -> None:
+        node = self.nodes[name]
+        f = node.machine.heartbeat_fields()
+        seen = HeartbeatSeen(name, frozenset(f["holds"]), f["digest"], f["state"],
+                             frozenset(f["wants"]), frozenset(f["lost"]))
+        for other in self.nodes:
+            if other != name and self.reach(name, other):
+                self.feed(other, seen)
+
+    def answers(self, name: str, address: str) -> str | None:
+        if address in self.foreign:
+            return "02:00:00:00:00:99"
+        for other, node in self.nodes.items():
+            if other != name and self.reach(name, other) and address in node.bound:
+                return f"02:00:00:00:00:{other}"
+        return None
+
+    def step(self) -> None:
+        self.t = round(self.t + STEP, 6)
+        for name, node in self.nodes.items():
+            if not node.running:
+                continue
+            for token, (due, address) in list(node.probes.items()):
+                if due <= self.t:
+                    del node.probes[token]
+                    self.feed(name, ProbeDone(token, self.answers(name, address)))
+            for token, (due, address) in list(node.binds.items()):
+                if due <= self.t:
+                    del node.binds[token]
+                    node.bound.add(address)
+                    self.feed(name, BindDone(token))
+            if node.next_hb <= self.t:
+                node.next_hb = self.t + node.machine.pool.looksalive.interval
+                self.heartbeat(name)
+            if node.machine.pool.witness is not None and round(self.t / STEP) % 4 == 0:
+                self.feed(name, WitnessResult(self.witness_ok and node.link))
+            self.feed(name, Tick())
+
+    def run(self, seconds: float) -> None:
+        for _ in range(round(seconds / STEP)):
+            self.step()
+
+    # -------------------------------------------------------------- faults
+
+    def kill(self, name: str) -> None:
+        node = self.nodes[name]
+        node.running = False
+        node.bound.clear()  # a dead host answers for nothing
+        node.probes.clear()
+        node.binds.clear()
+
+    def restart(self, name: str) -> None:
+        node = self.nodes[name]
+        node.machine = PoolMachine(node.machine.pool, name, now=self.t)
+        node.running = True
+        node.link = True  # a host comes back with its link up
+        node.next_hb = self.t
+        self.feed(name, Started(frozenset(node.bound)))
+
+    def set_link(self, name: str, up: bool) -> None:
+        self.nodes[name].link = up
+        self.feed(name, LinkChanged(up))
+
+    def isolate(self, name: str) -> None:
+        for other in self.nodes:
+            if other != name:
+                self.cut.add(frozenset((name, other)))
+
+    def heal(self) -> None:
+        self.cut.clear()
+
+    # -------------------------------------------------------------- observation
+
+    def holders(self, address: str) -> list[str]:
+        return sorted(n for n, node in self.nodes.items()
+                      if node.running and address in node.bound)
+
+    def layout(self) -> dict[str, str]:
+        out = {}
+        for a in ADDRESSES:
+            holders = self.holders(a)
+            assert len(holders) == 1, f"{a} held by {holders} at t={self.t}"
+            out[a] = holders[0]
+        return out
+
+    def events(self, name: str, kind: EventKind) -> list[Notice]:
+        return [e for e in self.nodes[name].events if e.kind is kind]
+
+
+def formula(names: list[str], alive: list[str], pool: PoolConfig | None = None
+            ) -> dict[str, str]:
+    p = pool or make_pool(names)
+    roster = {m.name: m.weight for m in p.members}
+    by_ip = {str(ipaddress.ip_interface(a).ip): a for a in ADDRESSES}
+    pref = {by_ip[a]: m for a, m in p.preferred.items()}
+    return assign(ADDRESSES, {m: roster[m] for m in alive}, pref, roster, pool=p.name)
+
+
+NAMES = ["a", "b", "c", "d"]
+
+
+def started(names: list[str] = NAMES, **kw: Any) -> Sim:
+    pool = make_pool(names, **kw)
+    sim = Sim({n: pool for n in names})
+    sim.run(3.0)
+    return sim
+
+
+# ---------------------------------------------------------------- scenarios
+
+def test_start_up_spreads_the_addresses_by_the_formula() -> None:
+    sim = started()
+    assert sim.layout() == formula(NAMES, NAMES)
+    for node in sim.nodes.values():
+        assert node.machine.phase is Phase.ACTIVE
+        assert not sim.events(node.name, EventKind.ISOLATED)
+        claimed = sim.events(node.name, EventKind.CLAIMED)
+        assert len(claimed) == len(node.bound)
+
+
+def test_nothing_is_taken_while_joining() -> None:
+    pool = make_pool(NAMES)
+    sim = Sim({n: pool for n in NAMES})
+    sim.run(pool.looksalive.retry * 0.2 + 0.1)  # shorter than the detection time
+    assert all(not node.bound for node in sim.nodes.values())
+    assert all(n.machine.phase is Phase.JOINING for n in sim.nodes.values())
+
+
+def test_a_dead_member_s_addresses_move_to_the_survivors_per_the_formula() -> None:
+    sim = started()
+    before = sim.layout()
+    sim.kill("b")
+    detection = sim.nodes["a"].machine.detection_time
+    sim.run(detection + 0.6)
+    after = sim.layout()
+    assert after == formula(NAMES, ["a", "c", "d"])
+    assert {a for a in ADDRESSES if before[a] != after[a]} == {
+        a for a in ADDRESSES if before[a] == "b"}
+    for n in ("a", "c", "d"):
+        lost = sim.events(n, EventKind.MEMBER_LOST)
+        assert [e.details["member"] for e in lost] == ["b"]
+    moved = [e for n in ("a", "c", "d") for e in sim.events(n, EventKind.ADDRESS_MOVED)]
+    assert sorted(e.address or "" for e in moved) == sorted(
+        a for a in ADDRESSES if before[a] == "b")
+    assert all(e.details["from"] == "b" for e in moved)
+
+
+def test_auto_fallback_after_hold_down() -> None:
+    sim = started()
+    before = sim.layout()
+    sim.kill("b")
+    sim.run(2.0)
+    sim.restart("b")
+    sim.run(HOLD_DOWN - 0.5)
+    assert not sim.nodes["b"].bound, "addresses returned before the hold-down"
+    assert sim.events("a", EventKind.MEMBER_BACK)
+    sim.run(2.0)
+    assert sim.layout() == before
+    assert sum(len(sim.events(n, EventKind.RELEASED)) for n in NAMES) == sum(
+        1 for a in ADDRESSES if before[a] == "b")
+
+
+def test_manual_fallback_keeps_addresses_where_they_are() -> None:
+    sim = started(mode=FallbackMode.MANUAL)
+    sim.kill("b")
+    sim.run(2.0)
+    moved = sim.layout()
+    sim.restart("b")
+    sim.run(HOLD_DOWN + 3.0)
+    assert sim.layout() == moved
+    assert not sim.nodes["b"].bound
+    # but the returned member counts again: when another dies, b gets a share
+    sim.kill("c")
+    sim.run(2.0)
+    layout = sim.layout()
+    assert "c" not in layout.values()
+    # the admin acts: one rebalance pass on every member restores the formula's layout
+    for name in ("a", "b", "d"):
+        sim.feed(name, Rebalance("test"))
+    sim.run(1.0)
+    assert sim.layout() == formula(NAMES, ["a", "b", "d"])
+    assert any("rebalance by test" in e.reason for n in NAMES
+               for e in sim.events(n, EventKind.RELEASED))
+
+
+def test_isolated_member_takes_nothing_and_keeps_its_own() -> None:
+    sim = started()
+    before = sim.layout()
+    mine = {a for a, m in before.items() if m == "a"}
+    sim.isolate("a")
+    sim.run(2.0)
+    a = sim.nodes["a"]
+    assert a.machine.phase is Phase.ISOLATED
+    assert sim.events("a", EventKind.ISOLATED)
+    assert a.bound == mine, "isolated member must keep its own and take nothing"
+    assert not [x for t, phase, x in a.trace if phase is Phase.ISOLATED
+                and isinstance(x, StartProbe | Bind)]
+    # the majority took a's addresses over (a duplicate on a segment they cannot see)
+    for address in mine:
+        assert len(sim.holders(address)) == 2
+    sim.heal()
+    sim.run(1.5)
+    assert sim.events("a", EventKind.REJOINED)
+    layout = sim.layout()  # exactly one holder each again
+    yields = [e for n in NAMES for e in sim.events(n, EventKind.YIELDED)]
+    assert len(yields) == len(mine)
+    assert layout == before  # a kept its own: the formula over all live members says so
+
+
+def test_two_members_need_the_witness() -> None:
+    names = ["a", "b"]
+    pool = make_pool(names, witness="192.0.2.254")
+    sim = Sim({n: pool for n in names})
+    sim.run(3.0)
+    assert sim.layout() == formula(names, names, pool)
+    sim.kill("b")
+    sim.run(2.0)
+    assert set(sim.layout().values()) == {"a"}
+    assert not sim.events("a", EventKind.ISOLATED)
+
+    sim = Sim({n: pool for n in names}, witness_ok=False)
+    sim.run(3.0)
+    sim.kill("b")
+    sim.run(2.0)
+    assert sim.nodes["a"].machine.phase is Phase.ISOLATED
+    assert all(sim.holders(a) != ["b"] for a in ADDRESSES)
+    assert len(sim.nodes["a"].bound) < len(ADDRESSES)
+
+
+def test_a_minority_never_uses_the_witness() -> None:
+    names = ["a", "b", "c"]
+    sim = started(names, witness="192.0.2.254")
+    sim.isolate("a")
+    sim.run(2.0)
+    assert sim.nodes["a"].machine.phase is Phase.ISOLATED
+    assert "only breaks ties" in sim.nodes["a"].machine.reason
+
+
+def test_own_link_down_isolates_at_once() -> None:
+    sim = started()
+    sim.set_link("c", False)
+    assert sim.nodes["c"].machine.phase is Phase.ISOLATED
+    assert sim.events("c", EventKind.LINK_DOWN)
+
+
+def test_config_drift_is_reported_once_per_episode() -> None:
+    pool = make_pool(NAMES)
+    drifted = make_pool(NAMES, addresses=ADDRESSES[:-1])
+    sim = Sim({"a": pool, "b": pool, "c": pool, "d": drifted})
+    sim.run(4.0)
+    for n in ("a", "b", "c"):
+        drift = sim.events(n, EventKind.CONFIG_DRIFT)
+        assert len(drift) == 1 and drift[0].details["member"] == "d"
+    assert len(sim.events("d", EventKind.CONFIG_DRIFT)) == 3
+    assert sim.nodes["a"].machine.snapshot()["drift"] == ["d"]
+
+
+def test_neighbour_watch_agrees_on_the_formula() -> None:
+    sim = started(watch="neighbour")
+    sim.kill("c")
+    sim.run(3.0)
+    assert sim.layout() == formula(NAMES, ["a", "b", "d"])
+    # only c's watcher (d, next in order) judged by itself; everyone reports the loss
+    for n in ("a", "b", "d"):
+        assert [e.details["member"] for e in sim.events(n, EventKind.MEMBER_LOST)] == ["c"]
+
+
+def test_weights_and_preferred() -> None:
+    pool = make_pool(["a", "b", "c"], weights={"b": 2}, preferred={"192.0.2.105": "c"})
+    sim = Sim({n: pool for n in "abc"})
+    sim.run(3.0)
+    layout = sim.layout()
+    assert layout == formula(["a", "b", "c"], ["a", "b", "c"], pool)
+    assert layout["192.0.2.105/24"] == "c"
+    assert Counter(layout.values())["b"] == 3
+
+
+def test_probe_answered_by_a_foreign_host_is_not_bound() -> None:
+    pool = make_pool(NAMES)
+    sim = Sim({n: pool for n in NAMES})
+    sim.foreign.add("192.0.2.101/24")
+    sim.run(4.0)
+    assert sim.holders("192.0.2.101/24") == []
+    owner = formula(NAMES, NAMES)["192.0.2.101/24"]
+    conflicts = sim.events(owner, EventKind.ADDRESS_CONFLICT)
+    assert len(conflicts) == 1  # once per episode, retried quietly
+    sim.foreign.clear()
+    sim.run(1.5)
+    assert sim.holders("192.0.2.101/24") == [owner]
+
+
+def test_adopts_addresses_bound_before_a_restart() -> None:
+    sim = started()
+    before = sim.layout()
+    node = sim.nodes["a"]
+    node.machine = PoolMachine(node.machine.pool, "a", now=sim.t)
+    sim.feed("a", Started(frozenset(node.bound)))
+    assert len(sim.events("a", EventKind.ADOPTED)) == len(node.bound)
+    sim.run(2.0)
+    assert sim.layout() == before
+
+
+def test_illegal_and_stale_inputs() -> None:
+    m = PoolMachine(make_pool(NAMES), "a", now=0.0)
+    with pytest.raises(IllegalInput):
+        m.handle(HeartbeatSeen("b", frozenset(), "x"), 0.0)
+    m.handle(Started(frozenset()), 0.0)
+    with pytest.raises(IllegalInput):
+        m.handle(Started(frozenset()), 0.1)
+    assert m.handle(ProbeDone(99, None), 0.2) == []
+    assert m.handle(BindDone(99), 0.3) == []
+    with pytest.raises(ValueError, match="not a member"):
+        PoolMachine(make_pool(NAMES), "zz", now=0.0)
+
+
+def test_snapshot_shape() -> None:
+    sim = started()
+    snap = sim.nodes["a"].machine.snapshot()
+    assert snap["phase"] == "active" and not snap["isolated"]
+    assert {m["name"] for m in snap["members"]} == set(NAMES)
+    assert all(m["alive"] for m in snap["members"])
+    assert snap["assignment"] == formula(NAMES, NAMES)
+    assert set(snap["held"]) == sim.nodes["a"].bound
+
+
+# ---------------------------------------------------------------- random histories
+
+faults = st.lists(st.tuples(
+    st.sampled_from(["kill", "restart", "isolate", "heal", "link_down", "link_up", "wait"]),
+    st.sampled_from(NAMES), st.floats(0.05, 2.0)), min_size=1, max_size=8)
+
+
+@given(faults, st.sampled_from([FallbackMode.AUTO, FallbackMode.MANUAL]),
+       st.sampled_from(["all", "neighbour"]))
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_random_histories_converge_to_one_holder_per_address(
+        history: list[tuple[str, str, float]], mode: FallbackMode, watch: str) -> None:
+    pool = make_pool(NAMES, mode=mode, watch=watch)
+    sim = Sim({n: pool for n in NAMES})
+    sim.run(2.0)
+    for what, who, wait in history:
+        node = sim.nodes[who]
+        if what == "kill" and node.running:
+            sim.kill(who)
+        elif what == "restart" and not node.running:
+            sim.restart(who)
+        elif what == "isolate":
+            sim.isolate(who)
+        elif what == "heal":
+            sim.heal()
+        elif what in ("link_down", "link_up") and node.running:
+            sim.set_link(who, what == "link_up")
+        sim.run(wait)
+    # the isolated never take anything over, whatever happened
+    for node in sim.nodes.values():
+        assert not [x for _, phase, x in node.trace
+                    if phase is Phase.ISOLATED and isinstance(x, StartProbe | Bind)]
+    # settle: everything healed and every member back up
+    sim.heal()
+    for name, node in sim.nodes.items():
+        if not node.running:
+            sim.restart(name)
+        elif not node.link:
+            sim.set_link(name, True)
+    sim.run(HOLD_DOWN + 4.0)
+    layout = sim.layout()
+    assert all(n.machine.phase is Phase.ACTIVE for n in sim.nodes.values())
+    if mode is FallbackMode.AUTO:
+        assert layout == formula(NAMES, NAMES)
+    for node in sim.nodes.values():
+        assert {a for a in ADDRESSES if node.machine.slots[a] is Slot.HELD} == node.bound
