@@ -9,7 +9,7 @@ is recognised as stale and ignored rather than misapplied.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from minisft.core.events import Notice
 
@@ -97,7 +97,7 @@ class Tick:
     """Time passed. Timers (hold-down, refresh, grace) are evaluated on ticks."""
 
 
-class Verb(str, Enum):
+class Verb(StrEnum):
     RELEASE = "release"
     CLAIM = "claim"
     PAUSE = "pause"

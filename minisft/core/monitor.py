@@ -20,7 +20,11 @@ CLI shows. The rules that decide, each with the reason string its event carries:
   (ICMP or ARP) proves it alive and resets the count, so one lost ping can never cause a
   takeover; `retry` consecutive misses with no ARP answer declare the address down.
 * Takeover binds only after a complete probe round found nobody answering. If someone
-  answers, the node does not bind and raises `address_conflict`.
+  answers, the node does not bind and raises `address_conflict`. Two nodes probing a free
+  address at once (two watchers of a dead holder) would each hear the other's probe: the
+  runtime resolves this deterministically (RFC 5227 "simultaneous probe", with a tie-break
+  instead of random back-off): the node with the lower MAC address goes ahead, the other
+  takes the contender's probe as an answer and backs off.
 * No takeover while this node's own link is down, while paused, or during the grace
   period after an automatic fallback (the primary is claiming the address then).
 * Two holders: a holder whose link went down since it bound re-probes when the link
@@ -35,9 +39,10 @@ CLI shows. The rules that decide, each with the reason string its event carries:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any, Callable
+from enum import StrEnum
+from typing import Any
 
 from minisft.config.model import FallbackMode, MonitorConfig, Role
 from minisft.core.events import EventKind, Notice
@@ -66,7 +71,7 @@ from minisft.core.io import (
 )
 
 
-class State(str, Enum):
+class State(StrEnum):
     STARTING = "starting"
     WATCHING = "watching"
     PROBING = "probing"
@@ -74,7 +79,7 @@ class State(str, Enum):
     HOLDING = "holding"
 
 
-class Purpose(str, Enum):
+class Purpose(StrEnum):
     """Why the machine is probing/binding: decides the event and what a refusal means."""
 
     TAKEOVER = "takeover"
@@ -83,7 +88,7 @@ class Purpose(str, Enum):
     REPROBE = "reprobe"
 
 
-class Health(str, Enum):
+class Health(StrEnum):
     UNKNOWN = "unknown"
     UP = "up"
     DEGRADED = "degraded"  # ICMP unanswered but the holder answers ARP/NDP
@@ -187,7 +192,8 @@ class MonitorMachine:
         handlers = TRANSITIONS[self.state]
         kind = type(event)
         if kind not in handlers:
-            raise IllegalInput(f"{self.name}: {kind.__name__} cannot happen in state {self.state.value}")
+            raise IllegalInput(f"{self.name}: {kind.__name__} cannot happen in state "
+                               f"{self.state.value}")
         self.now = now
         self._pending = []
         handler = handlers[kind]
@@ -259,6 +265,12 @@ class MonitorMachine:
         if self.looks.health is Health.DOWN:
             return "none"
         return "unknown"
+
+    @property
+    def _in_grace(self) -> bool:
+        """Just handed the address back: stay silent, even ARP probes would contend with
+        the primary's claim."""
+        return self.now < self._takeover_not_before
 
     @property
     def fallback_grace(self) -> float:
@@ -367,13 +379,18 @@ class MonitorMachine:
     def _on_started(self, ev: Started) -> None:
         if ev.address_bound:
             self._go(State.HOLDING, "address was already on the interface: adopted it")
+            self.cut_off = not self.link_up  # link went down before start-up: re-probe
             self._next_refresh_at = self.now + self.config.announce.refresh
             self._emit(EventKind.ADOPTED, "address already bound here at start-up: adopted "
                        "without an outage and announced again")
             self._do(Announce())
-        elif self.config.role is Role.PRIMARY:
+        elif self.config.role is Role.PRIMARY and self.link_up:
             self._go(State.PROBING, "primary starting: probing before binding", Purpose.STARTUP)
             self._start_probe()
+        elif self.config.role is Role.PRIMARY:
+            # a probe over a dead link hears nobody: it must not count as "address free"
+            self._go(State.WATCHING, "primary starting with its link down: not binding, "
+                     "watching the address once the link is back")
         else:
             self._go(State.WATCHING, "backup: watching the address")
 
@@ -404,7 +421,7 @@ class MonitorMachine:
         looks.lost += 1
         looks.misses += 1
         looks.icmp_misses += 1
-        if self._probe_token is None:
+        if self._probe_token is None and not self._in_grace:
             self._start_probe()  # ask ARP/NDP whether the holder is still there
         if self.state is State.WATCHING:
             self._consider_takeover()
@@ -431,11 +448,19 @@ class MonitorMachine:
         else:
             self._go(State.PROBING, "taking over: last probe round before binding",
                      Purpose.TAKEOVER)
+            if self._probe_token is None:  # none ran during the fallback grace
+                self._start_probe()
 
     def _on_probe_done(self, ev: ProbeDone) -> None:
         if ev.token != self._probe_token:
             return  # stale: cancelled or superseded
         self._probe_token = None
+        if ev.answered_by is None and self.conflict_open:
+            # nobody answers for the address any more: the conflict is over (and must be
+            # reported over before this node may bind it)
+            self.conflict_open = False
+            self._emit(EventKind.CONFLICT_CLEARED, "nobody answers ARP/NDP probes for the "
+                       "address any more")
         if self.state is State.WATCHING:
             self._probe_while_watching(ev)
         elif self.state is State.PROBING:
@@ -459,7 +484,7 @@ class MonitorMachine:
         self._clear_rounds += 1
         if looks.misses >= self.config.looksalive.retry:
             self._consider_takeover()
-        elif looks.misses > 0:
+        elif looks.misses > 0 and not self._in_grace:
             self._start_probe()  # keep probing while pings go unanswered
 
     def _probe_finished(self, ev: ProbeDone) -> None:
@@ -508,6 +533,8 @@ class MonitorMachine:
         self._bind_token = None
         purpose = self.purpose
         if ev.error is not None:
+            if purpose is Purpose.REPROBE:
+                self._do(Release())  # it was still on the interface: do not leave it there
             self._to_watching(f"bind failed: {ev.error}")
             self._emit(EventKind.TAKEOVER_FAILED, f"could not bind the address: {ev.error}",
                        phase=purpose.value if purpose else "")
@@ -736,6 +763,10 @@ class MonitorMachine:
                 raise CommandRefused(f"{self.name}: busy ({self.state.value}"
                                      f"{' ' + self.purpose.value if self.purpose else ''}); "
                                      "try again in a moment")
+            if not self.link_up:
+                raise CommandRefused(f"{self.name}: this node's link is down, a probe cannot "
+                                     f"tell whether {self.config.ip} is free; claim it once "
+                                     "the link is back")
             self.paused = False
             self._cancel_probe()
             self._go(State.PROBING, f"claim by {ev.by}: probing before binding", Purpose.CLAIM)

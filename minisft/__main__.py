@@ -1,0 +1,5 @@
+import sys
+
+from minisft.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,148 @@
+"""The control socket: how the CLI talks to a running daemon.
+
+A Unix stream socket, mode 0600 and checked with SO_PEERCRED, so only root (or the daemon's
+own user) can release, claim or pause addresses. One JSON object per line each way:
+request ``{"cmd": "release", "monitor": "web"}``, answer ``{"ok": true, ...}`` or
+``{"ok": false, "error": "..."}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("minisft.control")
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+MAX_REQUEST = 64 * 1024
+
+
+class ControlError(Exception):
+    """The daemon could not be reached, or refused the request."""
+
+
+class ControlServer:
+    def __init__(self, path: Path, handler: Handler) -> None:
+        self.path = path
+        self._handler = handler
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if self.path.exists() or self.path.is_symlink():
+            if _socket_alive(self.path):
+                raise ControlError(f"another daemon already listens on {self.path}")
+            self.path.unlink()
+        # umask so the socket is never world-accessible, even for an instant
+        old = os.umask(0o177)
+        try:
+            self._server = await asyncio.start_unix_server(self._serve, path=str(self.path),
+                                                           limit=MAX_REQUEST)
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            sock = writer.get_extra_info("socket")
+            uid = _peer_uid(sock) if sock is not None else -1
+            if uid not in (0, os.geteuid()):
+                await _send(writer, {"ok": False, "error": "permission denied: the control "
+                                     "socket is root-only"})
+                return
+            while True:
+                try:
+                    line = await reader.readline()
+                except (asyncio.LimitOverrunError, ValueError):
+                    await _send(writer, {"ok": False, "error": "request too long"})
+                    return
+                if not line:
+                    return
+                try:
+                    request = json.loads(line)
+                    if not isinstance(request, dict):
+                        raise ValueError("not an object")
+                except ValueError as exc:
+                    await _send(writer, {"ok": False, "error": f"bad request: {exc}"})
+                    continue
+                try:
+                    answer = await self._handler(request)
+                except Exception as exc:  # a bug must not kill the daemon, but must show
+                    log.exception("control request %r failed", request.get("cmd"))
+                    answer = {"ok": False, "error": f"internal error: {exc}"}
+                await _send(writer, answer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+
+async def _send(writer: asyncio.StreamWriter, obj: dict[str, Any]) -> None:
+    writer.write(json.dumps(obj, default=str).encode() + b"\n")
+    await writer.drain()
+
+
+def _peer_uid(sock: socket.socket) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+def _socket_alive(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+        return True
+
+
+def request(path: Path, payload: dict[str, Any], timeout: float = 15.0) -> dict[str, Any]:
+    """Send one request and return the answer (blocking; for the CLI)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(str(path))
+            s.sendall(json.dumps(payload).encode() + b"\n")
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+    except FileNotFoundError:
+        raise ControlError(f"no daemon: control socket {path} does not exist "
+                           "(is `minisft run` running with this config?)") from None
+    except ConnectionRefusedError:
+        raise ControlError(f"no daemon listens on {path} (stale socket?)") from None
+    except PermissionError:
+        raise ControlError(f"permission denied on {path}: the control socket is "
+                           "root-only") from None
+    except OSError as exc:
+        raise ControlError(f"cannot talk to the daemon on {path}: {exc}") from None
+    try:
+        answer = json.loads(buf)
+    except ValueError:
+        raise ControlError("the daemon sent a malformed answer") from None
+    if not isinstance(answer, dict):
+        raise ControlError("the daemon sent a malformed answer")
+    return answer

@@ -1,0 +1,265 @@
+"""Runs one MonitorMachine: feeds it probe results and ticks, carries out its actions.
+
+All calls to `machine.handle` happen on the event loop, one at a time, from `feed`; actions
+become tasks, so nothing here ever waits inside a decision. Netlink calls go to a single
+worker thread (pyroute2's sync API must not run inside the event loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from typing import Any, Protocol, TypeVar
+
+from minisft.config.model import MonitorConfig
+from minisft.core.events import Notice
+from minisft.core.io import (
+    Action,
+    Announce,
+    Bind,
+    BindDone,
+    CancelProbe,
+    Emit,
+    Input,
+    PeerPingResult,
+    PeerServiceResult,
+    PingResult,
+    ProbeDone,
+    Release,
+    ServiceResult,
+    StartProbe,
+)
+from minisft.core.monitor import MonitorMachine
+from minisft.probes.looksalive import Pinger
+
+log = logging.getLogger("minisft.monitor")
+T = TypeVar("T")
+
+
+class Check(Protocol):
+    async def run(self, address: str) -> Any: ...
+
+
+class Neighbours(Protocol):
+    async def probe(self, ip: Any, count: int, interval: float, *,
+                    on_prober: str = "yield") -> str | None: ...
+    async def announce(self, ip: Any, count: int, interval: float) -> None: ...
+
+
+class Addresses(Protocol):
+    def bind(self, iface: Any, address: Any) -> None: ...
+    def release(self, iface: Any, address: Any) -> None: ...
+
+
+class Broadcast:
+    """Wake every waiter when something changed (asyncio.Event that re-arms itself)."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def fire(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, timeout: float | None = None) -> None:
+        event = self._event
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+
+
+class MonitorRuntime:
+    def __init__(
+        self,
+        config: MonitorConfig,
+        *,
+        clock: Callable[[], float],
+        pinger: Pinger,
+        neighbours: Neighbours,
+        addresses: Addresses,
+        iface: Any,
+        netlink_executor: Executor,
+        emit: Callable[[Notice], object],
+        check: Check | None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.machine = MonitorMachine(config, now=clock())
+        self._pinger = pinger
+        self._neighbours = neighbours
+        self._addresses = addresses
+        self._iface = iface
+        self._executor = netlink_executor
+        self._emit = emit
+        self._check = check
+        self.changed = Broadcast()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loops: list[asyncio.Task[None]] = []
+        self._probe: tuple[int, asyncio.Task[None]] | None = None
+        self._last_change_wall: float | None = None
+
+    # ------------------------------------------------------------- lifecycle
+
+    def start(self, address_bound: bool) -> None:
+        from minisft.core.io import Started
+
+        self.feed(Started(address_bound))
+        self.resume()
+
+    def resume(self) -> None:
+        """Start the probe loops (again, after a reload swapped the config)."""
+        name = self.config.name
+        self._loops = [
+            asyncio.create_task(self._looksalive_loop(), name=f"{name}-looksalive"),
+            asyncio.create_task(self._isalive_loop(), name=f"{name}-isalive"),
+            asyncio.create_task(self._peer_loop(), name=f"{name}-peer"),
+        ]
+
+    async def stop(self) -> None:
+        for task in [*self._loops, *self._tasks]:
+            task.cancel()
+        for task in [*self._loops, *self._tasks]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._loops.clear()
+        self._tasks.clear()
+
+    async def release_now(self) -> None:
+        """Remove the address at shutdown (release_on_stop)."""
+        await self._netlink(self._addresses.release, self._iface, self.config.address)
+
+    # ------------------------------------------------------------- the one entry point
+
+    def feed(self, event: Input) -> None:
+        before = (self.machine.state, self.machine.paused)
+        try:
+            actions = self.machine.handle(event, self.clock())
+        finally:
+            if (self.machine.state, self.machine.paused) != before:
+                self.changed.fire()
+        for action in actions:
+            self._execute(action)
+
+    def _execute(self, action: Action) -> None:
+        if isinstance(action, Emit):
+            self._emit(action.notice)
+        elif isinstance(action, StartProbe):
+            self._cancel_probe()
+            task = self._spawn(self._run_probe(action), f"probe-{action.token}")
+            self._probe = (action.token, task)
+        elif isinstance(action, CancelProbe):
+            if self._probe and self._probe[0] == action.token:
+                self._cancel_probe()
+        elif isinstance(action, Bind):
+            self._spawn(self._run_bind(action.token), "bind")
+        elif isinstance(action, Release):
+            self._spawn(self._run_release(), "release")
+        elif isinstance(action, Announce):
+            self._spawn(self._announce(), "announce")
+
+    def _spawn(self, coro: Awaitable[Any], what: str) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        task.set_name(f"{self.config.name}-{what}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _cancel_probe(self) -> None:
+        if self._probe is not None:
+            self._probe[1].cancel()
+            self._probe = None
+
+    async def _netlink(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    # ------------------------------------------------------------- actions
+
+    async def _run_probe(self, action: StartProbe) -> None:
+        try:
+            # a competing prober counts only if it wins the MAC tie-break (core docstring)
+            mac = await self._neighbours.probe(self.config.ip, action.count, action.interval,
+                                               on_prober="tiebreak")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a probe that cannot run must not look like "free"
+            log.error("%s: probe failed: %s", self.config.name, exc)
+            mac = "unknown (probe failed)"
+        if self._probe and self._probe[0] == action.token:
+            self._probe = None
+        self.feed(ProbeDone(action.token, mac))
+
+    async def _run_bind(self, token: int) -> None:
+        error: str | None = None
+        try:
+            await self._netlink(self._addresses.bind, self._iface, self.config.address)
+        except Exception as exc:
+            error = str(exc) or type(exc).__name__
+        if error is None:
+            # announce first: routers must learn the new MAC as early as possible
+            self._spawn(self._announce(), "announce")
+        self.feed(BindDone(token, error))
+
+    async def _run_release(self) -> None:
+        try:
+            await self._netlink(self._addresses.release, self._iface, self.config.address)
+        except Exception as exc:
+            log.error("%s: could not remove %s: %s", self.config.name, self.config.address, exc)
+
+    async def _announce(self) -> None:
+        a = self.config.announce
+        try:
+            await self._neighbours.announce(self.config.ip, a.count, a.interval)
+        except Exception as exc:
+            log.error("%s: announcement failed: %s", self.config.name, exc)
+
+    # ------------------------------------------------------------- probe loops
+
+    async def _wait_until(self, wanted: Callable[[], bool]) -> None:
+        while not wanted():
+            await self.changed.wait(timeout=1.0)
+
+    async def _looksalive_loop(self) -> None:
+        la = self.config.looksalive
+        await asyncio.sleep(random.uniform(0, min(la.interval, 1.0)))  # spread many monitors
+        while True:
+            await self._wait_until(lambda: self.machine.wants_looksalive)
+            started = self.clock()
+            outcome = await self._pinger.ping(self.config.ip, la.timeout)
+            self.feed(PingResult(outcome.ok, outcome.rtt, outcome.detail))
+            delay = self.machine.next_ping_delay(self.clock() - started)
+            if delay > 0:
+                await asyncio.sleep(delay)
+
+    async def _isalive_loop(self) -> None:
+        if self._check is None:
+            return
+        check = self._check
+        interval = self.config.isalive.interval
+        await asyncio.sleep(random.uniform(0, min(interval, 2.0)))
+        while True:
+            await self._wait_until(lambda: self.machine.wants_isalive)
+            result = await check.run(str(self.config.ip))
+            self.feed(ServiceResult(result.ok, result.latency, result.detail))
+            await asyncio.sleep(interval)
+
+    async def _peer_loop(self) -> None:
+        peer = self.config.peer_ip
+        if peer is None:
+            return
+        la = self.config.looksalive
+        next_service = 0.0
+        while True:
+            await self._wait_until(lambda: self.machine.wants_peer_watch)
+            started = self.clock()
+            outcome = await self._pinger.ping(peer, la.timeout)
+            self.feed(PeerPingResult(outcome.ok, outcome.rtt, outcome.detail))
+            if self._check is not None and self.machine.wants_peer_isalive and \
+                    self.clock() >= next_service:
+                next_service = self.clock() + self.config.isalive.interval
+                result = await self._check.run(str(peer))
+                self.feed(PeerServiceResult(result.ok, result.latency, result.detail))
+            await asyncio.sleep(max(0.0, la.interval - (self.clock() - started)))

@@ -1,0 +1,84 @@
+"""The control socket answers root only, even if its file mode were opened up."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from minisft.runtime.control import ControlError, ControlServer, request
+
+
+async def _echo(req: dict[str, Any]) -> dict[str, Any]:
+    return {"ok": True, "echo": req}
+
+
+def _serve(path: Path, client: Any) -> Any:
+    async def main() -> Any:
+        server = ControlServer(path, _echo)
+        await server.start()
+        try:
+            return await asyncio.to_thread(client)
+        finally:
+            await server.close()
+
+    return asyncio.run(main())
+
+
+def test_root_gets_answers_and_the_socket_is_0600(tmp_path: Path) -> None:
+    path = tmp_path / "run" / "ctl.sock"
+    answer = _serve(path, lambda: (request(path, {"cmd": "status"}), path.stat().st_mode))
+    assert answer[0] == {"ok": True, "echo": {"cmd": "status"}}
+    assert answer[1] & 0o777 == 0o600
+    assert not path.exists(), "the socket file is removed on close"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to an unprivileged user")
+def test_other_users_are_refused_even_through_an_opened_socket_file() -> None:
+    base = Path(tempfile.mkdtemp(prefix="minisft-ctl-"))
+    base.chmod(0o755)
+    path = base / "ctl.sock"
+    client_code = ("import socket,sys;s=socket.socket(socket.AF_UNIX);s.connect(sys.argv[1]);"
+                   "s.sendall(b'{\"cmd\":\"release\",\"monitor\":\"web\"}\\n');"
+                   "print(s.makefile().readline())")
+
+    def as_nobody() -> str:
+        path.chmod(0o666)  # the file mode is one lock; SO_PEERCRED is the other
+        out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                              sys.executable, "-c", client_code, str(path)],
+                             capture_output=True, text=True, timeout=20)
+        return out.stdout
+
+    try:
+        answer = json.loads(_serve(path, as_nobody))
+    finally:
+        subprocess.run(["rm", "-rf", str(base)], check=False)
+    assert answer["ok"] is False and "root-only" in answer["error"]
+
+
+def test_no_daemon_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ControlError, match="does not exist"):
+        request(tmp_path / "missing.sock", {"cmd": "status"})
+
+
+def test_malformed_requests_get_an_error_not_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "ctl.sock"
+
+    def client() -> list[str]:
+        import socket
+
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(path))
+            s.sendall(b"not json\n[1,2]\n{\"cmd\": \"x\"}\n")
+            f = s.makefile()
+            return [f.readline() for _ in range(3)]
+
+    lines = _serve(path, client)
+    assert [json.loads(x)["ok"] for x in lines] == [False, False, True]
