@@ -75,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     ):
         sp = add(verb, text)
         sp.add_argument("monitor", metavar="NAME", help="monitor name from the config")
+    rb = add("rebalance", "pools: move every address to the member the formula names now "
+             "(the manual fallback of a pool)")
+    rb.add_argument("pool", metavar="POOL", help="pool name from the config")
     ev = add("events", "show the event journal (works without the daemon)")
     ev.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     ev.add_argument("--last", "-n", type=int, default=20, metavar="N",
@@ -204,6 +207,15 @@ def format_status(st: dict[str, Any]) -> str:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     for m in st.get("monitors", []):
         lines.append(f"  {m['name']}: {m['reason']}")
+    for pool in st.get("pools", []):
+        alive = [m["name"] for m in pool["members"] if m["alive"]]
+        lines.append(f"pool {pool['name']} as {pool['member']}: {pool['phase']}"
+                     f"{' ISOLATED' if pool['isolated'] else ''}, members alive: "
+                     f"{', '.join(alive)}; holding here: {', '.join(pool['held']) or 'none'}"
+                     + (f"; CONFIG DRIFT with {', '.join(pool['drift'])}" if pool["drift"]
+                        else ""))
+        for address, owner in sorted(pool["assignment"].items()):
+            lines.append(f"  {address} -> {owner}")
     sinks = st.get("sinks", [])
     if sinks:
         parts = []
@@ -240,6 +252,15 @@ def cmd_admin(args: argparse.Namespace) -> int:
     m = answer.get("monitor", {})
     print(f"{args.monitor}: {m.get('state')}{' (paused)' if m.get('paused') else ''} - "
           f"{m.get('reason')}")
+    return EXIT_OK
+
+
+def cmd_rebalance(args: argparse.Namespace) -> int:
+    answer = _request(args, {"cmd": "rebalance", "pool": args.pool, "by": "cli"})
+    if not answer.get("ok"):
+        print(f"minisft: rebalance refused: {answer.get('error')}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"{args.pool}: rebalancing to the formula's layout")
     return EXIT_OK
 
 
@@ -309,6 +330,7 @@ _COMMANDS = {
     "resume": cmd_admin,
     "events": cmd_events,
     "reload": cmd_reload,
+    "rebalance": cmd_rebalance,
     "test-alert": cmd_test_alert,
     "demo": cmd_demo,
 }

@@ -80,7 +80,7 @@ class PoolRuntime:
         addresses: Addresses,
         iface: Any,
         netlink_executor: Executor,
-        emit: Callable[[Notice], None],
+        emit: Callable[[Notice], object],
         pinger: Pinger | None,
         wall: Callable[[], float] = time.time,
     ) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from minisft import __version__
-from minisft.config.model import Config, MonitorConfig
+from minisft.config.model import Config, MonitorConfig, PoolConfig
 from minisft.core.events import Event, EventKind, Notice, Severity
 from minisft.core.io import AddressVanished, Command, ConflictSeen, LinkChanged, Tick, Verb
 from minisft.core.monitor import CommandRefused, Purpose, State
@@ -63,6 +63,7 @@ class Daemon:
         self.wall = wall
         self.started_at = wall()
         self.runtimes: dict[str, MonitorRuntime] = {}
+        self.pools: dict[str, Any] = {}  # name -> PoolRuntime (same interface per backend)
         self._stop = asyncio.Event()
         self._stop_reason = "stopped"
         self._netlink_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
@@ -144,6 +145,8 @@ class Daemon:
                          details={"pid": os.getpid(), "interface": self.iface.name}))
         for mcfg in cfg.monitors:
             await self._add_monitor(mcfg)
+        for pool in cfg.pools:
+            await self._add_pool(pool)
         if cfg.alerting.prometheus_listen:
             from minisft.monitoring.prometheus import serve_metrics
 
@@ -187,6 +190,22 @@ class Daemon:
         if self._link_up is False:
             rt.feed(LinkChanged(False))
         return rt
+
+    async def _add_pool(self, pool: PoolConfig) -> None:
+        from minisft.pools.runtime import PoolRuntime
+
+        held = [a for a in pool.addresses
+                if await self._in_netlink(self.netlink.has_address, self.iface, a.ip)]
+        rt = PoolRuntime(pool, node=self.config.node.name, clock=self.clock,
+                         neighbours=self.neighbours, addresses=self.netlink, iface=self.iface,
+                         netlink_executor=self._netlink_pool, emit=self.emit,
+                         pinger=self.pinger, wall=self.wall)
+        try:
+            await rt.start(held)
+        except OSError as exc:
+            raise StartupError(f"pool {pool.name}: cannot listen on "
+                               f"{self.config.node.local_ip}:{pool.port}: {exc}") from None
+        self.pools[pool.name] = rt
 
     def _make_runtime(self, mcfg: MonitorConfig) -> MonitorRuntime:
         check = None
@@ -289,7 +308,7 @@ class Daemon:
             "last_event_seq": self.journal.last_seq if self.journal else 0,
             "monitors": monitors,
             "sinks": self.delivery.status() if self.delivery else [],
-            "pools": [],
+            "pools": [rt.snapshot() for rt in self.pools.values()],
         }
 
     def write_status(self, extra: dict[str, Any] | None = None) -> None:
@@ -315,6 +334,14 @@ class Daemon:
         if cmd in ("release", "claim", "pause", "resume"):
             return await self._admin(Verb(cmd), str(req.get("monitor", "")),
                                      str(req.get("by") or "cli"))
+        if cmd == "rebalance":
+            name = str(req.get("pool", ""))
+            pool = self.pools.get(name)
+            if pool is None:
+                known = ", ".join(sorted(self.pools)) or "none"
+                return {"ok": False, "error": f"no pool named {name!r} (known: {known})"}
+            pool.rebalance(by=str(req.get("by") or "cli"))
+            return {"ok": True, "pool": pool.snapshot()}
         if cmd == "reload":
             ok, message = await self.reload()
             return {"ok": ok, "message": message} if ok else {"ok": False, "error": message}
@@ -412,6 +439,18 @@ class Daemon:
                 self.neighbours.watch(mcfg.ip, lambda mac, r=new_rt: r.feed(ConflictSeen(mac)))
                 new_rt.resume()
                 changes.append(f"updated {name}")
+        old_pools = {p.name: p for p in old.pools}
+        for pool in new.pools:
+            if old_pools.get(pool.name) == pool:
+                continue
+            if pool.name in self.pools:  # no hot swap: restart it, keeping its addresses
+                await self.pools.pop(pool.name).stop(release=False)
+            await self._add_pool(pool)
+            changes.append(f"pool {pool.name} " + ("restarted" if pool.name in old_pools
+                                                   else "added"))
+        for name in set(old_pools) - {p.name for p in new.pools}:
+            await self.pools.pop(name).stop(release=True)
+            changes.append(f"pool {name} removed (its addresses released)")
         if old.alerting != new.alerting or old.logging != new.logging:
             await self.delivery.stop()
             self.delivery = self._build_delivery(new)
@@ -432,6 +471,11 @@ class Daemon:
             task.cancel()
         for rt in self.runtimes.values():
             await rt.stop()
+        for pool_rt in self.pools.values():
+            try:
+                await pool_rt.stop(release=cfg.node.release_on_stop)
+            except Exception as exc:
+                log.error("pool stop failed: %s", exc)
         if cfg.node.release_on_stop:
             for rt in holding:
                 try:
