@@ -789,6 +789,7 @@ class MonitorMachine:
             self.paused = False
             if self.state is State.WATCHING:
                 self._reset_looks()
+                self.reason = f"watching resumed by {ev.by}"
             self._emit(EventKind.RESUMED, f"watching resumed by {ev.by}", by=ev.by)
 
 

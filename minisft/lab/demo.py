@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -37,6 +38,10 @@ def node_config(name: str, ip: str, role: str, peer: str, root: Path) -> str:
         control_socket: {root}/{name}/minisft.sock
         state_dir: {root}/{name}/state
         logging: {{level: warning, syslog: false}}
+        alerting:
+          snmp:
+            targets:
+              - {{host: 192.0.2.100, port: 162, version: 2c, community: public, type: trap}}
         monitors:
           - name: web
             monitor_ip: {SERVICE_IP}
@@ -53,6 +58,27 @@ def node_config(name: str, ip: str, role: str, peer: str, root: Path) -> str:
         """)
 
 
+MIB_DIRS = [Path(__file__).resolve().parents[2] / "mibs",
+            Path(__file__).resolve().parents[2] / "mibs" / "ietf"]
+TRAP_FORMAT = "DEMOTRAP %V|%v\n"
+
+
+def describe_trap(line: str) -> str | None:
+    """One snmptrapd line (varbinds joined by '|') -> 'minisftTakeover node=beta ...'."""
+    if not line.startswith("DEMOTRAP "):
+        return None
+    fields: dict[str, str] = {}
+    for vb in line[len("DEMOTRAP "):].split("|"):
+        name, _, value = vb.partition(" = ")
+        value = value.split(": ", 1)[-1].strip().strip('"')
+        fields[name.split("::")[-1].split(".")[0]] = value
+    kind = fields.get("snmpTrapOID", "?").split("::")[-1]
+    parts = [kind] + [f"{k}={fields[f'minisftEvent{k.capitalize()}']}"
+                      for k in ("node", "monitor", "newState")
+                      if f"minisftEvent{k.capitalize()}" in fields]
+    return " ".join(parts)
+
+
 class Demo:
     def __init__(self, fast: bool) -> None:
         self.pause = 1.0 if fast else 2.5
@@ -63,6 +89,8 @@ class Demo:
         self.web: dict[str, subprocess.Popen[Any]] = {}
         self._stop_follow = threading.Event()
         self._printed: dict[str, int] = {"alpha": 0, "beta": 0}
+        self.trap_log = self.root / "snmptrapd.log"
+        self._trap_pos = 0
 
     # -------------------------------------------------------------- output
 
@@ -83,7 +111,48 @@ class Demo:
                 for ev in events:
                     self._printed[node] = ev.seq
                     self._print_event(node, ev)
+            self._print_traps()
             time.sleep(0.1)
+
+    def _print_traps(self) -> None:
+        if not self.trap_log.exists():
+            return
+        with open(self.trap_log, errors="replace") as fh:
+            fh.seek(self._trap_pos)
+            text = fh.read()
+        complete, _, _ = text.rpartition("\n")
+        if not complete:
+            return
+        self._trap_pos += len(complete) + 1
+        for line in complete.splitlines():
+            described = describe_trap(line)
+            if described:
+                tag = "\033[2m" if self.color else ""
+                print(f"  {tag}           SNMP trap received by snmptrapd: {described}"
+                      f"{RESET if self.color else ''}", flush=True)
+
+    def start_trap_receiver(self) -> None:
+        """A real net-snmp snmptrapd on the client, translating traps with our MIB."""
+        if not shutil.which("snmptrapd") or not MIB_DIRS[0].is_dir():
+            print("  (snmptrapd or the MIB files are not available: no SNMP view)")
+            return
+        conf = self.root / "snmptrapd.conf"
+        conf.write_text("authCommunity log public\n")
+        env = {k: v for k, v in os.environ.items() if k not in ("MIBS", "MIBDIRS")}
+        env["SNMP_PERSISTENT_DIR"] = str(self.root / "snmptrapd-state")
+        log = open(self.trap_log, "wb")  # noqa: SIM115 - lives with the process
+        self.client.popen(["snmptrapd", "-f", "-Lo", "-C", "-c", str(conf), "-n",
+                           "-M", ":".join(str(d) for d in MIB_DIRS),
+                           "-m", "SNMPv2-MIB:MINISFT-MIB", "-F", TRAP_FORMAT,
+                           "udp:192.0.2.100:162"], stdout=log, stderr=subprocess.STDOUT,
+                          env=env)
+
+    def check_plugin(self, name: str) -> str:
+        proc = self.nodes[name].run(sys.executable, "-m", "minisft.nagios.plugin",
+                                    "--status", str(self.root / name / "state" /
+                                                    "status.json"), check=False)
+        return f"  $ check_minisft   (on {name}, exit {proc.returncode})\n    " + \
+            proc.stdout.strip().split(" | ")[0]
 
     def _print_event(self, node: str, ev: Any) -> None:
         millis = int(ev.time % 1 * 1000)
@@ -110,6 +179,7 @@ class Demo:
             path = self.root / name / "minisft.yaml"
             path.write_text(node_config(name, host.ip, role, peer, self.root))
             self.start_web(name)
+        self.start_trap_receiver()
 
     def start_web(self, name: str) -> None:
         host = self.nodes[name]
@@ -189,6 +259,7 @@ class Demo:
         self.stop_web("alpha")
         time.sleep(max(self.pause, 3.5))
         print(f"  address still on: {self.holder()}")
+        print(self.check_plugin("beta"))
         self.start_web("alpha")
         time.sleep(max(self.pause, 2.5))
 
@@ -200,6 +271,7 @@ class Demo:
                       self.nodes["beta"].has_address(f"{SERVICE_IP}/24"))
         time.sleep(1.0)
         print(f"  the client saw an outage of {self.outage(pings) * 1000:.0f} ms")
+        print(self.check_plugin("beta"))
         time.sleep(self.pause)
 
         self.say("Act 3: alpha comes back, re-probes, finds the address in use and yields")
@@ -217,8 +289,10 @@ class Demo:
         print(f"  the client saw an outage of {self.outage(pings) * 1000:.0f} ms")
         time.sleep(self.pause)
         print(self.cli("beta", "status"))
+        print(self.check_plugin("alpha"))
         self.say("Done. The journal of each node: `minisft events --config FILE`; every event "
-                 "above also went to syslog, SNMP and apprise when configured.")
+                 "above also went to the system log, and as an SNMP trap to snmptrapd; apprise, "
+                 "Prometheus and more are one config block away (contrib/examples).")
         return 0
 
     def close(self) -> None:
