@@ -154,12 +154,32 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _locate(args: argparse.Namespace, key: str, default: Path) -> Path:
+    """Find control_socket or state_dir WITHOUT validating the whole file: in an incident
+    someone may have broken the config on disk, and status, release or reload (which
+    reports exactly what is wrong) must still reach the running daemon."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(args.config).read_text())
+    except OSError as exc:
+        print(f"minisft: cannot read {args.config}: {exc.strerror}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+    except yaml.YAMLError:
+        data = None
+    value = data.get(key) if isinstance(data, dict) else None
+    if not isinstance(value, str) or not value:
+        return default
+    path = Path(value)
+    return path if path.is_absolute() else Path(args.config).resolve().parent / path
+
+
 def _request(args: argparse.Namespace, payload: dict[str, Any]) -> dict[str, Any]:
+    from minisft.config.model import DEFAULT_CONTROL_SOCKET
     from minisft.runtime.control import ControlError, request
 
-    config = _load(args, secrets=False)
     try:
-        return request(config.control_socket, payload)
+        return request(_locate(args, "control_socket", DEFAULT_CONTROL_SOCKET), payload)
     except ControlError as exc:
         print(f"minisft: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_NO_DAEMON) from None
@@ -290,21 +310,22 @@ def cmd_test_alert(args: argparse.Namespace) -> int:
 
 
 def cmd_events(args: argparse.Namespace) -> int:
+    from minisft.config.model import DEFAULT_STATE_DIR
     from minisft.runtime.journal import EventJournal, format_event, read_events
 
-    config = _load(args, secrets=False)
+    state_dir = _locate(args, "state_dir", DEFAULT_STATE_DIR)
     color = sys.stdout.isatty()
     kinds = set(args.kind) if args.kind else None
     last_seq = 0
-    for event in read_events(config.state_dir, last=args.last or None, kinds=kinds,
+    for event in read_events(state_dir, last=args.last or None, kinds=kinds,
                              monitor=args.monitor):
         print(event.to_json() if args.json else format_event(event, color), flush=True)
         last_seq = event.seq
     if not args.follow:
         return EXIT_OK
-    journal = EventJournal(config.state_dir / "journal")
+    journal = EventJournal(state_dir / "journal")
     if last_seq == 0:
-        last_seq = max((e.seq for e in read_events(config.state_dir, last=1)), default=0)
+        last_seq = max((e.seq for e in read_events(state_dir, last=1)), default=0)
     for event in journal.follow(last_seq):
         if kinds and event.kind.value not in kinds:
             continue

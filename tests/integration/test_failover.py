@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.integration.cluster import Cluster, longest_gap, monitor_cfg, wait_until
 
@@ -267,3 +268,46 @@ def test_control_socket_is_root_only(tmp_path: Path) -> None:
     with pair(tmp_path) as c:
         st = c.nodes["alpha"].socket.stat()
         assert st.st_mode & 0o777 == 0o600 and st.st_uid == 0
+
+
+def test_bad_config_names_the_key_and_line_and_changes_nothing(tmp_path: Path) -> None:
+    c = Cluster(tmp_path, ["alpha"])
+    with c:
+        alpha = c.nodes["alpha"]
+        alpha.configure([monitor_cfg("web", VIP, "primary")])
+        text = alpha.config_path.read_text().replace("retry: 3", "retry: lots")
+        alpha.write_config(text)
+        line = next(i for i, t in enumerate(text.splitlines(), 1) if "retry: lots" in t)
+        check = alpha.cli("check-config")
+        assert check.returncode == 2
+        assert f"minisft.yaml:{line}: monitors[0].looksalive.retry" in check.stderr
+        before = alpha.host.addresses()
+        run = alpha.host.run(sys.executable, "-m", "minisft", "run", "--config",
+                             str(alpha.config_path), check=False, timeout=30)
+        assert run.returncode == 2 and "monitors[0].looksalive.retry" in run.stderr
+        assert alpha.host.addresses() == before, "a refused start must not touch the host"
+        assert not alpha.socket.exists() and not alpha.state_dir.exists()
+
+
+def test_a_bad_reload_is_refused_and_the_old_config_keeps_running(tmp_path: Path) -> None:
+    with pair(tmp_path) as c:
+        alpha, beta = c.nodes["alpha"], c.nodes["beta"]
+        good = beta.config_path.read_text()
+        beta.write_config(good.replace("role: backup", "role: sidekick"))
+        out = beta.cli("reload")
+        assert out.returncode == 2 and "monitors[0].role" in out.stderr
+        beta.send_signal(signal.SIGHUP)
+        rejected = beta.wait_event("config_rejected", timeout=10)
+        assert "the running config stays" in rejected.reason
+        assert len(beta.events("config_rejected")) == 2  # CLI reload and SIGHUP
+        assert beta.monitor("web")["role"] == "backup"
+        alpha.host.link_down()  # the old config still fails over
+        beta.wait_event("takeover", "web", timeout=10)
+        # a good reload adds a monitor without disturbing the first one
+        data = yaml.safe_load(good)
+        data["monitors"].append(monitor_cfg("mail", "192.0.2.20/24", "primary"))
+        beta.write_config(data)
+        out = beta.cli("reload")
+        assert out.returncode == 0 and "added mail" in out.stdout, out.stderr
+        wait_until("beta claims the new address", lambda: beta.holds("192.0.2.20/24"))
+        assert beta.holds(VIP)
