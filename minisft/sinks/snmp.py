@@ -282,6 +282,12 @@ class SnmpSink(Sink):
     # -------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
+        if self.target.version == "3" and self.target.priv_key:
+            try:  # pysnmp treats it as optional and then fails with an opaque message
+                import cryptography.hazmat.decrepit  # noqa: F401
+            except ImportError:
+                raise DeliveryError(f"{self.name}: SNMPv3 privacy (AES/DES) needs the Python "
+                                    "package 'cryptography' >= 43") from None
         if self._engine is None:
             self._setup_engine()
         if self._transport is None:
