@@ -406,6 +406,7 @@ class MonitorMachine:
             looks.misses = looks.icmp_misses = 0
             looks.last_rtt, looks.last_ok_at = ev.rtt, self.now
             looks.health = Health.UP
+            self._fallback_at = None  # the address answers: the primary did claim it
             self._cancel_probe()
             if self.state is State.PROBING:
                 self._go(State.WATCHING, "address answers ping again: no takeover")
@@ -517,8 +518,13 @@ class MonitorMachine:
                        "over: released it and watching", mac=mac)
         else:  # STARTUP or CLAIM: somebody else holds it
             self._to_watching(f"address in use by {mac}: not binding it, watching it")
-            hint = ("fallback is manual: run `minisft release "
-                    f"{self.name}` on the holder, then `minisft claim {self.name}` here")
+            if self.config.fallback.mode is FallbackMode.AUTO or purpose is Purpose.STARTUP:
+                hint = (f"to fall back by hand: `minisft release {self.name}` on the holder, "
+                        f"then `minisft claim {self.name}` here; a backup in automatic "
+                        "fallback mode hands it back by itself after its hold-down")
+            else:
+                hint = ("fallback is manual: run `minisft release "
+                        f"{self.name}` on the holder, then `minisft claim {self.name}` here")
             what = "claim refused" if purpose is Purpose.CLAIM else "returning primary"
             self._emit(EventKind.ADDRESS_IN_USE,
                        f"{what}: {mac} already answers for the address, not binding it; "
@@ -542,6 +548,9 @@ class MonitorMachine:
         self._go(State.HOLDING, self.reason)
         self.cut_off = not self.link_up
         self.conflict_open = False
+        if self.service.dead:  # close the alarm monitoring has open: it was the other host's
+            self._emit(EventKind.SERVICE_RECOVERED, "alarm closed: the address moved to this "
+                       "node; the dead service was on the previous holder")
         self.service = ServiceStatus()
         self.peer = PeerStatus()
         self._next_refresh_at = self.now + self.config.announce.refresh

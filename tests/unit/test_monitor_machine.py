@@ -852,3 +852,33 @@ def test_snapshot_is_json_and_tells_who_holds_it() -> None:
     fresh.misses(3)
     fresh.machine.handle(ServiceResult(True), fresh.lan.now)  # ignored, legal
     assert fresh.machine.snapshot()["holder"] in ("none", "self")
+
+
+def test_a_primary_that_claimed_then_died_does_not_suspend_auto_fallback() -> None:
+    node = fallback_backup(hold_down=30.0)
+    peer_up_for(node, 33)
+    assert node.releases == 1
+    assert node.lan.holder is not None
+    node.lan.holder.has_address = True  # the primary claims it: pings answer
+    node.lan.run(5)
+    node.lan.holder.has_address = False  # ...then dies soon after, within 2 x grace
+    node.lan.run(10)
+    assert state(node) is State.HOLDING and node.machine.counters.takeovers == 2
+    assert "suspended" not in node.last(K.TAKEOVER).reason
+    peer_up_for(node, 33)
+    assert node.releases == 2, "automatic fallback must still work after a real failover"
+
+
+def test_a_service_alarm_is_closed_when_the_address_moves_here() -> None:
+    node = single(make_config(check="http", isalive_retry=2), holder=Host())
+    node.ping()
+    node.service(False)
+    node.service(False)
+    assert node.count(K.SERVICE_DEAD) == 1
+    assert node.lan.holder is not None
+    node.lan.holder.has_address = False  # now the whole host dies
+    node.lan.run(15)
+    assert state(node) is State.HOLDING
+    kinds = node.kinds()
+    assert kinds.index(K.SERVICE_RECOVERED) > kinds.index(K.SERVICE_DEAD)
+    assert "moved to this node" in node.last(K.SERVICE_RECOVERED).reason
