@@ -167,11 +167,25 @@ def _locate(args: argparse.Namespace, key: str, default: Path) -> Path:
         raise SystemExit(EXIT_CONFIG) from None
     except yaml.YAMLError:
         data = None
-    value = data.get(key) if isinstance(data, dict) else None
+    # Not YAML any more (half-edited, truncated): find a top-level `key: value` line.
+    value = data.get(key) if isinstance(data, dict) else _top_level_line(args.config, key)
     if not isinstance(value, str) or not value:
         return default
     path = Path(value)
     return path if path.is_absolute() else Path(args.config).resolve().parent / path
+
+
+def _top_level_line(path: Path, key: str) -> str | None:
+    """`key: value` at the start of a line (quotes and a trailing comment stripped)."""
+    import re
+
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return None
+    m = re.search(rf"^{re.escape(key)}:[ \t]*(['\"]?)([^'\"#\n]*?)\1[ \t]*(?:#.*)?$", text,
+                  re.MULTILINE)
+    return m.group(2) if m and m.group(2) else None
 
 
 def _request(args: argparse.Namespace, payload: dict[str, Any]) -> dict[str, Any]:

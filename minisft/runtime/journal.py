@@ -187,11 +187,24 @@ class EventJournal:
         if self._fd is None:
             self._open_segment(seq, fresh=rotate)
         assert self._fd is not None
+        start = self._size
         view = memoryview(line)
-        while view:  # a short write (e.g. ENOSPC mid-line) raises on the next call
-            n = os.write(self._fd, view)
-            self._size += n
-            view = view[n:]
+        try:
+            while view:  # a short write (e.g. ENOSPC mid-line) raises on the next call
+                n = os.write(self._fd, view)
+                self._size += n
+                view = view[n:]
+        except OSError:
+            # Disk full mid-line: take the partial line back at once, so the segment stays
+            # line-aligned. Left there, every append while the disk is full tore a line
+            # that the next append had to repair, each time logging a warning about "a
+            # crash": one warning per event instead of one error per episode. If even
+            # the truncate fails, the repair at the next open still handles it.
+            if self._size != start:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, start)
+                    self._size = start
+            raise
         if rotate:
             self.prune()
 

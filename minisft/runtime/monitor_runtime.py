@@ -230,9 +230,18 @@ class MonitorRuntime:
             started = self.clock()
             outcome = await self._pinger.ping(self.config.ip, la.timeout)
             self.feed(PingResult(outcome.ok, outcome.rtt, outcome.detail))
-            delay = self.machine.next_ping_delay(self.clock() - started)
-            if delay > 0:
-                await asyncio.sleep(delay)
+            elapsed = self.clock() - started
+            # Retries after a miss go back to back (delay 0) because a lost ping already
+            # waited `timeout`. A ping that fails at once did not: when the send itself
+            # fails (own link just went down: ENETUNREACH) `ping()` returns without ever
+            # suspending, and retrying at once spun this loop without yielding to the
+            # event loop, freezing the daemon (link watcher, ticks, control socket) for
+            # as long as the link stayed down. So a miss never comes sooner than
+            # `timeout` after its ping started, and every round yields.
+            delay = self.machine.next_ping_delay(elapsed)
+            if not outcome.ok:
+                delay = max(delay, la.timeout - elapsed)
+            await asyncio.sleep(max(0.0, delay))
 
     async def _isalive_loop(self) -> None:
         if self._check is None:

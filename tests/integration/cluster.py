@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,11 +70,14 @@ class Node:
 
     # ------------------------------------------------------------ process
 
-    def start(self, wait: bool = True) -> None:
+    def start(self, wait: bool = True, *, wrap: Sequence[str] = ()) -> None:
+        """Start the daemon; `wrap` is a command prefix run inside the namespace (e.g. a
+        shell that mounts something first, then `exec "$@"`s the daemon)."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        self.proc = self.host.popen([sys.executable, "-m", "minisft", "run", "--config",
-                                     str(self.config_path)], stdout=log, stderr=log)
+        self.proc = self.host.popen([*wrap, sys.executable, "-m", "minisft", "run",
+                                     "--config", str(self.config_path)],
+                                    stdout=log, stderr=log)
         if wait:
             wait_until(f"{self.name}'s daemon to listen", lambda: self._ready(), timeout=20)
 
@@ -147,6 +150,61 @@ class Node:
     def holds(self, address: str) -> bool:
         return self.host.has_address(address)
 
+    # ------------------------------------------------------------ fault-test helpers
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the daemon (no clean-up: addresses, sockets and the lock stay)."""
+        code = self.stop(signal.SIGKILL)
+        assert code == -signal.SIGKILL, f"{self.name}'s daemon exited with {code} first"
+
+    def link_is_up(self) -> bool:
+        """Administratively up (what Host.link_down/link_up change)."""
+        out = self.host.run("ip", "-o", "link", "show", "dev", self.host.ifname).stdout
+        flags = out.split("<", 1)[1].split(">", 1)[0].split(",") if "<" in out else []
+        return "UP" in flags
+
+    def journal_records(self) -> list[dict[str, Any]]:
+        """Every complete line of every journal segment, raw, in file order.
+
+        Unlike `events()` (EventJournal.read skips a seq it has already seen, as a reader
+        must), this shows duplicates, so tests can prove there are none. A complete line
+        that is not JSON is returned as {"_corrupt": line}; an incomplete last line (a
+        crash mid-write, repaired at the next start) is left out.
+        """
+        journal = self.state_dir / "journal"
+        if not journal.is_dir():
+            return []
+        out: list[dict[str, Any]] = []
+        for seg in sorted(journal.glob("events-*.jsonl"),
+                          key=lambda p: int(p.name.split("-")[1].split(".")[0])):
+            for line in seg.read_bytes().split(b"\n")[:-1]:
+                if not line.strip():
+                    continue
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    out.append({"_corrupt": line.decode(errors="replace")})
+        return out
+
+    def logged_events(self) -> list[str]:
+        """The event summaries the daemon wrote to its log (`Event.summary()`), in order,
+        across restarts: what it emitted, to compare with what reached the journal."""
+        from minisft.core.events import EventKind
+
+        kinds = {k.value for k in EventKind}
+        out = []
+        for line in self.log().splitlines():
+            _, sep, message = line.partition("] ")  # "... minisft[PID] LEVEL message"
+            level, _, message = message.partition(" ")
+            if sep and level in ("INFO", "WARNING", "ERROR") and \
+                    message.split(" ", 1)[0] in kinds:
+                out.append(message)
+        return out
+
 
 class Cluster:
     """`with Cluster(tmp_path, ["alpha", "beta"]) as c:` -> c.nodes["alpha"], c.client."""
@@ -179,6 +237,11 @@ class Cluster:
     def holders(self, address: str) -> list[str]:
         return [n.name for n in self.nodes.values() if n.holds(address)]
 
+    def live_holders(self, address: str) -> list[str]:
+        """Holders whose link is up: a dead host keeps its addresses on a down link, where
+        nobody can reach them."""
+        return [n.name for n in self.nodes.values() if n.link_is_up() and n.holds(address)]
+
     def client_pings(self, address: str) -> subprocess.Popen[str]:
         return self.client.popen(["ping", "-D", "-n", "-i", "0.01", "-W", "0.1", address],
                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -194,6 +257,36 @@ def longest_gap(proc: subprocess.Popen[str]) -> float:
                                                       re.MULTILINE)]
     assert stamps, "the client never got a reply"
     return max((b - a for a, b in itertools.pairwise(stamps)), default=0.0)
+
+
+def start_pair(tmp: Path, address: str = "192.0.2.10/24", *,
+               alpha_extra: dict[str, Any] | None = None,
+               beta_extra: dict[str, Any] | None = None,
+               config_extra: dict[str, Any] | None = None,
+               prepare: Callable[[Cluster], object] | None = None) -> Cluster:
+    """alpha (primary) holds `address`, beta (backup, peer_ip alpha) watches it.
+
+    `alpha_extra`/`beta_extra` go into the monitor's config, `config_extra` into both
+    daemons' top level (e.g. alerting); `prepare(cluster)` runs before the daemons start
+    (e.g. to start receivers in the client namespace). Cleans the lab up if the start
+    fails."""
+    c = Cluster(tmp, ["alpha", "beta"])
+    try:
+        if prepare is not None:
+            prepare(c)
+        alpha, beta = c.nodes["alpha"], c.nodes["beta"]
+        alpha.configure([monitor_cfg("web", address, "primary", peer=beta.host.ip,
+                                     **(alpha_extra or {}))], **(config_extra or {}))
+        beta.configure([monitor_cfg("web", address, "backup", peer=alpha.host.ip,
+                                    **(beta_extra or {}))], **(config_extra or {}))
+        alpha.start()
+        wait_until("alpha to claim the address", lambda: alpha.holds(address))
+        beta.start()
+        beta.wait_event("looksalive_up", "web")
+    except BaseException:
+        c.__exit__(*sys.exc_info())
+        raise
+    return c
 
 
 def monitor_cfg(name: str, address: str, role: str, *, peer: str | None = None,
