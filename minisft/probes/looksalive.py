@@ -9,7 +9,6 @@ and other noise out of userspace.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import os
@@ -95,7 +94,7 @@ class Pinger:
     async def _read(self, sock: AsyncSocket) -> None:
         while True:
             try:
-                reply = await sock.receive(None, timeout=3600)
+                reply = await sock.receive(None, timeout=1.0)
             except TimeoutExceeded:
                 continue
             except ICMPLibError as exc:  # a bad packet or a socket hiccup: keep reading
@@ -110,9 +109,12 @@ class Pinger:
 
     async def close(self) -> None:
         for task in self._readers.values():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # Python 3.11's asyncio.wait_for (inside icmplib's AsyncSocket.receive) drops a
+            # cancel that races with an arriving packet (e.g. an ICMP port unreachable):
+            # the reader loops on into a new receive. Cancel until it really ends.
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.2)
         for sock in self._sockets.values():
             sock.close()
         self._readers.clear()

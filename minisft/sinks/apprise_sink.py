@@ -240,8 +240,14 @@ class AppriseSink(Sink):
         ntype = self.notify_type(event)
         # Retrying the same event: skip the targets that already have it.
         done = self._done[1] if event.seq > 0 and self._done[0] == event.seq else set()
+        # A test alert (`minisft test-alert`) checks the path to EVERY target, whatever its
+        # kinds/min_severity/tags filter: the runtime's test_all() bypasses the sink-level
+        # filter as it does for every sink (an SNMP target filtered to `takeover` gets the
+        # test notification). Filtering it here made test-alert report "delivered" for a
+        # target that was sent nothing, e.g. a mail URL with `kinds: [takeover]`.
+        test = event.kind is EventKind.TEST_ALERT
         todo = [(i, t) for i, t in enumerate(self._targets)
-                if i not in done and t.accepts(event)]
+                if i not in done and (test or t.accepts(event))]
         if not todo:
             return
         results = await asyncio.gather(
