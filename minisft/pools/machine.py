@@ -203,7 +203,12 @@ class PoolMachine:
                                f"phase {self.phase.value}")
         self.now = now
         self._pending = []
-        handler = handlers[kind]
+        if self.phase is not Phase.STARTING:
+            # Decide on the view as of `now`: time alone can make members lost and this
+            # node isolated, and a probe result must not bind on a quorum already gone.
+            self._refresh()
+            handlers = TRANSITIONS[self.phase]
+        handler = handlers.get(kind)
         if handler is not None:
             handler(self, event)
         if self.phase is not Phase.STARTING:

@@ -149,11 +149,12 @@ class Sim:
             if not node.running:
                 continue
             for token, (due, address) in list(node.probes.items()):
-                if due <= self.t:
+                # an earlier result in this step may have cancelled this probe
+                if due <= self.t and token in node.probes:
                     del node.probes[token]
                     self.feed(name, ProbeDone(token, self.answers(name, address)))
             for token, (due, address) in list(node.binds.items()):
-                if due <= self.t:
+                if due <= self.t and token in node.binds:
                     del node.binds[token]
                     node.bound.add(address)
                     self.feed(name, BindDone(token))
