@@ -78,6 +78,18 @@ def _parser() -> argparse.ArgumentParser:
     rb = add("rebalance", "pools: move every address to the member the formula names now "
              "(the manual fallback of a pool)")
     rb.add_argument("pool", metavar="POOL", help="pool name from the config")
+    pool = sub.add_parser("pool", help="pools in etcd mode: manage the definition in etcd",
+                          description="Pools coordinated through etcd keep their definition "
+                          "in etcd (docs/pools.md, etcd mode).")
+    pool_sub = pool.add_subparsers(dest="pool_command", metavar="ACTION", required=True)
+    push = pool_sub.add_parser(
+        "push", help="write this config's definition of POOL to etcd",
+        description="Write the pool definition (members, weights, addresses, preferred, "
+        "fallback) from this config file to etcd, replacing the one there. Every member "
+        "applies it at once from its watch. Run it after editing the pool on every node.")
+    push.add_argument("--config", "-c", type=Path, default=DEFAULT_CONFIG_PATH,
+                      metavar="FILE", help=f"config file (default {DEFAULT_CONFIG_PATH})")
+    push.add_argument("pool", metavar="POOL", help="pool name from the config")
     ev = add("events", "show the event journal (works without the daemon)")
     ev.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     ev.add_argument("--last", "-n", type=int, default=20, metavar="N",
@@ -248,6 +260,17 @@ def format_status(st: dict[str, Any]) -> str:
                      f"{', '.join(alive)}; holding here: {', '.join(pool['held']) or 'none'}"
                      + (f"; CONFIG DRIFT with {', '.join(pool['drift'])}" if pool["drift"]
                         else ""))
+        if pool.get("backend") == "etcd":
+            etcd = pool["etcd"]
+            lines.append(f"  etcd {etcd['endpoint']}: "
+                         + ("connected" if etcd["connected"] else "NOT CONNECTED")
+                         + f", lease {etcd['lease'] or 'none'} (ttl {etcd['ttl']}s)"
+                         + (f", last error: {etcd['last_error']}" if etcd["last_error"]
+                            and not etcd["connected"] else ""))
+            if pool.get("config_drift"):
+                lines.append(f"  CONFIG DRIFT: {pool['config_drift']}")
+        if pool.get("reason"):
+            lines.append(f"  {pool['reason']}")
         for address, owner in sorted(pool["assignment"].items()):
             lines.append(f"  {address} -> {owner}")
     sinks = st.get("sinks", [])
@@ -286,6 +309,36 @@ def cmd_admin(args: argparse.Namespace) -> int:
     m = answer.get("monitor", {})
     print(f"{args.monitor}: {m.get('state')}{' (paused)' if m.get('paused') else ''} - "
           f"{m.get('reason')}")
+    return EXIT_OK
+
+
+def cmd_pool(args: argparse.Namespace) -> int:
+    import asyncio
+
+    config = _load(args)
+    pool = next((p for p in config.pools if p.name == args.pool), None)
+    if pool is None:
+        known = ", ".join(p.name for p in config.pools) or "none"
+        print(f"minisft: no pool named {args.pool!r} in {args.config} (known: {known})",
+              file=sys.stderr)
+        return EXIT_FAILED
+    if not pool.coordination.etcd:
+        print(f"minisft: pool {pool.name} is not in etcd mode (coordination.backend: "
+              f"{pool.coordination.backend.value}); its members compare config digests instead",
+              file=sys.stderr)
+        return EXIT_FAILED
+    from minisft.pools.etcd_backend import EtcdUnavailable, push_definition
+
+    try:
+        result = asyncio.run(push_definition(pool))
+    except (EtcdUnavailable, RuntimeError) as exc:
+        print(f"minisft: pool push {pool.name}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    before = result["previous"]
+    print(f"{pool.name}: definition {result['digest']} written to {result['key']} via "
+          f"{result['endpoint']}" + (" (signed)" if result["signed"] else ""))
+    print("  previous: " + ("none" if before is None else
+                            "identical" if before == result["digest"] else before))
     return EXIT_OK
 
 
@@ -366,6 +419,7 @@ _COMMANDS = {
     "events": cmd_events,
     "reload": cmd_reload,
     "rebalance": cmd_rebalance,
+    "pool": cmd_pool,
     "test-alert": cmd_test_alert,
     "demo": cmd_demo,
 }

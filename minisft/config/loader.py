@@ -41,6 +41,9 @@ from minisft.config.model import (
     AppriseConfig,
     CheckConfig,
     Config,
+    CoordinationBackend,
+    CoordinationConfig,
+    EtcdTLSConfig,
     FallbackConfig,
     FallbackMode,
     IPAddress,
@@ -721,7 +724,15 @@ _APPRISE_KEYS = ("urls", "urls_file", "config", "kinds", "min_severity", "title"
 _APPRISE_URL_KEYS = ("url", "tag", "tags", "kinds", "min_severity")
 _PROMETHEUS_KEYS = ("listen",)
 _POOL_KEYS = ("name", "members", "addresses", "key_file", "looksalive", "watch", "preferred",
-              "fallback", "witness", "port")
+              "fallback", "witness", "port", "coordination")
+_COORDINATION_KEYS = ("backend", "endpoints", "ttl", "prefix", "tls", "username",
+                      "password_file")
+_ETCD_TLS_KEYS = ("ca_file", "cert_file", "key_file")
+# only the embedded mode's UDP heartbeats use these: refused with etcd, not silently ignored
+_EMBEDDED_ONLY = ("looksalive", "watch", "witness", "port")
+ETCD_MIN_TTL = 2  # etcd raises shorter leases to 1.5 x its election timeout (1 s default)
+ETCD_MAX_TTL = 600
+_PREFIX_RE = re.compile(r"(/[A-Za-z0-9_.\-]+)+", re.ASCII)
 _MEMBER_KEYS = ("name", "ip", "weight")
 
 
@@ -1238,8 +1249,23 @@ def _pool(ctx: _Ctx, path: str, value: Any, node: NodeConfig | None) -> PoolConf
     members = m.req("members", lambda p, v: _members(ctx, p, v),
                     " (the nodes sharing the addresses)")
     addresses = m.req("addresses", lambda p, v: _pool_addresses(ctx, p, v))
+    coordination = m.get("coordination", lambda p, v: _coordination(ctx, p, v),
+                         CoordinationConfig())
+    raw = m.data.get("coordination")
+    # a broken coordination block that asks for etcd must not add a key_file error
+    says_etcd = isinstance(raw, dict) and str(raw.get("backend", "")).strip().lower() == "etcd"
     key: bytes | None = None
-    if not m.has("key_file"):
+    if coordination.etcd or says_etcd:
+        # heartbeats are gone; the key, when given, authenticates the pool definition
+        # stored in etcd (an HMAC), so etcd write access alone cannot add addresses
+        for extra in _EMBEDDED_ONLY:
+            if m.has(extra):
+                m.failed = True
+                ctx.add(m.key(extra), "not used with coordination.backend etcd (liveness is "
+                                      "the etcd lease, quorum is etcd's): remove it")
+        if m.has("key_file") and ctx.secrets:
+            key = m.opt("key_file", lambda p, v: _pool_key(ctx, p, v))
+    elif not m.has("key_file"):
         m.failed = True
         ctx.add(m.key("key_file"), "required (a file of at least 16 random bytes, the same "
                                    "on every member: head -c 32 /dev/urandom > FILE)")
@@ -1267,7 +1293,137 @@ def _pool(ctx: _Ctx, path: str, value: Any, node: NodeConfig | None) -> PoolConf
         raise _Skip
     return PoolConfig(name=name, members=members, addresses=addresses, key=key,
                       looksalive=looksalive, watch=watch, preferred=preferred,
-                      fallback=fallback, witness=witness, port=port)
+                      fallback=fallback, witness=witness, port=port,
+                      coordination=coordination)
+
+
+def _coordination(ctx: _Ctx, path: str, value: Any) -> CoordinationConfig:
+    m = _Map(ctx, path, value, _COORDINATION_KEYS,
+             what="a coordination mapping (backend, endpoints, ttl, ...)")
+    backend = m.get("backend", _enum(CoordinationBackend), CoordinationBackend.EMBEDDED)
+    if backend is CoordinationBackend.EMBEDDED:
+        for extra in _COORDINATION_KEYS[1:]:
+            if m.has(extra):
+                m.failed = True
+                ctx.add(m.key(extra), "only used with backend: etcd")
+        m.check()
+        return CoordinationConfig()
+    d = CoordinationConfig()
+    endpoints = m.req("endpoints", _etcd_endpoints,
+                      " (the etcd client URLs, e.g. [\"http://192.0.2.250:2379\"])")
+    ttl = m.get("ttl", _etcd_ttl, d.ttl)
+    prefix = m.get("prefix", _etcd_prefix, d.prefix)
+    tls = m.opt("tls", lambda p, v: _etcd_tls(ctx, p, v))
+    username = m.opt("username", _str)
+    password: str | None = None
+    if m.has("password_file") and ctx.secrets:
+        password = m.opt("password_file", lambda p, v: _decode_secret(
+            _read_secret_file(ctx, p, v), "the password file"))
+    if m.has("username") != m.has("password_file"):
+        m.failed = True
+        ctx.add(m.key("password_file" if m.has("username") else "username"),
+                "username and password_file go together")
+    if endpoints is not None:
+        https = {e.startswith("https://") for e in endpoints}
+        if len(https) > 1:
+            m.failed = True
+            ctx.add(m.key("endpoints"), "mixes http:// and https:// endpoints: use one scheme")
+        elif tls is not None and https == {False}:
+            m.failed = True
+            ctx.add(m.key("tls"), "TLS needs https:// endpoints")
+    m.check()
+    if endpoints is None:
+        raise _Skip
+    return CoordinationConfig(backend=backend, endpoints=endpoints, ttl=ttl, prefix=prefix,
+                              tls=tls, username=username, password=password)
+
+
+def _etcd_endpoints(path: str, value: Any) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items:
+        raise ValueError(f"expected a list of URLs such as http://192.0.2.250:2379, got "
+                         f"{_got(value)}")
+    out: list[str] = []
+    for i, item in enumerate(items):
+        sub = f"{path}[{i}]" if isinstance(value, list) else path
+        try:
+            url = _etcd_url(item)
+        except ValueError as exc:
+            raise ConfigError(sub, str(exc)) from None
+        if url in out:
+            raise ConfigError(sub, f"{url} is listed twice")
+        out.append(url)
+    return tuple(out)
+
+
+def _etcd_url(value: Any) -> str:
+    from urllib.parse import urlsplit
+
+    hint = "expected a URL such as http://192.0.2.250:2379 or https://etcd1.example:2379"
+    if not isinstance(value, str) or "://" not in value:
+        raise ValueError(f"{hint}, got {_got(value)}")
+    try:
+        url = urlsplit(value.strip())
+        port = url.port or 2379
+    except ValueError:
+        raise ValueError(f"{hint}, got {_got(value)}") from None
+    host = url.hostname
+    if url.scheme not in ("http", "https"):
+        raise ValueError(f"the scheme must be http or https, got {url.scheme!r}")
+    if not host or url.username or url.password or url.query or url.fragment or \
+            url.path not in ("", "/"):
+        raise ValueError(f"{hint} (no path, user or query), got {_got(value)}")
+    try:
+        ip = ipaddress.ip_address(host)
+        host = f"[{ip}]" if ip.version == 6 else str(ip)
+    except ValueError:
+        if not _HOST_RE.fullmatch(host):
+            raise ValueError(f"{host!r} is not a host name or IP address") from None
+    return f"{url.scheme}://{host}:{port}"
+
+
+def _etcd_ttl(path: str, value: Any) -> int:
+    seconds = parse_duration(value)
+    if seconds != int(seconds):
+        raise ValueError(f"etcd leases are whole seconds, got {_got(value)}")
+    if not ETCD_MIN_TTL <= seconds <= ETCD_MAX_TTL:
+        raise ValueError(f"must be between {ETCD_MIN_TTL}s and {ETCD_MAX_TTL}s (etcd raises "
+                         "shorter leases to 1.5 election timeouts), got "
+                         f"{_got(value)}")
+    return int(seconds)
+
+
+def _etcd_prefix(path: str, value: Any) -> str:
+    text = value.strip().rstrip("/") if isinstance(value, str) else None
+    if text is None or not _PREFIX_RE.fullmatch(text):
+        raise ValueError("expected a key prefix such as /minisft (a '/' then letters, digits, "
+                         f"'.', '_', '-', more '/'-separated parts allowed), got {_got(value)}")
+    return text
+
+
+def _etcd_tls(ctx: _Ctx, path: str, value: Any) -> EtcdTLSConfig:
+    m = _Map(ctx, path, value, _ETCD_TLS_KEYS, what="a mapping (ca_file, cert_file, key_file)")
+
+    def readable(p: str, v: Any) -> Path:
+        f = ctx.resolve(_str(p, v))
+        if ctx.secrets and not f.is_file():
+            raise ValueError(f"no such file: {f}")
+        return f
+
+    def secret(p: str, v: Any) -> Path:
+        if ctx.secrets:
+            _read_secret_file(ctx, p, v)  # a private key: the secret-file rules apply
+        return ctx.resolve(_str(p, v))
+
+    ca = m.opt("ca_file", readable)
+    cert = m.opt("cert_file", readable)
+    key = m.opt("key_file", secret)
+    if m.has("cert_file") != m.has("key_file"):
+        m.failed = True
+        ctx.add(m.key("key_file" if m.has("cert_file") else "cert_file"),
+                "cert_file and key_file go together (the client certificate and its key)")
+    m.check()
+    return EtcdTLSConfig(ca_file=ca, cert_file=cert, key_file=key)
 
 
 def _members(ctx: _Ctx, path: str, value: Any) -> tuple[PoolMemberConfig, ...]:

@@ -182,6 +182,38 @@ class PoolMemberConfig:
     weight: int = 1
 
 
+class CoordinationBackend(StrEnum):
+    EMBEDDED = "embedded"  # members watch each other with UDP heartbeats
+    ETCD = "etcd"  # ownership and liveness are leases in an etcd cluster
+
+
+@dataclass(frozen=True)
+class EtcdTLSConfig:
+    """Client TLS for etcd: `ca_file` checks the servers, `cert_file` + `key_file` (both or
+    neither) authenticate this member. Paths; the files are read when connecting."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class CoordinationConfig:
+    """How the members of a pool agree. `embedded` ignores every other field."""
+
+    backend: CoordinationBackend = CoordinationBackend.EMBEDDED
+    endpoints: tuple[str, ...] = ()  # "http://192.0.2.250:2379", normalised by the loader
+    ttl: int = 5  # lease TTL, whole seconds (etcd leases have a one-second grain)
+    prefix: str = "/minisft"  # no trailing slash
+    tls: EtcdTLSConfig | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)  # from password_file
+
+    @property
+    def etcd(self) -> bool:
+        return self.backend is CoordinationBackend.ETCD
+
+
 @dataclass(frozen=True)
 class PoolConfig:
     name: str
@@ -195,6 +227,7 @@ class PoolConfig:
     fallback: FallbackConfig = field(default_factory=FallbackConfig)
     witness: IPAddress | None = None
     port: int = 7404
+    coordination: CoordinationConfig = field(default_factory=CoordinationConfig)
 
 
 @dataclass(frozen=True)

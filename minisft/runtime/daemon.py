@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import importlib.util
 import json
 import logging
 import os
@@ -191,20 +192,34 @@ class Daemon:
             rt.feed(LinkChanged(False))
         return rt
 
-    async def _add_pool(self, pool: PoolConfig) -> None:
-        from minisft.pools.runtime import PoolRuntime
-
+    async def _add_pool(self, pool: PoolConfig, resume: Any = None) -> None:
         held = [a for a in pool.addresses
                 if await self._in_netlink(self.netlink.has_address, self.iface, a.ip)]
-        rt = PoolRuntime(pool, node=self.config.node.name, clock=self.clock,
-                         neighbours=self.neighbours, addresses=self.netlink, iface=self.iface,
-                         netlink_executor=self._netlink_pool, emit=self.emit,
-                         pinger=self.pinger, wall=self.wall)
-        try:
+        common: dict[str, Any] = dict(
+            node=self.config.node.name, clock=self.clock, neighbours=self.neighbours,
+            addresses=self.netlink, iface=self.iface, netlink_executor=self._netlink_pool,
+            emit=self.emit, wall=self.wall)
+        rt: Any
+        if pool.coordination.etcd:
+            # Imported here: aetcd and grpc load only on nodes with an etcd pool.
+            from minisft.pools.etcd_backend import EtcdPoolRuntime
+
+            if importlib.util.find_spec("aetcd") is None:
+                raise StartupError(f"pools[{pool.name}].coordination.backend: etcd needs the "
+                                   "aetcd package (pip install 'minisft[etcd]')")
+            rt = EtcdPoolRuntime(pool, pinger=None, resume=resume, **common)
+            # No listening socket: etcd being down at start is not fatal, the
+            # runtime keeps retrying and holds nothing until it has a lease.
             await rt.start(held)
-        except OSError as exc:
-            raise StartupError(f"pool {pool.name}: cannot listen on "
-                               f"{self.config.node.local_ip}:{pool.port}: {exc}") from None
+        else:
+            from minisft.pools.runtime import PoolRuntime
+
+            rt = PoolRuntime(pool, pinger=self.pinger, **common)
+            try:
+                await rt.start(held)
+            except OSError as exc:
+                raise StartupError(f"pool {pool.name}: cannot listen on "
+                                   f"{self.config.node.local_ip}:{pool.port}: {exc}") from None
         self.pools[pool.name] = rt
 
     def _make_runtime(self, mcfg: MonitorConfig) -> MonitorRuntime:
@@ -443,9 +458,12 @@ class Daemon:
         for pool in new.pools:
             if old_pools.get(pool.name) == pool:
                 continue
+            resume = None
             if pool.name in self.pools:  # no hot swap: restart it, keeping its addresses
-                await self.pools.pop(pool.name).stop(release=False)
-            await self._add_pool(pool)
+                old_rt = self.pools.pop(pool.name)
+                await old_rt.stop(release=False)
+                resume = getattr(old_rt, "handover", lambda: None)()  # etcd: its lease
+            await self._add_pool(pool, resume=resume)
             changes.append(f"pool {pool.name} " + ("restarted" if pool.name in old_pools
                                                    else "added"))
         for name in set(old_pools) - {p.name for p in new.pools}:
