@@ -837,7 +837,8 @@ def _monitor(ctx: _Ctx, path: str, value: Any, local_ip: IPAddress | None) -> Mo
     looksalive = m.get("looksalive", lambda p, v: _looksalive(ctx, p, v), LooksAliveConfig())
     isalive = m.get("isalive", lambda p, v: _isalive(ctx, p, v), IsAliveConfig())
     fallback = m.get("fallback", lambda p, v: _fallback(ctx, p, v), FallbackConfig())
-    probe = m.get("probe", lambda p, v: _probe(ctx, p, v), ProbeConfig())
+    probe = m.get("probe", lambda p, v: _probe(ctx, p, v, looksalive),
+                  _probe(ctx, f"{path}.probe", {}, looksalive))
     announce = m.get("announce", lambda p, v: _announce(ctx, p, v), AnnounceConfig())
     address: IPInterface | None = None
     if ip is not None and local_ip is not None and ip == local_ip:
@@ -960,11 +961,11 @@ def _fallback(ctx: _Ctx, path: str, value: Any) -> FallbackConfig:
     return cfg
 
 
-def _probe(ctx: _Ctx, path: str, value: Any) -> ProbeConfig:
+def _probe(ctx: _Ctx, path: str, value: Any, looksalive: LooksAliveConfig) -> ProbeConfig:
     m = _Map(ctx, path, value, _PROBE_KEYS)
-    d = ProbeConfig()
-    cfg = ProbeConfig(count=m.get("count", _int(1, 100), d.count),
-                      interval=m.get("interval", _duration(), d.interval))
+    count = m.get("count", _int(1, 100), ProbeConfig().count)
+    interval = m.get("interval", _duration(), ProbeConfig.interval_for(looksalive, count))
+    cfg = ProbeConfig(count=count, interval=interval)
     m.check()
     return cfg
 

@@ -87,6 +87,14 @@ class ProbeConfig:
     def duration(self) -> float:
         return self.count * self.interval
 
+    @staticmethod
+    def interval_for(looksalive: LooksAliveConfig, count: int) -> float:
+        """Default spacing: the round starts at the first miss, so it should end by the
+        last retry ((retry - 1) x timeout later), or it delays the takeover. 50 ms at
+        most, 10 ms at least (a LAN answers in well under a millisecond)."""
+        fit = (looksalive.retry - 1) * looksalive.timeout / max(1, count)
+        return round(min(0.05, max(0.01, fit)), 4)
+
 
 @dataclass(frozen=True)
 class AnnounceConfig:

@@ -1070,3 +1070,22 @@ def test_secrets_false_reads_no_secret_files(tmp_path: Path) -> None:
     # the rules that do not need the secret still apply
     assert_error(text.replace("community_file", "user"), "alerting.snmp.targets[0].user",
                  "user:", "only applies to SNMP version 3")
+
+
+@pytest.mark.parametrize(("looksalive", "probe", "expected"), [
+    # the round (count x interval) must end by the last retry, or it delays the takeover
+    ("{interval: 100ms, retry: 3, timeout: 33ms}", "", ProbeConfig(3, 0.022)),
+    ("{interval: 100ms, retry: 3, timeout: 33ms}", "probe: {count: 2}", ProbeConfig(2, 0.033)),
+    ("{interval: 1s, retry: 3, timeout: 1s}", "", ProbeConfig(3, 0.05)),  # capped at 50 ms
+    ("{interval: 1s, retry: 1, timeout: 1s}", "", ProbeConfig(3, 0.01)),  # floor 10 ms
+    ("{interval: 100ms, retry: 3, timeout: 33ms}", "probe: {interval: 80ms}",
+     ProbeConfig(3, 0.08)),  # an explicit interval wins
+])
+def test_probe_spacing_defaults_to_fit_inside_the_retries(looksalive: str, probe: str,
+                                                          expected: ProbeConfig) -> None:
+    text = cfg(MONITOR, f"    looksalive: {looksalive}\n", f"    {probe}\n" if probe else "")
+    (web,) = parse_config(text, "<string>").monitors
+    assert web.probe == expected
+    la = web.looksalive
+    if "interval" not in probe:
+        assert web.probe.duration <= max(0.03, (la.retry - 1) * la.timeout) + 1e-9
