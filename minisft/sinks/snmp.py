@@ -31,7 +31,9 @@ import logging
 import os
 import re
 import secrets
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +73,26 @@ PRIV_PROTOCOLS = {
     "aes192c": "usmAesCfb192Protocol",
     "aes256c": "usmAesCfb256Protocol",
 }
+
+@contextlib.contextmanager
+def _mib_compiler_hidden() -> Iterator[None]:
+    """Import pysnmp as if pysmi were not installed.
+
+    pysnmp imports pysmi (the MIB compiler, with jinja2 and lark: ~13 MiB of RSS) whenever
+    it is installed, and the daemon never compiles a MIB: ours ships compiled. A None in
+    sys.modules makes that import fail, for the time of the import only, so a process
+    that uses pysmi itself (the MIB tests) is not affected.
+    """
+    if "pysmi" in sys.modules or "pysnmp.smi.compiler" in sys.modules:
+        yield
+        return
+    sys.modules["pysmi"] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if sys.modules.get("pysmi", 0) is None:
+            del sys.modules["pysmi"]
+
 
 # Engine boots are bumped once per process and state dir, however many targets there are.
 _boots_cache: dict[Path, int] = {}
@@ -294,8 +316,9 @@ class SnmpSink(Sink):
             self._transport = await self._open_transport()
 
     def _setup_engine(self) -> None:
-        from pysnmp.hlapi.v3arch import asyncio as hlapi
-        from pysnmp.proto.rfc1902 import ObjectIdentifier, OctetString
+        with _mib_compiler_hidden():
+            from pysnmp.hlapi.v3arch import asyncio as hlapi
+            from pysnmp.proto.rfc1902 import ObjectIdentifier, OctetString
 
         t = self.target
         self.engine_id = load_engine_id(self.state_dir)

@@ -1,0 +1,314 @@
+"""Memory footprint: MiniSFT with every sink vs with none vs keepalived.
+
+1. MiniSFT, one monitor (primary for 192.0.2.10, so it claims the address at start and
+   emits events) and EVERY sink configured and used: syslog to a unix socket this script
+   binds, SNMP v2c trap + v3 authPriv (SHA-256/AES) trap to a real snmptrapd, apprise
+   mailto:// (aiosmtpd) + json:// (HTTP receiver), and the Prometheus listener (scraped
+   once). Sinks load lazily at their first delivery: the script waits until every
+   receiver got an event before it reads the memory.
+2. MiniSFT, the same monitor and no sinks at all (no syslog, no alerting).
+3. keepalived 2.2.7, VRRPv3, one instance, MASTER (alpha) + BACKUP (beta): parent + VRRP
+   child of each.
+
+Memory is VmRSS / VmHWM / PSS (smaps_rollup: shared pages split between the processes
+that map them) after the daemon settled. Both MiniSFT daemons run with
+PYTHONPROFILEIMPORTTIME=1 (python -X importtime), so their logs list every module they
+import, lazy imports included: that is the check that heavy libraries (pysnmp, apprise,
+cryptography, prometheus_client, requests) load only when configured.
+
+    python bench/footprint.py [--settle 5] [--json F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from benchlib import (
+    ROOT,
+    Keepalived,
+    keepalived_conf,
+    keepalived_version,
+    machine_line,
+    mem_kib,
+    monitor,
+    ns_addresses,
+    pss_kib,
+    quiet_env,
+    table,
+    wait_until,
+)
+
+from tests.integration.cluster import Cluster, Node
+from tests.support.receivers import LineReceiver
+from tests.support.snmptrapd import TrapReceiver, V3User
+
+VIP = "192.0.2.10/24"
+CLIENT_IP = "192.0.2.100"
+TRAP_PORT, SMTP_PORT, HTTP_PORT, PROM_PORT = 16162, 2525, 8080, 9523
+COMMUNITY, USER, AUTH, PRIV = "bench-v2c", "bench-v3", "bench-auth-key", "bench-priv-key"
+ENGINE_ID = bytes.fromhex("80007ed905") + b"minisft-bnch"
+HEAVY = ("pysnmp", "apprise", "cryptography", "prometheus_client", "requests", "aiosmtpd",
+         "yaml", "pyroute2", "icmplib")
+
+
+# What each heavy library costs on its own: a fresh interpreter imports it (and, for
+# apprise, adds the two URLs the sink uses, which loads its plugins), then reads VmRSS.
+IMPORT_PROBES = [
+    ("bare python", "pass"),
+    ("minisft daemon modules", "import minisft.runtime.daemon"),
+    ("apprise: import", "import apprise"),
+    ("apprise: import + add mailto:// and json://",
+     "import apprise; a = apprise.Apprise(); a.add('mailto://u@192.0.2.1'); "
+     "a.add('json://192.0.2.1/x')"),
+    ("pysnmp: hlapi v3arch asyncio (what the SNMP sink uses)",
+     "import pysnmp.hlapi.v3arch.asyncio"),
+    ("pysnmp: proto.api only (v1/v2c PDU codec)", "from pysnmp.proto import api"),
+    ("stdlib smtplib + email + urllib.request",
+     "import smtplib, email.message, urllib.request"),
+]
+
+
+def import_costs() -> list[tuple[str, int, int]]:
+    """(what, VmRSS KiB, modules in sys.modules) per IMPORT_PROBES entry."""
+    out = []
+    for what, code in IMPORT_PROBES:
+        probe = (f"{code}\nimport re, sys\n"
+                 "s = open('/proc/self/status').read()\n"
+                 "print(re.search(r'VmRSS:\\s+(\\d+)', s).group(1), len(sys.modules))")
+        proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                              cwd=ROOT, check=True)
+        rss, mods = proc.stdout.split()
+        out.append((what, int(rss), int(mods)))
+    return out
+
+
+def secret(path: Path, text: str) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text + "\n")
+    return str(path)
+
+
+def imported(node: Node) -> dict[str, int]:
+    """Top-level packages in the daemon's -X importtime output, with module counts."""
+    counts: dict[str, int] = {}
+    for line in node.log().splitlines():
+        m = re.match(r"import time:\s+\d+ \|\s+\d+ \|\s+(\S.*)$", line)
+        if m:
+            top = m.group(1).strip().split(".")[0]
+            counts[top] = counts.get(top, 0) + 1
+    return counts
+
+
+def daemon_memory(node: Node) -> dict[str, Any]:
+    assert node.proc is not None
+    pid = node.proc.pid
+    m = mem_kib(pid)
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    so = sorted({Path(line.split()[-1]).name for line in maps.splitlines()
+                 if ".so" in line and "site-packages" in line})
+    return {"rss_kib": m["VmRSS"], "hwm_kib": m["VmHWM"], "pss_kib": pss_kib(pid),
+            "anon_kib": m["RssAnon"], "site_packages_so": so}
+
+
+def start_syslog(path: Path, got: list[bytes]) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    os.chmod(path, 0o666)
+
+    def read() -> None:
+        while True:
+            try:
+                got.append(sock.recv(65536))
+            except OSError:
+                return
+    threading.Thread(target=read, daemon=True).start()
+    return sock
+
+
+def minisft_all_sinks(tmp: Path, settle: float) -> dict[str, Any]:
+    with Cluster(tmp, ["alpha"], ipv6=False) as c:
+        alpha = c.nodes["alpha"]
+        secrets = tmp / "secrets"
+        alpha.state_dir.mkdir(parents=True, exist_ok=True)
+        secret(alpha.state_dir / "snmp-engine-id", ENGINE_ID.hex())
+        syslog_path = tmp / "syslog.sock"
+        got_syslog: list[bytes] = []
+        sock = start_syslog(syslog_path, got_syslog)
+        targets = [
+            {"host": CLIENT_IP, "port": TRAP_PORT, "version": "2c", "type": "trap",
+             "community_file": secret(secrets / "community", COMMUNITY)},
+            {"host": CLIENT_IP, "port": TRAP_PORT, "version": "3", "type": "trap",
+             "user": USER, "auth_protocol": "sha256", "priv_protocol": "aes128",
+             "auth_key_file": secret(secrets / "auth", AUTH),
+             "priv_key_file": secret(secrets / "priv", PRIV)},
+        ]
+        mail = (f"mailto://{CLIENT_IP}:{SMTP_PORT}?to=ops@example.org"
+                "&from=minisft@example.org&mode=insecure")
+        alpha.configure(
+            [monitor("web", VIP, "primary")],
+            logging={"level": "info", "syslog": True, "syslog_socket": str(syslog_path)},
+            alerting={"snmp": {"targets": targets},
+                      "apprise": {"urls": [mail, f"json://{CLIENT_IP}:{HTTP_PORT}/hook"]},
+                      "prometheus": {"listen": f"0.0.0.0:{PROM_PORT}"}})
+        rx = TrapReceiver(tmp / "snmptrapd", host=CLIENT_IP, port=TRAP_PORT,
+                          communities=[COMMUNITY],
+                          users=[V3User(USER, "SHA-256", AUTH, "AES", PRIV,
+                                        engine_id=ENGINE_ID)], prefix=c.client.cmd())
+        smtp = LineReceiver(c.client, "smtp", CLIENT_IP, SMTP_PORT, tmp / "smtp.jsonl")
+        http = LineReceiver(c.client, "http", CLIENT_IP, HTTP_PORT, tmp / "http.jsonl")
+        try:
+            rx.start()
+            smtp.start()
+            http.start()
+            os.environ["PYTHONPROFILEIMPORTTIME"] = "1"
+            try:
+                alpha.start()
+            finally:
+                del os.environ["PYTHONPROFILEIMPORTTIME"]
+            wait_until("alpha holds", lambda: alpha.holds(VIP))
+            wait_until("a v2c trap", lambda: any(n.security == COMMUNITY
+                                                 for n in rx.notifications()), 60)
+            wait_until("a v3 trap", lambda: any(n.security == USER
+                                                for n in rx.notifications()), 60)
+            wait_until("a mail", lambda: smtp.messages(), 60)
+            wait_until("a json post", lambda: http.messages(), 60)
+            wait_until("a syslog datagram", lambda: got_syslog, 30)
+            scrape = c.client.run("python3", "-c", "import urllib.request,sys;sys.stdout.write("
+                                  f"urllib.request.urlopen('http://192.0.2.1:{PROM_PORT}"
+                                  "/metrics',timeout=5).read().decode())")
+            assert "minisft" in scrape.stdout, "no metrics"
+            time.sleep(settle)
+            res = daemon_memory(alpha)
+            sinks = alpha.status()["sinks"]
+            res["sinks"] = {s["name"]: s["delivered"] for s in sinks}
+            res["imports"] = imported(alpha)
+            alpha.stop()
+            return res
+        finally:
+            for r in (smtp, http):
+                r.stop()
+            rx.stop()
+            sock.close()
+
+
+def minisft_no_sinks(tmp: Path, settle: float) -> dict[str, Any]:
+    with Cluster(tmp, ["alpha"], ipv6=False) as c:
+        alpha = c.nodes["alpha"]
+        alpha.configure([monitor("web", VIP, "primary")])
+        os.environ["PYTHONPROFILEIMPORTTIME"] = "1"
+        try:
+            alpha.start()
+        finally:
+            del os.environ["PYTHONPROFILEIMPORTTIME"]
+        wait_until("alpha holds", lambda: alpha.holds(VIP))
+        time.sleep(settle)
+        res = daemon_memory(alpha)
+        res["imports"] = imported(alpha)
+        alpha.stop()
+        return res
+
+
+def keepalived_pair(tmp: Path, settle: float) -> dict[str, Any]:
+    with Cluster(tmp, ["alpha", "beta"], ipv6=False) as c:
+        def conf(name: str, state: str, prio: int) -> str:
+            return keepalived_conf(name, [{"name": "web", "state": state, "priority": prio,
+                                           "vrid": 51, "advert_int": 1, "vips": [VIP]}])
+        ka = Keepalived(c.nodes["alpha"].host, tmp / "ka-alpha",
+                        conf("alpha", "MASTER", 150)).start()
+        kb = Keepalived(c.nodes["beta"].host, tmp / "ka-beta",
+                        conf("beta", "BACKUP", 100)).start()
+        try:
+            ka.wait_line("Entering MASTER STATE")
+            kb.wait_line("Entering BACKUP STATE")
+            wait_until("alpha holds", lambda: "192.0.2.10" in ns_addresses(
+                c.nodes["alpha"].host.ns))
+            time.sleep(settle)
+            out: dict[str, Any] = {}
+            for role, k in (("master", ka), ("backup", kb)):
+                pids = k.pids()
+                assert len(pids) == 2, pids
+                mems = [mem_kib(p) for p in pids]
+                out[role] = {"rss_kib": [m["VmRSS"] for m in mems],
+                             "hwm_kib": [m["VmHWM"] for m in mems],
+                             "pss_kib": [pss_kib(p) for p in pids]}
+            return out
+        finally:
+            kb.stop()
+            ka.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    ap.add_argument("--settle", type=float, default=5.0,
+                    help="seconds after the last delivery before reading memory (5)")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    env = quiet_env()
+    os.environ.clear()
+    os.environ.update(env)
+    os.environ["PYTHONPATH"] = str(ROOT)
+    print(f"machine:    {machine_line()}")
+    print(f"keepalived: {keepalived_version()}\n", flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench-footprint-") as tmpdir:
+        base = Path(tmpdir)
+        for d in ("all", "none", "ka"):
+            (base / d).mkdir()
+        full = minisft_all_sinks(base / "all", args.settle)
+        bare = minisft_no_sinks(base / "none", args.settle)
+        ka = keepalived_pair(base / "ka", args.settle)
+
+    mib = 1024.0
+    ka_b, ka_m = ka["backup"], ka["master"]
+    ka_rss = sum(ka_b["rss_kib"])
+    ka_pss = sum(p or 0 for p in ka_b["pss_kib"])
+    rows = [
+        ["MiniSFT, 1 monitor, every sink", f"{full['rss_kib'] / mib:.1f}",
+         f"{full['hwm_kib'] / mib:.1f}", f"{(full['pss_kib'] or 0) / mib:.1f}",
+         f"{full['rss_kib'] / ka_rss:.1f}x"],
+        ["MiniSFT, 1 monitor, no sinks", f"{bare['rss_kib'] / mib:.1f}",
+         f"{bare['hwm_kib'] / mib:.1f}", f"{(bare['pss_kib'] or 0) / mib:.1f}",
+         f"{bare['rss_kib'] / ka_rss:.1f}x"],
+        ["keepalived BACKUP (parent + VRRP child)",
+         f"{ka_rss / mib:.1f} ({' + '.join(f'{r / mib:.1f}' for r in ka_b['rss_kib'])})",
+         f"{sum(ka_b['hwm_kib']) / mib:.1f}", f"{ka_pss / mib:.1f}", "1.0x"],
+        ["keepalived MASTER (parent + VRRP child)",
+         f"{sum(ka_m['rss_kib']) / mib:.1f} "
+         f"({' + '.join(f'{r / mib:.1f}' for r in ka_m['rss_kib'])})",
+         f"{sum(ka_m['hwm_kib']) / mib:.1f}",
+         f"{sum(p or 0 for p in ka_m['pss_kib']) / mib:.1f}", ""],
+    ]
+    print("memory (MiB)")
+    print(table(["daemon", "VmRSS", "VmHWM", "PSS", "RSS vs keepalived BACKUP"], rows))
+    print(f"\nevery sink: delivered per sink {json.dumps(full['sinks'], sort_keys=True)}")
+    print("\nheavy packages imported (-X importtime, module count; 0 = never imported):")
+    print(table(["package", "every sink", "no sinks"],
+                [[p, full["imports"].get(p, 0), bare["imports"].get(p, 0)] for p in HEAVY]))
+    print("\nsite-packages shared objects mapped (/proc/PID/maps):")
+    print(f"  every sink: {', '.join(full['site_packages_so']) or '-'}")
+    print(f"  no sinks:   {', '.join(bare['site_packages_so']) or '-'}")
+    costs = import_costs()
+    print("\nstand-alone import cost (fresh interpreter, VmRSS):")
+    print(table(["imports", "VmRSS MiB", "over bare python", "modules loaded"],
+                [[w, f"{r / mib:.1f}", f"+{(r - costs[0][1]) / mib:.1f}", n]
+                 for w, r, n in costs]))
+    if args.json:
+        args.json.write_text(json.dumps({"all": full, "none": bare, "keepalived": ka,
+                                         "import_costs": costs},
+                                        indent=1))
+
+
+if __name__ == "__main__":
+    main()
