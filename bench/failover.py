@@ -123,7 +123,8 @@ def main() -> None:
     ap.add_argument("--settings", default="1,0.1",
                     help="looksalive interval = advert_int, seconds (default 1,0.1)")
     ap.add_argument("--probe", help="MiniSFT probe override, e.g. 3x10ms (default: the "
-                    "daemon's default: 3 probes spread over the last (retry-1) timeouts, 10-50 ms apart)")
+                    "daemon's: 3 probes spread over the last (retry-1) timeouts, 10-50 ms "
+                    "apart)")
     ap.add_argument("--only", choices=["minisft", "keepalived"], help="run one side only")
     ap.add_argument("--json", type=Path, help="write the raw trials here")
     args = ap.parse_args()
