@@ -122,7 +122,9 @@ def request(path: Path, payload: dict[str, Any], timeout: float = 15.0) -> dict[
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(timeout)
             s.connect(str(path))
-            s.sendall(json.dumps(payload).encode() + b"\n")
+            # a refused peer gets its answer at connect and the socket closed: read it
+            with contextlib.suppress(BrokenPipeError):
+                s.sendall(json.dumps(payload).encode() + b"\n")
             buf = b""
             while not buf.endswith(b"\n"):
                 chunk = s.recv(65536)
