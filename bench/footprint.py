@@ -5,16 +5,22 @@
    binds, SNMP v2c trap + v3 authPriv (SHA-256/AES) trap to a real snmptrapd, apprise
    mailto:// (aiosmtpd) + json:// (HTTP receiver), and the Prometheus listener (scraped
    once). Sinks load lazily at their first delivery: the script waits until every
-   receiver got an event before it reads the memory.
+   receiver got an event before it reads the memory. apprise runs in a child process of
+   the daemon (minisft.sinks.apprise_worker) that exits IDLE_EXIT (30 s) after the last
+   delivery, so this row is measured twice, as the whole process tree (daemon + children):
+   "while delivering" (settle seconds after the deliveries, the worker alive) and "at
+   rest" (the worker gone, settle seconds after it exited).
 2. MiniSFT, the same monitor and no sinks at all (no syslog, no alerting).
 3. keepalived 2.2.7, VRRPv3, one instance, MASTER (alpha) + BACKUP (beta): parent + VRRP
    child of each.
 
 Memory is VmRSS / VmHWM / PSS (smaps_rollup: shared pages split between the processes
-that map them) after the daemon settled. Both MiniSFT daemons run with
-PYTHONPROFILEIMPORTTIME=1 (python -X importtime), so their logs list every module they
-import, lazy imports included: that is the check that heavy libraries (pysnmp, apprise,
-cryptography, prometheus_client, requests) load only when configured.
+that map them) after the daemon settled, summed over the daemon and its children. Both
+MiniSFT daemons run with PYTHONPROFILEIMPORTTIME=1 (python -X importtime), so their logs
+list every module they import, lazy imports included: that is the check that heavy
+libraries (pysnmp, apprise, cryptography, prometheus_client, requests) load only when
+configured. The apprise worker's stderr goes to /dev/null, so its imports are not in
+that list: apprise must show 0 modules in the daemon process.
 
     python bench/footprint.py [--settle 5] [--json F]
 """
@@ -49,6 +55,7 @@ from benchlib import (
     wait_until,
 )
 
+from minisft.sinks.apprise_sink import IDLE_EXIT
 from tests.integration.cluster import Cluster, Node
 from tests.support.receivers import LineReceiver
 from tests.support.snmptrapd import TrapReceiver, V3User
@@ -112,15 +119,47 @@ def imported(node: Node) -> dict[str, int]:
     return counts
 
 
+def children(pid: int) -> list[int]:
+    """Pids of the processes whose parent is `pid`, recursively."""
+    kids: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        kids.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for kid in kids.get(todo.pop(), []):
+            out.append(kid)
+            todo.append(kid)
+    return out
+
+
 def daemon_memory(node: Node) -> dict[str, Any]:
+    """The daemon's memory plus that of its children (the apprise worker)."""
     assert node.proc is not None
     pid = node.proc.pid
     m = mem_kib(pid)
     maps = Path(f"/proc/{pid}/maps").read_text()
     so = sorted({Path(line.split()[-1]).name for line in maps.splitlines()
                  if ".so" in line and "site-packages" in line})
-    return {"rss_kib": m["VmRSS"], "hwm_kib": m["VmHWM"], "pss_kib": pss_kib(pid),
-            "anon_kib": m["RssAnon"], "site_packages_so": so}
+    res: dict[str, Any] = {"rss_kib": m["VmRSS"], "hwm_kib": m["VmHWM"],
+                           "pss_kib": pss_kib(pid) or 0, "anon_kib": m["RssAnon"],
+                           "site_packages_so": so, "daemon_rss_kib": m["VmRSS"],
+                           "children": []}
+    for kid in children(pid):
+        try:
+            km = mem_kib(kid)
+            cmd = Path(f"/proc/{kid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue  # exited meanwhile
+        res["children"].append({"pid": kid, "cmd": cmd.strip(), "rss_kib": km["VmRSS"]})
+        res["rss_kib"] += km["VmRSS"]
+        res["hwm_kib"] += km["VmHWM"]
+        res["pss_kib"] += pss_kib(kid) or 0
+        res["anon_kib"] += km["RssAnon"]
+    return res
 
 
 def start_syslog(path: Path, got: list[bytes]) -> socket.socket:
@@ -190,11 +229,22 @@ def minisft_all_sinks(tmp: Path, settle: float) -> dict[str, Any]:
                                   f"urllib.request.urlopen('http://192.0.2.1:{PROM_PORT}"
                                   "/metrics',timeout=5).read().decode())")
             assert "minisft" in scrape.stdout, "no metrics"
+            assert alpha.proc is not None
+            time.sleep(min(settle, 10.0))  # well inside IDLE_EXIT: the worker is alive
+            busy = daemon_memory(alpha)
+            assert busy["children"], "no apprise worker while delivering"
+            wait_until("the apprise worker to exit when idle",
+                       lambda: not children(alpha.proc.pid), IDLE_EXIT + 30)
+            gone = time.time()
+            last = max(s["last_delivery_time"] or 0 for s in alpha.status()["sinks"]
+                       if s["name"] == "apprise")
+            busy["idle_exit_after_s"] = round(gone - last, 1)
             time.sleep(settle)
-            res = daemon_memory(alpha)
+            rest = daemon_memory(alpha)
             sinks = alpha.status()["sinks"]
-            res["sinks"] = {s["name"]: s["delivered"] for s in sinks}
-            res["imports"] = imported(alpha)
+            res = {"busy": busy, "rest": rest,
+                   "sinks": {s["name"]: s["delivered"] for s in sinks},
+                   "imports": imported(alpha)}
             alpha.stop()
             return res
         finally:
@@ -274,10 +324,20 @@ def main() -> None:
     ka_b, ka_m = ka["backup"], ka["master"]
     ka_rss = sum(ka_b["rss_kib"])
     ka_pss = sum(p or 0 for p in ka_b["pss_kib"])
+    def tree(r: dict[str, Any]) -> str:
+        parts = [r["daemon_rss_kib"], *(k["rss_kib"] for k in r["children"])]
+        total = f"{r['rss_kib'] / mib:.1f}"
+        return total if len(parts) == 1 else \
+            f"{total} ({' + '.join(f'{p / mib:.1f}' for p in parts)})"
+
+    busy, rest = full["busy"], full["rest"]
     rows = [
-        ["MiniSFT, 1 monitor, every sink", f"{full['rss_kib'] / mib:.1f}",
-         f"{full['hwm_kib'] / mib:.1f}", f"{(full['pss_kib'] or 0) / mib:.1f}",
-         f"{full['rss_kib'] / ka_rss:.1f}x"],
+        ["MiniSFT, every sink, while delivering (daemon + apprise worker)", tree(busy),
+         f"{busy['hwm_kib'] / mib:.1f}", f"{busy['pss_kib'] / mib:.1f}",
+         f"{busy['rss_kib'] / ka_rss:.1f}x"],
+        [f"MiniSFT, every sink, at rest (IDLE_EXIT={IDLE_EXIT:.0f} s after the last event)",
+         tree(rest), f"{rest['hwm_kib'] / mib:.1f}", f"{rest['pss_kib'] / mib:.1f}",
+         f"{rest['rss_kib'] / ka_rss:.1f}x"],
         ["MiniSFT, 1 monitor, no sinks", f"{bare['rss_kib'] / mib:.1f}",
          f"{bare['hwm_kib'] / mib:.1f}", f"{(bare['pss_kib'] or 0) / mib:.1f}",
          f"{bare['rss_kib'] / ka_rss:.1f}x"],
@@ -293,11 +353,15 @@ def main() -> None:
     print("memory (MiB)")
     print(table(["daemon", "VmRSS", "VmHWM", "PSS", "RSS vs keepalived BACKUP"], rows))
     print(f"\nevery sink: delivered per sink {json.dumps(full['sinks'], sort_keys=True)}")
+    print(f"every sink: the apprise worker exited {busy['idle_exit_after_s']} s after the "
+          "last delivery")
+    print(f"every sink: HWM is per process (the daemon's peak + the worker's), the daemon "
+          f"alone peaked at {rest['hwm_kib'] / mib:.1f} MiB")
     print("\nheavy packages imported (-X importtime, module count; 0 = never imported):")
     print(table(["package", "every sink", "no sinks"],
                 [[p, full["imports"].get(p, 0), bare["imports"].get(p, 0)] for p in HEAVY]))
     print("\nsite-packages shared objects mapped (/proc/PID/maps):")
-    print(f"  every sink: {', '.join(full['site_packages_so']) or '-'}")
+    print(f"  every sink: {', '.join(rest['site_packages_so']) or '-'}")
     print(f"  no sinks:   {', '.join(bare['site_packages_so']) or '-'}")
     costs = import_costs()
     print("\nstand-alone import cost (fresh interpreter, VmRSS):")

@@ -15,6 +15,8 @@ import asyncio
 import email
 import email.policy
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -38,6 +40,7 @@ from minisft.core.events import Event, EventKind, Notice
 from minisft.runtime.delivery import DeliveryManager
 from minisft.runtime.journal import EventJournal
 from minisft.sinks.apprise_sink import AppriseSink
+from minisft.sinks.base import DeliveryError
 
 TIMEOUT = 90.0
 PASSWORD = "s3cr3t-pw"
@@ -299,16 +302,20 @@ def test_per_url_filters_and_a_tagged_config_file(tmp_path: Path, http: HttpRece
     assert got("untagged") == got("everything")
 
 
-def test_apprise_is_imported_only_when_the_sink_starts() -> None:
+def test_apprise_is_never_imported_by_the_daemon_process() -> None:
+    """apprise runs in the worker child only: starting the sink (which spawns the worker
+    and parses the URL there) leaves the daemon process without it."""
     code = (
-        "import sys\n"
+        "import sys, asyncio\n"
         "from minisft.config.model import AppriseConfig\n"
         "from minisft.sinks.apprise_sink import AppriseSink\n"
-        "AppriseSink(AppriseConfig(urls=('json://127.0.0.1:9/x',)))\n"
-        "assert 'apprise' not in sys.modules, 'imported too early'\n"
-        "import asyncio\n"
-        "asyncio.run(AppriseSink(AppriseConfig(urls=('json://127.0.0.1:9/x',))).start())\n"
-        "assert 'apprise' in sys.modules\n"
+        "async def main():\n"
+        "    sink = AppriseSink(AppriseConfig(urls=('json://127.0.0.1:9/x',)))\n"
+        "    await sink.start()\n"
+        "    assert sink.worker_pid is not None and sink.stats['targets'] == 1\n"
+        "    await sink.close()\n"
+        "asyncio.run(main())\n"
+        "assert 'apprise' not in sys.modules, 'apprise was imported by the daemon'\n"
     )
     root = Path(__file__).resolve().parents[2]
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root, timeout=120)
@@ -326,6 +333,153 @@ def test_a_bad_url_is_reported_without_the_url(tmp_path: Path) -> None:
         await mgr.stop()
         assert result is not None and "url#1" in result
         assert "topsecret" not in result and "host" not in result
+
+    _run(main)
+
+
+def _gone(pid: int) -> bool:
+    return not Path(f"/proc/{pid}").exists()
+
+
+def test_the_worker_exits_when_idle_and_the_next_event_starts_a_new_one(
+        tmp_path: Path, smtp: SmtpServer, http: HttpReceiver) -> None:
+    async def main() -> None:
+        journal = EventJournal(tmp_path / "journal")
+        journal.open()
+        sink = AppriseSink(AppriseConfig(urls=(smtp.url, http.url()), title="#{seq}"),
+                           idle_exit=1.0)
+        mgr = DeliveryManager(journal, [sink], backoff_initial=0.2)
+        await mgr.start()
+        first = _emit(journal, mgr, Notice(EventKind.TAKEOVER, "one", monitor="web"))
+        await _until("first mail and post", lambda: bool(smtp.mailbox.messages and http.posts))
+        pid = sink.worker_pid
+        assert pid is not None and not _gone(pid)
+        await _until("the idle worker to exit", lambda: sink.worker_pid is None and _gone(pid),
+                     timeout=10)
+        second = _emit(journal, mgr, Notice(EventKind.RELEASED, "two", monitor="web"))
+        await _until("second mail and post", lambda: len(smtp.mailbox.messages) >= 2
+                     and len(http.posts) >= 2)
+        await _until("caught up", lambda: _caught_up(mgr.status()[0]))
+        assert sink.worker_pid not in (None, pid)
+        assert sink.stats["worker_starts"] == 2
+        await mgr.stop()
+        assert sink.worker_pid is None
+        expected = [f"#{first.seq}", f"#{second.seq}"]
+        assert smtp.mailbox.subjects() == expected
+        assert [p["title"] for p in http.posts] == expected
+
+    _run(main)
+
+
+def test_a_killed_worker_loses_nothing(tmp_path: Path, http: HttpReceiver) -> None:
+    async def main() -> None:
+        journal = EventJournal(tmp_path / "journal")
+        journal.open()
+        sink = AppriseSink(AppriseConfig(urls=(http.url(),), title="#{seq}"))
+        mgr = DeliveryManager(journal, [sink], backoff_initial=0.2)
+        await mgr.start()
+        seqs = [_emit(journal, mgr, Notice(EventKind.TAKEOVER, "one", monitor="web")).seq]
+        await _until("first post", lambda: len(http.posts) == 1)
+        pid = sink.worker_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        await _until("the worker to die", lambda: _gone(pid), timeout=10)
+        for i in range(3):
+            seqs.append(_emit(journal, mgr, Notice(EventKind.PEER_DOWN, f"p{i}")).seq)
+        await _until("every post", lambda: len(http.posts) >= len(seqs))
+        await _until("caught up", lambda: _caught_up(mgr.status()[0]))
+        await asyncio.sleep(0.5)
+        assert sink.worker_pid not in (None, pid)
+        await mgr.stop()
+        assert [p["title"] for p in http.posts] == [f"#{s}" for s in seqs], "once, in order"
+
+    _run(main)
+
+
+def test_a_hung_worker_is_killed_and_the_event_retried(tmp_path: Path,
+                                                       http: HttpReceiver) -> None:
+    async def main() -> None:
+        journal = EventJournal(tmp_path / "journal")
+        journal.open()
+        sink = AppriseSink(AppriseConfig(urls=(http.url(),), title="#{seq}"),
+                           notify_timeout=2.0)
+        mgr = DeliveryManager(journal, [sink], backoff_initial=0.2)
+        await mgr.start()
+        first = _emit(journal, mgr, Notice(EventKind.TAKEOVER, "one", monitor="web"))
+        await _until("first post", lambda: len(http.posts) == 1)
+        pid = sink.worker_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)  # alive but silent
+        second = _emit(journal, mgr, Notice(EventKind.PEER_DOWN, "two"))
+        ticks = 0
+
+        async def tick() -> None:  # the event loop keeps running meanwhile
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.1)
+
+        ticker = asyncio.create_task(tick())
+        await _until("a timeout", lambda: mgr.status()[0]["failures"] >= 1, timeout=15)
+        assert "did not answer within 2 s" in str(mgr.status()[0]["last_error"])
+        assert ticks >= 10
+        ticker.cancel()
+        await _until("the hung worker killed", lambda: _gone(pid), timeout=10)
+        await _until("second post", lambda: len(http.posts) >= 2)
+        await _until("caught up", lambda: _caught_up(mgr.status()[0]))
+        await mgr.stop()
+        assert [p["title"] for p in http.posts] == [f"#{first.seq}", f"#{second.seq}"]
+
+    _run(main)
+
+
+def test_the_urls_reach_the_worker_only_through_its_pipe(tmp_path: Path) -> None:
+    async def main() -> None:
+        sink = AppriseSink(AppriseConfig(urls=(f"json://user:{PASSWORD}@127.0.0.1:9/x",)))
+        await sink.start()
+        pid = sink.worker_pid
+        assert pid is not None
+        for what in ("cmdline", "environ"):
+            assert PASSWORD.encode() not in Path(f"/proc/{pid}/{what}").read_bytes(), what
+        await sink.close()
+        await _until("the worker to exit", lambda: _gone(pid), timeout=5)
+
+    _run(main)
+
+
+def test_a_worker_answering_garbage_is_a_delivery_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import minisft.sinks.apprise_sink as mod
+
+    fake = ("import sys\n"
+            "sys.stdin.readline()\n"
+            "print('garbage json://user:' + sys.argv[1] + '@host/x', flush=True)\n"
+            "sys.stdin.readline()\n")
+    monkeypatch.setattr(mod, "worker_argv", lambda: [sys.executable, "-c", fake, PASSWORD])
+
+    async def main() -> None:
+        sink = AppriseSink(AppriseConfig(urls=(f"json://user:{PASSWORD}@127.0.0.1:9/x",)))
+        with pytest.raises(DeliveryError) as err:
+            await sink.start()
+        assert "malformed reply" in str(err.value)
+        assert PASSWORD not in str(err.value) and "host" not in str(err.value)
+        assert sink.worker_pid is None
+        await asyncio.wait_for(sink.close(), 10)
+
+    _run(main)
+
+
+def test_close_does_not_hang_on_a_stopped_worker(tmp_path: Path) -> None:
+    async def main() -> None:
+        sink = AppriseSink(AppriseConfig(urls=("json://127.0.0.1:9/x",)))
+        await sink.start()
+        pid = sink.worker_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        started = time.monotonic()
+        await asyncio.wait_for(sink.close(), 10)
+        assert time.monotonic() - started < 6
+        await _until("the stopped worker to be killed", lambda: _gone(pid), timeout=5)
 
     _run(main)
 

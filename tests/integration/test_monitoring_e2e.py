@@ -248,14 +248,33 @@ def test_takeover_arrives_by_mail_and_json(tmp_path: Path) -> None:
             LineReceiver(c.client, "smtp", CLIENT_IP, SMTP_PORT, tmp_path / "smtp.jsonl",
                          user=MAIL_USER, password=MAIL_PASSWORD) as smtp, \
             LineReceiver(c.client, "http", CLIENT_IP, HTTP_PORT, tmp_path / "http.jsonl") as http:
-        start_pair(c)
+        alpha, beta = c.nodes["alpha"], c.nodes["beta"]
+        alpha.start()
+        wait_until("alpha to claim the address", lambda: alpha.holds(VIP))
+        # -X importtime: beta's log lists every module its daemon process imports
+        os.environ["PYTHONPROFILEIMPORTTIME"] = "1"
+        try:
+            beta.start()
+        finally:
+            del os.environ["PYTHONPROFILEIMPORTTIME"]
+        beta.wait_event("looksalive_up", "web")
         takeover = take_over(c)
         subject = "[MiniSFT warning] beta: takeover web"
         (mail,) = smtp.wait_for(lambda m: "takeover" in m["subject"], timeout=60)
         (post,) = http.wait_for(lambda m: m["body"].get("title") == subject, timeout=60)
+        assert beta.proc is not None
+        workers = [cmd for cmd in children(beta.proc.pid)
+                   if "minisft.sinks.apprise_worker" in cmd]
+        assert len(workers) == 1, f"apprise runs in one child of the daemon: {workers}"
         time.sleep(1.0)
         mails = smtp.messages()
         stop_daemons(c)
+        imported = {line.rsplit("|", 1)[1].strip()
+                    for line in beta.log().splitlines() if line.startswith("import time:")}
+        assert "minisft.sinks.apprise_sink" in imported  # the report covers the sink
+        assert not {m for m in imported if m.split(".")[0] == "apprise"}, \
+            "the daemon process imported apprise"
+        assert MAIL_PASSWORD not in beta.log()
 
     assert mail["subject"] == subject
     assert mail["from"] == "minisft@example.org" and mail["to"] == ["ops@example.org"]
@@ -269,6 +288,20 @@ def test_takeover_arrives_by_mail_and_json(tmp_path: Path) -> None:
     assert body["type"] == "warning"
     assert takeover.reason in body["message"]
     assert "node=beta monitor=web address=192.0.2.10 state=holding" in body["message"]
+
+
+def children(pid: int) -> list[str]:
+    """Command lines of the processes whose parent is `pid`."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == pid:
+                out.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ")
+                           .decode(errors="replace"))
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
 
 
 # ---------------------------------------------------------------------- 3. restart
