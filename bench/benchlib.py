@@ -262,19 +262,7 @@ class Keepalived:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-        if proc in self.host.procs:
-            self.host.procs.remove(proc)
+        self.host.stop_process(proc)
 
 
 # ---------------------------------------------------------------------- ping client

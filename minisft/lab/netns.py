@@ -131,6 +131,12 @@ class Host:
                         check=False, timeout=timeout * count + 5)
         return proc.returncode == 0
 
+    def stop_process(self, proc: subprocess.Popen[Any] | None, timeout: float = 10.0) -> None:
+        """Stop one process started with `popen` (its whole group) and forget it."""
+        stop_process_group(proc, timeout)
+        if proc in self.procs:
+            self.procs.remove(proc)
+
     def kill_processes(self, sig: int = signal.SIGTERM, timeout: float = 5.0) -> None:
         for proc in self.procs:
             if proc.poll() is None:
@@ -146,6 +152,21 @@ class Host:
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
         self.procs.clear()
+
+
+def stop_process_group(proc: subprocess.Popen[Any] | None, timeout: float = 10.0) -> None:
+    """SIGTERM a process started in its own session (the whole group: daemons with their
+    children), SIGKILL it if it is still there after `timeout`."""
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout)
 
 
 class Lab:

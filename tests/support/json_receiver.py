@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from minisft.lab.netns import stop_process_group
+
 
 class JsonReceiver:
     """The test-side handle: starts/stops the script in a lab host, reads what it got."""
@@ -62,19 +64,10 @@ class JsonReceiver:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-        if self._host is not None and proc in self._host.procs:
-            self._host.procs.remove(proc)
+        if self._host is not None:
+            self._host.stop_process(proc)
+        else:
+            stop_process_group(proc)
 
     @property
     def running(self) -> bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
+from minisft.lab.netns import stop_process_group
 from tests.support.snmptrapd import MIB_DIRS, REPO, free_udp_port
 
 SNMPD = shutil.which("snmpd") or "/usr/sbin/snmpd"
@@ -75,17 +75,7 @@ class SnmpAgent:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)  # the group: snmpd and its pass_persist child
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop_process_group(proc)  # the group: snmpd and its pass_persist child
 
     def __enter__(self) -> SnmpAgent:
         return self.start()
