@@ -1,32 +1,19 @@
 """etcd for the pool integration tests: a real etcd cluster in lab namespaces, a reader for
-its keys, and a pool member that runs `EtcdPoolRuntime` (run this file as a script).
-
-    python tests/integration/etcd_support.py CONFIG.yaml JOURNAL.jsonl STATUS.json
-
-Same contract as tests/integration/pool_node.py: the first pool of CONFIG runs with the
-real Netlink and NeighbourWatch in the namespace the process was started in; events go to
-JOURNAL as JSON lines, the snapshot to STATUS every 100 ms; SIGTERM stops and releases,
-SIGINT stops without releasing.
+its keys, and `push` (what `minisft pool push` runs). The members themselves run
+tests/integration/pool_node.py, which picks EtcdPoolRuntime for an etcd pool.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import json
-import logging
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from minisft.lab.netns import Host, Lab
 
@@ -97,6 +84,31 @@ class EtcdCluster:
                      "--command-timeout=3s", "--endpoints=" + ",".join(
                          endpoints or self.endpoints), *args, check=check, timeout=15)
 
+    def leader(self) -> int:
+        """Index of the current raft leader."""
+        status = json.loads(self.ctl("endpoint", "status", "-w", "json").stdout)
+        by_member = {st["Status"]["header"]["member_id"]: i for i, st in enumerate(status)}
+        return by_member[status[0]["Status"]["leader"]]
+
+    def lead_elsewhere(self, avoid: int) -> None:
+        """Make sure member `avoid` is not the leader (moved to the next one if it is).
+
+        Cutting off the leader makes the majority elect a new one first (1-2 s with
+        --election-timeout 1000), a gap in which nobody renews a lease: with ttl 3 s that
+        can fence members of the majority too. A test of "this member loses the quorum"
+        must not also be a test of "the cluster loses its leader"."""
+        if self.leader() != avoid:
+            return
+        status = json.loads(self.ctl("endpoint", "status", "-w", "json").stdout)
+        target = (avoid + 1) % len(self.ips)
+        member = f"{status[target]['Status']['header']['member_id']:x}"
+        self.ctl("move-leader", member, endpoints=[self.endpoints[avoid]])
+        deadline = time.monotonic() + 10
+        while self.leader() == avoid:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"etcd{avoid} is still the leader")
+            time.sleep(0.1)
+
     def get_prefix(self, prefix: str) -> dict[str, dict[str, Any]]:
         """key -> {"value": str, "lease": int} under `prefix`."""
         out = self.ctl("get", "--prefix", prefix, "-w", "json").stdout
@@ -121,71 +133,7 @@ class EtcdCluster:
         shutil.rmtree(self.data, ignore_errors=True)
 
 
-# ---------------------------------------------------------------------- the member
-
-
-async def main(config_path: str, journal_path: str, status_path: str) -> int:
-    from minisft.config.loader import load_config
-    from minisft.core.events import Event, Notice
-    from minisft.net.link import Netlink
-    from minisft.net.neighbour import NeighbourWatch
-    from minisft.pools.etcd_backend import EtcdPoolRuntime
-
-    config = load_config(config_path)
-    pool = config.pools[0]
-    loop = asyncio.get_running_loop()
-    # one worker, as in the daemon: netlink calls run in order (a release queued after a
-    # bind runs after it)
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
-    netlink = Netlink()
-    iface = await loop.run_in_executor(executor, netlink.interface_for,
-                                       config.node.local_ip)
-    neighbours = NeighbourWatch(iface)
-    await neighbours.start()
-    journal = open(journal_path, "a", buffering=1)  # noqa: SIM115 - lives as long as main
-    seq = 0
-
-    def emit(notice: Notice) -> None:
-        nonlocal seq
-        seq += 1
-        event = Event.stamp(notice, seq=seq, time=time.time(), node=config.node.name)
-        journal.write(event.to_json() + "\n")
-
-    runtime = EtcdPoolRuntime(pool, node=config.node.name, clock=time.monotonic,
-                              neighbours=neighbours, addresses=netlink, iface=iface,
-                              netlink_executor=executor, emit=emit, pinger=None)
-    held = []
-    for address in pool.addresses:
-        if await loop.run_in_executor(executor, netlink.has_address, iface, address.ip):
-            held.append(address)
-    await runtime.start(held)
-
-    stop = asyncio.Event()
-    release = True
-
-    def on_signal(rel: bool) -> None:
-        nonlocal release
-        release = rel
-        stop.set()
-
-    loop.add_signal_handler(signal.SIGTERM, on_signal, True)
-    loop.add_signal_handler(signal.SIGINT, on_signal, False)
-    tmp = status_path + ".tmp"
-    while not stop.is_set():
-        with open(tmp, "w") as fh:
-            json.dump(runtime.snapshot(), fh)
-        os.replace(tmp, status_path)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 0.1)
-    await runtime.stop(release=release)
-    with open(tmp, "w") as fh:
-        json.dump(runtime.snapshot(), fh)
-    os.replace(tmp, status_path)
-    await neighbours.close()
-    netlink.close()
-    executor.shutdown(wait=False)
-    journal.close()
-    return 0
+# ---------------------------------------------------------------------- admin
 
 
 PUSH = r"""
@@ -199,14 +147,9 @@ print(json.dumps(asyncio.run(push_definition(pool))))
 
 
 def push(host: Host, config: Path) -> dict[str, Any]:
-    """`minisft pool push` as the lead will wire it: run push_definition in `host`."""
+    """What `minisft pool push` runs (push_definition), in `host`; returns its result."""
     root = str(Path(__file__).resolve().parents[2])
     out = host.run(sys.executable, "-c", PUSH, root, str(config), timeout=30).stdout
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     return result
 
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    sys.exit(asyncio.run(main(*sys.argv[1:4])))

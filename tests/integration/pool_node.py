@@ -1,10 +1,11 @@
-"""A tiny pool member for the integration tests: one PoolRuntime on real sockets.
+"""A tiny pool member for the integration tests: one pool runtime on real sockets.
 
     python tests/integration/pool_node.py CONFIG.yaml JOURNAL.jsonl STATUS.json
 
 CONFIG is an ordinary minisft config (node + pools), read by the real loader. The first
 pool runs with the real Netlink, NeighbourWatch and Pinger inside the lab namespace the
-process was started in. Events are journaled as JSON lines to JOURNAL; the runtime's
+process was started in: a PoolRuntime, or an EtcdPoolRuntime for `coordination.backend:
+etcd`. Events are journaled as JSON lines to JOURNAL; the runtime's
 snapshot is rewritten to STATUS every 100 ms. SIGTERM stops it and releases the
 addresses (release_on_stop), SIGINT stops it without releasing.
 """
@@ -28,6 +29,7 @@ from minisft.config.loader import load_config
 from minisft.core.events import Event, Notice
 from minisft.net.link import Netlink
 from minisft.net.neighbour import NeighbourWatch
+from minisft.pools.etcd_backend import EtcdPoolRuntime
 from minisft.pools.runtime import PoolRuntime
 from minisft.probes.looksalive import Pinger
 
@@ -36,6 +38,8 @@ async def main(config_path: str, journal_path: str, status_path: str) -> int:
     config = load_config(config_path)
     pool = config.pools[0]
     loop = asyncio.get_running_loop()
+    # one worker, as in the daemon: netlink calls run in order (a release queued after a
+    # bind runs after it)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
     netlink = Netlink()
     iface = await loop.run_in_executor(executor, netlink.interface_for,
@@ -51,9 +55,15 @@ async def main(config_path: str, journal_path: str, status_path: str) -> int:
         event = Event.stamp(notice, seq=seq, time=time.time(), node=config.node.name)
         journal.write(event.to_json() + "\n")
 
-    runtime = PoolRuntime(pool, node=config.node.name, clock=time.monotonic,
-                          neighbours=neighbours, addresses=netlink, iface=iface,
-                          netlink_executor=executor, emit=emit, pinger=Pinger())
+    runtime: PoolRuntime | EtcdPoolRuntime
+    if pool.coordination.etcd:
+        runtime = EtcdPoolRuntime(pool, node=config.node.name, clock=time.monotonic,
+                                  neighbours=neighbours, addresses=netlink, iface=iface,
+                                  netlink_executor=executor, emit=emit, pinger=None)
+    else:
+        runtime = PoolRuntime(pool, node=config.node.name, clock=time.monotonic,
+                              neighbours=neighbours, addresses=netlink, iface=iface,
+                              netlink_executor=executor, emit=emit, pinger=Pinger())
     held = []
     for address in pool.addresses:
         if await loop.run_in_executor(executor, netlink.has_address, iface, address.ip):

@@ -35,7 +35,7 @@ pytestmark = [
                        "etcd-server etcd-client)"),
 ]
 
-NODE = Path(__file__).with_name("etcd_support.py")
+NODE = Path(__file__).with_name("pool_node.py")
 MEMBERS = {"a": 1, "b": 2, "c": 1}
 ADDRESSES = ["192.0.2.101/24", "192.0.2.102/24", "192.0.2.103/24", "192.0.2.104/24",
              "192.0.2.105/24", "2001:db8::101/64"]
@@ -314,7 +314,10 @@ def test_quorum_loss_fences_before_the_lease_expires(tmp_path: Path) -> None:
         mine = sorted(a for a, m in before.items() if m == "a")
         assert mine
         # a and etcd0 are cut off from everyone else: a reaches only an etcd member
-        # without quorum (and without its pool peers); b and c keep the majority
+        # without quorum (and without its pool peers); b and c keep the majority, and
+        # its leader (so that this is not also an election: see lead_elsewhere)
+        assert pl.etcd is not None
+        pl.etcd.lead_elsewhere(0)
         with DuplicateWatch(pl, list(MEMBERS)) as dup:
             t0 = time.time()
             for other in ("b", "c", "etcd1", "etcd2"):
