@@ -19,6 +19,7 @@ the CLI and the Nagios plugin import it.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 import re
@@ -1309,6 +1310,11 @@ def _coordination(ctx: _Ctx, path: str, value: Any) -> CoordinationConfig:
                 ctx.add(m.key(extra), "only used with backend: etcd")
         m.check()
         return CoordinationConfig()
+    if ctx.secrets and importlib.util.find_spec("aetcd") is None:
+        # a full load (run, check-config, reload): say it before anything starts
+        m.failed = True
+        ctx.add(m.key("backend"), "etcd needs the aetcd package, which is not installed "
+                                  "(pip install 'minisft[etcd]')")
     d = CoordinationConfig()
     endpoints = m.req("endpoints", _etcd_endpoints,
                       " (the etcd client URLs, e.g. [\"http://192.0.2.250:2379\"])")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import importlib.util
 import json
 import logging
 import os
@@ -204,9 +203,6 @@ class Daemon:
             # Imported here: aetcd and grpc load only on nodes with an etcd pool.
             from minisft.pools.etcd_backend import EtcdPoolRuntime
 
-            if importlib.util.find_spec("aetcd") is None:
-                raise StartupError(f"pools[{pool.name}].coordination.backend: etcd needs the "
-                                   "aetcd package (pip install 'minisft[etcd]')")
             rt = EtcdPoolRuntime(pool, pinger=None, resume=resume, **common)
             # No listening socket: etcd being down at start is not fatal, the
             # runtime keeps retrying and holds nothing until it has a lease.

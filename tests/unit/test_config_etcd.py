@@ -7,6 +7,7 @@ import dataclasses
 import ipaddress
 import json
 import os
+import sys
 import textwrap
 from pathlib import Path
 
@@ -164,6 +165,17 @@ def test_a_bad_etcd_block_is_not_also_a_missing_key_file() -> None:
 def test_endpoints_are_required() -> None:
     assert_error(pool("coordination: {backend: etcd}\n"), "pools[0].coordination.endpoints",
                  "coordination:", "required")
+
+
+def test_etcd_without_its_client_library_is_a_config_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # None in sys.modules is what an uninstalled package looks like to find_spec: check-config
+    # (and so ExecStartPre) says it, rather than the daemon failing at its start
+    monkeypatch.setitem(sys.modules, "aetcd", None)
+    text = etcd()
+    assert_error(text, "pools[0].coordination.backend", "backend: etcd",
+                 r"aetcd package, which is not installed \(pip install 'minisft\[etcd\]'\)")
+    parse_config(text, "<string>", secrets=False)  # the CLI finding the daemon: no error
 
 
 def test_unknown_backend() -> None:
