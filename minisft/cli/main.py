@@ -86,7 +86,8 @@ def _parser() -> argparse.ArgumentParser:
         "push", help="write this config's definition of POOL to etcd",
         description="Write the pool definition (members, weights, addresses, preferred, "
         "fallback) from this config file to etcd, replacing the one there. Every member "
-        "applies it at once from its watch. Run it after editing the pool on every node.")
+        "applies it at once from its watch. Edit the pool in every node's file (a member "
+        "whose file differs raises config_drift), then run this once, on any node.")
     push.add_argument("--config", "-c", type=Path, default=DEFAULT_CONFIG_PATH,
                       metavar="FILE", help=f"config file (default {DEFAULT_CONFIG_PATH})")
     push.add_argument("pool", metavar="POOL", help="pool name from the config")
