@@ -18,15 +18,18 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from minisft.config.loader import load_config
 from minisft.core.events import Event, Notice
+from minisft.lab.netns import Host, Lab
 from minisft.net.link import Netlink
 from minisft.net.neighbour import NeighbourWatch
 from minisft.pools.etcd_backend import EtcdPoolRuntime
@@ -96,6 +99,102 @@ async def main(config_path: str, journal_path: str, status_path: str) -> int:
     executor.shutdown(wait=False)
     journal.close()
     return 0
+
+
+
+# ---------------------------------------------------------------------- the test side
+
+
+class PoolMembers:
+    """The test side: one pool_node.py process per member host of a lab, with its journal
+    and status files in `tmp`. Subclasses write each member's config (`config`).
+
+    Members get 192.0.2.N/24 and 2001:db8::N/64 (N = 1, 2, ... in `members` order)."""
+
+    def __init__(self, tmp: Path, members: dict[str, int], addresses: list[str]) -> None:
+        self.tmp = tmp
+        self.members = members
+        self.addresses = addresses
+        self.lab = Lab()
+        self.hosts: dict[str, Host] = {}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        try:
+            for i, name in enumerate(members, start=1):
+                self.hosts[name] = self.lab.add_host(name, f"192.0.2.{i}/24",
+                                                     f"2001:db8::{i}/64")
+        except BaseException:
+            self.lab.close()
+            raise
+
+    def config(self, name: str, addresses: list[str] | None = None) -> Path:
+        """Write member `name`'s config file (serving `addresses`, default all)."""
+        raise NotImplementedError
+
+    def start(self, name: str, **kw: Any) -> None:
+        cfg = self.config(name, **kw)
+        log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
+        self.procs[name] = self.hosts[name].popen(
+            [sys.executable, str(Path(__file__).resolve()), str(cfg),
+             str(self.journal_path(name)), str(self.status_path(name))],
+            stdout=log, stderr=log)
+
+    def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
+        proc = self.procs.pop(name)
+        os.killpg(proc.pid, sig)
+        proc.wait(20)
+
+    def journal_path(self, name: str) -> Path:
+        return self.tmp / f"{name}.jsonl"
+
+    def status_path(self, name: str) -> Path:
+        return self.tmp / f"{name}.status.json"
+
+    def status(self, name: str) -> dict[str, Any]:
+        for _ in range(20):
+            try:
+                data: dict[str, Any] = json.loads(self.status_path(name).read_text())
+                return data
+            except (OSError, ValueError):
+                time.sleep(0.05)
+        raise AssertionError(f"no status from {name}")
+
+    def events(self, name: str, kind: str | None = None) -> list[dict[str, Any]]:
+        path = self.journal_path(name)
+        if not path.exists():
+            return []
+        out = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [e for e in out if kind is None or e["kind"] == kind]
+
+    def holders(self, names: list[str] | None = None,
+                addresses: list[str] | None = None) -> dict[str, list[str]]:
+        addresses = addresses or self.addresses
+        out: dict[str, list[str]] = {a: [] for a in addresses}
+        for name in names or list(self.members):
+            have = {a.split("/")[0] for a in self.hosts[name].addresses()}
+            for a in addresses:
+                if a.split("/")[0] in have:
+                    out[a].append(name)
+        return out
+
+    def layout(self, names: list[str] | None = None,
+               addresses: list[str] | None = None) -> dict[str, str] | None:
+        """Address -> its one holder, or None while any address has 0 or 2+ holders."""
+        holders = self.holders(names, addresses)
+        if any(len(h) != 1 for h in holders.values()):
+            return None
+        return {a: h[0] for a, h in holders.items()}
+
+    def assert_alive(self) -> None:
+        for name, proc in self.procs.items():
+            assert proc.poll() is None, f"{name} exited:\n" + (
+                self.tmp / f"{name}.log").read_text()[-3000:]
+
+    def dump_logs(self) -> None:
+        """The members' logs to stderr (a failed test shows them)."""
+        for name in self.members:
+            log = self.tmp / f"{name}.log"
+            if log.exists():
+                sys.stderr.write(f"\n----- {name} -----\n{log.read_text()[-4000:]}\n")
 
 
 if __name__ == "__main__":

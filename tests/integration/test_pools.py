@@ -7,9 +7,7 @@ outsider `x` that plays attacker. Heartbeats every 200 ms, lost after 3 x 200 ms
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,13 +19,12 @@ from typing import Any
 import pytest
 import yaml
 
-from minisft.lab.netns import Host, Lab
 from minisft.pools.formula import assign
 from tests.integration.cluster import wait_until
+from tests.integration.pool_node import PoolMembers
 
 pytestmark = pytest.mark.netns
 
-NODE = Path(__file__).with_name("pool_node.py")
 MEMBERS = {"a": 1, "b": 2, "c": 1}
 ADDRESSES = ["192.0.2.101/24", "192.0.2.102/24", "192.0.2.103/24", "192.0.2.104/24",
              "192.0.2.105/24", "2001:db8::101/64"]
@@ -39,16 +36,10 @@ def expected(alive: list[str]) -> dict[str, str]:
     return assign(ADDRESSES, {m: MEMBERS[m] for m in alive}, {}, MEMBERS, pool="front")
 
 
-class PoolLab:
+class PoolLab(PoolMembers):
     def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.lab = Lab()
-        self.hosts: dict[str, Host] = {}
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        super().__init__(tmp, MEMBERS, ADDRESSES)
         try:
-            for i, name in enumerate(MEMBERS, start=1):
-                self.hosts[name] = self.lab.add_host(name, f"192.0.2.{i}/24",
-                                                     f"2001:db8::{i}/64")
             self.gw = self.lab.add_host("gw", "192.0.2.254/24", "2001:db8::254/64")
             self.x = self.lab.add_host("x", "192.0.2.200/24", "2001:db8::200/64")
         except BaseException:
@@ -80,67 +71,9 @@ class PoolLab:
         path.write_text(yaml.safe_dump(doc))
         return path
 
-    def start(self, name: str, **kw: Any) -> None:
-        cfg = self.config(name, **kw)
-        log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
-        self.procs[name] = self.hosts[name].popen(
-            [sys.executable, str(NODE), str(cfg), str(self.journal_path(name)),
-             str(self.status_path(name))], stdout=log, stderr=log)
-
-    def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
-        proc = self.procs.pop(name)
-        os.killpg(proc.pid, sig)
-        proc.wait(20)
-
-    def journal_path(self, name: str) -> Path:
-        return self.tmp / f"{name}.jsonl"
-
-    def status_path(self, name: str) -> Path:
-        return self.tmp / f"{name}.status.json"
-
-    def status(self, name: str) -> dict[str, Any]:
-        for _ in range(20):
-            try:
-                data: dict[str, Any] = json.loads(self.status_path(name).read_text())
-                return data
-            except (OSError, ValueError):
-                time.sleep(0.05)
-        raise AssertionError(f"no status from {name}")
-
-    def events(self, name: str, kind: str | None = None) -> list[dict[str, Any]]:
-        path = self.journal_path(name)
-        if not path.exists():
-            return []
-        out = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        return [e for e in out if kind is None or e["kind"] == kind]
-
-    def holders(self, names: list[str] | None = None) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {a: [] for a in ADDRESSES}
-        for name in names or list(MEMBERS):
-            have = {a.split("/")[0] for a in self.hosts[name].addresses()}
-            for a in ADDRESSES:
-                if a.split("/")[0] in have:
-                    out[a].append(name)
-        return out
-
-    def layout(self, names: list[str] | None = None) -> dict[str, str] | None:
-        """Address -> its one holder, or None while any address has 0 or 2+ holders."""
-        holders = self.holders(names)
-        if any(len(h) != 1 for h in holders.values()):
-            return None
-        return {a: h[0] for a, h in holders.items()}
-
-    def assert_alive(self) -> None:
-        for name, proc in self.procs.items():
-            assert proc.poll() is None, f"{name} exited:\n" + (
-                self.tmp / f"{name}.log").read_text()[-3000:]
-
     def close(self, failed: bool) -> None:
         if failed:
-            for name in MEMBERS:
-                log = self.tmp / f"{name}.log"
-                if log.exists():
-                    sys.stderr.write(f"\n----- {name} -----\n{log.read_text()[-4000:]}\n")
+            self.dump_logs()
         self.lab.close()
 
 
