@@ -19,10 +19,12 @@ from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip
 from socket import AF_INET, AF_INET6
 from typing import Any, TypeVar
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from minisft.net.pyroute2_lite import rtnetlink
 
 T = TypeVar("T")
+
+# Not `from pyroute2 import IPRoute`: that loads every netlink family pyroute2 has (+6 MiB).
+IPRoute, NetlinkError = rtnetlink()
 
 IFA_F_NODAD = 0x02
 IFF_UP = 0x1
