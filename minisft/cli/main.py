@@ -136,8 +136,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
 
     from minisft.runtime.daemon import Daemon
+    from minisft.runtime.heap import one_malloc_arena
 
     config = _load(args)
+    one_malloc_arena()  # before the daemon starts its threads
     level = (args.log_level or config.logging.level).upper()
     logging.basicConfig(level=getattr(logging, level, logging.INFO),
                         format="%(asctime)s minisft[%(process)d] %(levelname)s %(message)s",

@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from minisft.core.events import Event
+from minisft.runtime.heap import release_free_heap
 from minisft.runtime.journal import EventJournal
 from minisft.sinks.base import DeliveryError, Sink
 
@@ -308,6 +309,8 @@ class DeliveryManager:
             if not st.started:
                 await st.sink.start()
                 st.started = True
+                # a start loads the sink's library: its import garbage leaves the heap
+                release_free_heap()
         await st.sink.deliver(event)
 
     async def _deliver(self, st: _SinkState, event: Event) -> None:
