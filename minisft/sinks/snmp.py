@@ -19,19 +19,24 @@ retries; this class only turns one `Event` into one notification and sends it.
 * An inform that is not acknowledged raises DeliveryError (the runtime retries it). A
   trap has no acknowledgement: it is delivered when it is sent.
 * Secrets (community, keys) never appear in logs, exception texts or `repr`.
-* pysnmp is imported in `start()`, so a daemon without SNMP targets never loads it.
+* pysnmp is imported in `start()`, so a daemon without SNMP targets never loads it, and
+  in a worker thread, so its ~100 ms of imports never stall the event loop. cryptography
+  is loaded only for a target with privacy (v3 authPriv), pysmi never.
 """
 
 from __future__ import annotations
 
+import asyncio
 import calendar
 import contextlib
+import importlib
 import ipaddress
 import logging
 import os
 import re
 import secrets
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,28 +79,52 @@ PRIV_PROTOCOLS = {
     "aes256c": "usmAesCfb256Protocol",
 }
 
-@contextlib.contextmanager
-def _mib_compiler_hidden() -> Iterator[None]:
-    """Import pysnmp as if pysmi were not installed.
+# pysnmp's privacy (DES, 3DES, AES) modules: each imports cryptography if it can and
+# otherwise marks itself unusable (PysnmpCryptoError = True) for good.
+PRIV_MODULES = ("pysnmp.proto.secmod.rfc3826.priv.aes", "pysnmp.proto.secmod.rfc3414.priv.des",
+                "pysnmp.proto.secmod.eso.priv.des3")
 
-    pysnmp imports pysmi (the MIB compiler, with jinja2 and lark: ~13 MiB of RSS) whenever
-    it is installed, and the daemon never compiles a MIB: ours ships compiled. A None in
-    sys.modules makes that import fail, for the time of the import only, so a process
-    that uses pysmi itself (the MIB tests) is not affected.
+
+@contextlib.contextmanager
+def _not_installed(*packages: str) -> Iterator[None]:
+    """Import as if `packages` were not installed, for the time of the import only.
+
+    pysnmp imports what it can use whenever it is installed: pysmi, the MIB compiler with
+    jinja2 and lark (~13 MiB of RSS), which the daemon never needs (our MIB ships
+    compiled), and cryptography (~6.5 MiB), which only SNMPv3 privacy needs. A None in
+    sys.modules makes such an import fail. A package already imported is left alone, so a
+    process that uses it itself (the MIB tests use pysmi) is not affected. The engine
+    set-up runs under _setup_lock; nothing else in the daemon imports these packages.
     """
-    if "pysmi" in sys.modules or "pysnmp.smi.compiler" in sys.modules:
-        yield
-        return
-    sys.modules["pysmi"] = None  # type: ignore[assignment]
+    hidden = [p for p in packages if p not in sys.modules]
+    for package in hidden:
+        sys.modules[package] = None  # type: ignore[assignment]
     try:
         yield
     finally:
-        if sys.modules.get("pysmi", 0) is None:
-            del sys.modules["pysmi"]
+        for package in hidden:
+            if package in sys.modules and sys.modules[package] is None:
+                del sys.modules[package]
+
+
+def _enable_privacy() -> None:
+    """Make pysnmp's privacy modules usable when they were imported without cryptography.
+
+    That is the case when the first SNMP sink of this process had no privacy and a later
+    one (after a reload) has. Reloading a module runs it again in the same namespace, so
+    the USM's existing DES/AES objects, whose methods look their cipher classes up there,
+    see cryptography from then on.
+    """
+    for name in PRIV_MODULES:
+        module = sys.modules.get(name)
+        if module is not None and getattr(module, "PysnmpCryptoError", False):
+            importlib.reload(module)
 
 
 # Engine boots are bumped once per process and state dir, however many targets there are.
 _boots_cache: dict[Path, int] = {}
+# Engines are set up in worker threads (start()); one at a time.
+_setup_lock = threading.Lock()
 
 
 def sink_name(target: SnmpTargetConfig) -> str:
@@ -304,23 +333,32 @@ class SnmpSink(Sink):
     # -------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
-        if self.target.version == "3" and self.target.priv_key:
+        if self._engine is None:
+            # ~100 ms of imports and MIB loading at the first start: in a thread, so the
+            # event loop (and with it the failover path) keeps running meanwhile
+            await asyncio.to_thread(self._setup_engine)
+        if self._transport is None:
+            self._transport = await self._open_transport()
+
+    def _setup_engine(self) -> None:
+        with _setup_lock:  # one import of pysnmp at a time, and one boots counter
+            self._setup_engine_locked()
+
+    def _setup_engine_locked(self) -> None:
+        t = self.target
+        privacy = t.version == "3" and bool(t.priv_key)
+        if privacy:
             try:  # pysnmp treats it as optional and then fails with an opaque message
                 import cryptography.hazmat.decrepit  # noqa: F401
             except ImportError:
                 raise DeliveryError(f"{self.name}: SNMPv3 privacy (AES/DES) needs the Python "
                                     "package 'cryptography' >= 43") from None
-        if self._engine is None:
-            self._setup_engine()
-        if self._transport is None:
-            self._transport = await self._open_transport()
-
-    def _setup_engine(self) -> None:
-        with _mib_compiler_hidden():
+        with _not_installed("pysmi", *(() if privacy else ("cryptography",))):
             from pysnmp.hlapi.v3arch import asyncio as hlapi
             from pysnmp.proto.rfc1902 import ObjectIdentifier, OctetString
+        if privacy:
+            _enable_privacy()
 
-        t = self.target
         self.engine_id = load_engine_id(self.state_dir)
         engine = hlapi.SnmpEngine(snmpEngineID=OctetString(self.engine_id))
         mib = engine.get_mib_builder()

@@ -9,6 +9,7 @@ snmptrapd runs in the foreground with a temporary config (tests/support/snmptrap
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import shutil
@@ -360,6 +361,82 @@ def test_pysnmp_loaded_only_when_started(state_dir: Path) -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60,
                    cwd=Path(__file__).resolve().parents[2],
                    env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+
+
+# One process: a v2c target first, then (as after a reload) a v3 authPriv one.
+V2C_THEN_PRIVACY = """
+import asyncio, sys
+from pathlib import Path
+from minisft.config.model import SnmpTargetConfig
+from minisft.core.events import Event, EventKind
+from minisft.sinks.snmp import SnmpSink
+port, state, community, user, auth, priv = sys.argv[1:]
+def event(seq):
+    return Event(seq=seq, time=1_700_000_000.5, node='alpha', kind=EventKind.TAKEOVER,
+                 severity=EventKind.TAKEOVER.default_severity, reason='took over')
+async def send(target, seq):
+    sink = SnmpSink(target, state_dir=Path(state), node='alpha')
+    await sink.start()
+    await sink.deliver(event(seq))
+    await sink.close()
+async def main():
+    await send(SnmpTargetConfig(host='127.0.0.1', port=int(port), community=community), 1)
+    print('after v2c:', 'cryptography' in sys.modules)
+    await send(SnmpTargetConfig(host='127.0.0.1', port=int(port), version='3', user=user,
+                                auth_key=auth, priv_key=priv), 2)
+    print('after v3 authPriv:', 'cryptography' in sys.modules)
+asyncio.run(main())
+"""
+
+
+def test_cryptography_loaded_for_privacy_only(tmp_path: Path, state_dir: Path) -> None:
+    """cryptography (~6.5 MiB) loads for a target with privacy only; a privacy target
+    added later to a running process (a reload) still gets through."""
+    engine_id = load_engine_id(state_dir)
+    users = [V3User(USER, "SHA-256", AUTH_KEY, "AES", PRIV_KEY, engine_id=engine_id)]
+    root = Path(__file__).resolve().parents[2]
+    with TrapReceiver(tmp_path / "rx", communities=[COMMUNITY], users=users) as rx:
+        proc = subprocess.run(
+            [sys.executable, "-c", V2C_THEN_PRIVACY, str(rx.port), str(state_dir), COMMUNITY,
+             USER, AUTH_KEY, PRIV_KEY], capture_output=True, text=True, timeout=60, cwd=root,
+            env={**os.environ, "PYTHONPATH": str(root)})
+        assert proc.returncode == 0, proc.stderr
+        got = rx.wait_all(count=2)
+    assert proc.stdout.split("\n")[:2] == ["after v2c: False", "after v3 authPriv: True"]
+    assert [(n.version, n.security, n["minisftEventSeq"]) for n in got] == \
+        [("1", COMMUNITY, "1"), ("3", USER, "2")]
+
+
+def test_first_start_does_not_stall_the_event_loop(state_dir: Path) -> None:
+    """Setting pysnmp up (imports, MIB modules: tens of ms) runs beside the event loop,
+    which the failover path shares: the loop keeps ticking meanwhile."""
+    async def go() -> tuple[float, float]:
+        sink = SnmpSink(v3(free_udp_port()), state_dir=state_dir, node="alpha")
+        ticks: list[float] = []
+        done = asyncio.Event()
+
+        async def ticker() -> None:
+            while not done.is_set():
+                ticks.append(time.perf_counter())
+                await asyncio.sleep(0.002)
+
+        task = asyncio.create_task(ticker())
+        await asyncio.sleep(0.01)
+        t0 = time.perf_counter()
+        try:
+            await sink.start()
+        finally:
+            t1 = time.perf_counter()
+            done.set()
+            await task
+            await sink.close()
+        during = [t0, *(t for t in ticks if t0 < t < t1), t1]
+        return max(b - a for a, b in itertools.pairwise(during)), t1 - t0
+
+    longest_gap, took = asyncio.run(go())
+    print(f"start took {took * 1000:.0f} ms, longest loop gap {longest_gap * 1000:.0f} ms")
+    assert longest_gap < took / 2, f"the loop stalled {longest_gap * 1000:.0f} ms of a " \
+                                   f"{took * 1000:.0f} ms start"
 
 
 def test_through_the_delivery_runtime(tmp_path: Path, state_dir: Path) -> None:
