@@ -40,6 +40,12 @@ Rules, each with the reason its event carries:
   member holds it (free, or its holder is lost), probe it (ARP/NDP) and bind if nobody
   answers. If a live member holds it, ask for it (``wants`` in the heartbeat) and wait:
   the holder decides when to let go, so an address is never held twice on purpose.
+* **Probing early.** A holder silent for the detection time less one probe round is
+  *suspect*: for each address it holds that the formula would give to this node without
+  it, the probe starts then, so the round ends about when the holder is declared lost and
+  the takeover does not wait for it. The result binds only if the holder sent nothing
+  since the probe began and the round ended at most one round ago; an answer then is no
+  conflict (the suspect may just be slow): after the loss a fresh round decides.
 * **Handing over** (fallback auto): a holder releases an address when the formula gives it
   to another member *and* that member's heartbeat says it wants it.
 * **Fallback.** ``auto``: a member that comes back (or first appears after this node
@@ -180,6 +186,10 @@ class PoolMachine:
         self.assignment: dict[str, str] = {}
         self.wants: frozenset[str] = frozenset()
         self._probe_tokens: dict[int, str] = {}
+        # early probes (see "Probing early"): address -> (token, suspect, started)
+        self._early: dict[str, tuple[int, str, float]] = {}
+        # address -> (suspect, started, finished) of an early round nobody answered
+        self._early_clean: dict[str, tuple[str, float, float]] = {}
         self._bind_tokens: dict[int, str] = {}
         self._retry_at: dict[str, float] = {}
         self._conflict_open: set[str] = set()
@@ -376,6 +386,12 @@ class PoolMachine:
         self._rebalance_by = ev.by  # used (and cleared) by the reconcile of this input
 
     def _on_probe_done(self, ev: ProbeDone) -> None:
+        for early, (token, suspect, started) in list(self._early.items()):
+            if token == ev.token:
+                del self._early[early]
+                if ev.answered_by is None:
+                    self._early_clean[early] = (suspect, started, self.now)
+                return  # answered: no conflict yet, the round after the loss decides
         a = self._probe_tokens.pop(ev.token, None)
         if a is None or self.slots[a] is not Slot.PROBING:
             return  # stale: cancelled or superseded
@@ -580,13 +596,72 @@ class PoolMachine:
             if others:
                 wants.add(a)
             elif self.now >= self._retry_at.get(a, 0.0):
-                token = self._next_token()
-                self._probe_tokens[token] = a
-                self.slots[a] = Slot.PROBING
-                self._do(StartProbe(token, a, PROBE.count, PROBE.interval))
+                self._take(a)
+        self._probe_suspects(active)
         if wants != self.wants:
             self.wants = frozenset(wants)
             self._do(SendHeartbeat())
+
+    def _take(self, a: str) -> None:
+        """Start taking a free address the formula gives to this node: bind on a valid
+        early round, adopt one still running, or probe now."""
+        early = self._early.pop(a, None)
+        clean = self._early_clean.pop(a, None)
+        if early is not None and not self._heard_since(early[1], early[2]):
+            token = early[0]
+            self._probe_tokens[token] = a
+            self.slots[a] = Slot.PROBING
+        elif clean is not None and self._still_valid(*clean):
+            token = self._next_token()
+            self._bind_tokens[token] = a
+            self.slots[a] = Slot.BINDING
+            self._do(Bind(token, a))
+        else:
+            if early is not None:  # begun before the suspect's farewell: ask again
+                self._do(CancelProbe(early[0], a))
+            token = self._next_token()
+            self._probe_tokens[token] = a
+            self.slots[a] = Slot.PROBING
+            self._do(StartProbe(token, a, PROBE.count, PROBE.interval))
+
+    def _heard_since(self, member: str, t: float) -> bool:
+        last = self.views[member].last_seen
+        return last is not None and last > t
+
+    def _still_valid(self, suspect: str, started: float, finished: float) -> bool:
+        return (not self._heard_since(suspect, started)
+                and self.now - finished <= PROBE.duration)
+
+    def _probe_suspects(self, active: bool) -> None:
+        """Start (or cancel) early probes of the addresses held by suspect members."""
+        wanted: dict[str, str] = {}
+        if active:
+            threshold = self.detection_time - PROBE.duration
+            for name, v in self.views.items():
+                if not (v.alive and v.holds and v.last_seen is not None
+                        and self.now - v.last_seen > threshold):
+                    continue
+                if self.pool.watch == "neighbour" and self._watcher_of(name) != self.me:
+                    continue  # the verdict comes from its watcher, maybe much later
+                live = self._live(stable_only=True)
+                live.pop(name, None)
+                without = assign(self.keys, live, self.preferred, self.weights,
+                                 pool=self.pool.name)
+                for a in v.holds:
+                    if without.get(a) == self.me and self.slots[a] is Slot.FREE:
+                        wanted[a] = name
+        for a, (token, suspect, _) in list(self._early.items()):
+            if wanted.get(a) != suspect:
+                del self._early[a]
+                self._do(CancelProbe(token, a))
+        for a, (suspect, started, finished) in list(self._early_clean.items()):
+            if wanted.get(a) != suspect or not self._still_valid(suspect, started, finished):
+                del self._early_clean[a]
+        for a, suspect in wanted.items():
+            if a not in self._early and a not in self._early_clean:
+                token = self._next_token()
+                self._early[a] = (token, suspect, self.now)
+                self._do(StartProbe(token, a, PROBE.count, PROBE.interval))
 
     def _release(self, a: str) -> None:
         self.slots[a] = Slot.FREE
