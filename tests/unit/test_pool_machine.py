@@ -201,6 +201,24 @@ class Sim:
     def heal(self) -> None:
         self.cut.clear()
 
+    def apply(self, what: str, who: str) -> None:
+        """One fault of a random history; those that do not apply now are no-ops."""
+        node = self.nodes[who]
+        if what == "kill" and node.running:
+            self.kill(who)
+        elif what == "restart" and not node.running:
+            self.restart(who)
+        elif what == "isolate":
+            self.isolate(who)
+        elif what == "heal":
+            self.heal()
+        elif what in ("link_down", "link_up") and node.running:
+            self.set_link(who, what == "link_up")
+        elif what == "mute":
+            self.mute.add(who)
+        elif what == "unmute":
+            self.mute.discard(who)
+
     # -------------------------------------------------------------- observation
 
     def holders(self, address: str) -> list[str]:
@@ -535,17 +553,7 @@ def test_random_histories_converge_to_one_holder_per_address(
     sim = Sim({n: pool for n in NAMES})
     sim.run(2.0)
     for what, who, wait in history:
-        node = sim.nodes[who]
-        if what == "kill" and node.running:
-            sim.kill(who)
-        elif what == "restart" and not node.running:
-            sim.restart(who)
-        elif what == "isolate":
-            sim.isolate(who)
-        elif what == "heal":
-            sim.heal()
-        elif what in ("link_down", "link_up") and node.running:
-            sim.set_link(who, what == "link_up")
+        sim.apply(what, who)
         sim.run(wait)
     # the isolated never take anything over, whatever happened
     for node in sim.nodes.values():
@@ -583,15 +591,7 @@ def test_silent_members_never_make_an_address_held_twice(
     sim = Sim({n: pool for n in NAMES})
     sim.run(2.0)
     for what, who, wait in history:
-        node = sim.nodes[who]
-        if what == "kill" and node.running:
-            sim.kill(who)
-        elif what == "restart" and not node.running:
-            sim.restart(who)
-        elif what == "mute":
-            sim.mute.add(who)
-        elif what == "unmute":
-            sim.mute.discard(who)
+        sim.apply(what, who)
         for _ in range(round(wait / STEP)):
             sim.step()
             for a in ADDRESSES:
