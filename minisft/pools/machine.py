@@ -45,7 +45,10 @@ Rules, each with the reason its event carries:
   it, the probe starts then, so the round ends about when the holder is declared lost and
   the takeover does not wait for it. The result binds only if the holder sent nothing
   since the probe began and the round ended at most one round ago; an answer then is no
-  conflict (the suspect may just be slow): after the loss a fresh round decides.
+  conflict (the suspect may just be slow): after the loss a fresh round decides. One
+  early round per address and suspect episode, whatever its result. Nothing is taken
+  while the members not suspect fall short of a quorum: a node cut off from its peers
+  judges them lost one by one, and between two verdicts its quorum is already silent.
 * **Handing over** (fallback auto): a holder releases an address when the formula gives it
   to another member *and* that member's heartbeat says it wants it.
 * **Fallback.** ``auto``: a member that comes back (or first appears after this node
@@ -188,8 +191,9 @@ class PoolMachine:
         self._probe_tokens: dict[int, str] = {}
         # early probes (see "Probing early"): address -> (token, suspect, started)
         self._early: dict[str, tuple[int, str, float]] = {}
-        # address -> (suspect, started, finished) of an early round nobody answered
-        self._early_clean: dict[str, tuple[str, float, float]] = {}
+        # address -> (suspect, started, finished, clean) of a finished early round: one
+        # round per suspect episode, so a probe that fails at once cannot spin
+        self._early_done: dict[str, tuple[str, float, float, bool]] = {}
         self._bind_tokens: dict[int, str] = {}
         self._retry_at: dict[str, float] = {}
         self._conflict_open: set[str] = set()
@@ -311,6 +315,27 @@ class PoolMachine:
     def _silent(self, v: MemberView, factor: float = 1.0) -> bool:
         return v.last_seen is None or self.now - v.last_seen > factor * self.detection_time
 
+    @property
+    def _suspect_factor(self) -> float:
+        """Silent this long (as a share of the detection time) makes a member suspect:
+        one probe round before its verdict."""
+        return max(0.0, 1.0 - PROBE.duration / self.detection_time)
+
+    def _visible(self, factor: float = 1.0) -> int:
+        """This node plus the members heard within `factor` x the detection time."""
+        return 1 + sum(1 for v in self.views.values()
+                       if not self._silent(v, factor) and v.state != "leaving")
+
+    def _counts_as_quorum(self, visible: int) -> bool:
+        n = len(self.order)
+        return self.link_up and (2 * visible > n or (2 * visible == n and bool(self.witness_ok)))
+
+    def _sure_quorum(self) -> bool:
+        """A quorum even without the suspect members. Takes need it: a node cut off from
+        its peers judges them lost one by one as their last heartbeats age, and between
+        two verdicts it still counts a quorum of members that are already silent."""
+        return self._counts_as_quorum(self._visible(self._suspect_factor))
+
     # ------------------------------------------------------------------ inputs
 
     def _on_started(self, ev: Started) -> None:
@@ -389,9 +414,9 @@ class PoolMachine:
         for early, (token, suspect, started) in list(self._early.items()):
             if token == ev.token:
                 del self._early[early]
-                if ev.answered_by is None:
-                    self._early_clean[early] = (suspect, started, self.now)
-                return  # answered: no conflict yet, the round after the loss decides
+                # answered: no conflict yet, the round after the loss decides
+                self._early_done[early] = (suspect, started, self.now, ev.answered_by is None)
+                return
         a = self._probe_tokens.pop(ev.token, None)
         if a is None or self.slots[a] is not Slot.PROBING:
             return  # stale: cancelled or superseded
@@ -406,13 +431,11 @@ class PoolMachine:
                            "answers ARP/NDP for it: not binding, trying again later",
                            address=a, mac=ev.answered_by)
             return
-        if self.phase is not Phase.ACTIVE or self.assignment.get(a) != self.me:
+        if self.phase is not Phase.ACTIVE or self.assignment.get(a) != self.me \
+                or not self._sure_quorum():
             self.slots[a] = Slot.FREE  # the world changed while probing
             return
-        token = self._next_token()
-        self._bind_tokens[token] = a
-        self.slots[a] = Slot.BINDING
-        self._do(Bind(token, a))
+        self._start_bind(a)
 
     def _on_bind_done(self, ev: BindDone) -> None:
         a = self._bind_tokens.pop(ev.token, None)
@@ -508,14 +531,12 @@ class PoolMachine:
 
     def _judge_quorum(self) -> None:
         n = len(self.order)
-        visible = 1 + sum(1 for v in self.views.values()
-                          if not self._silent(v) and v.state != "leaving")
+        visible = self._visible()
         if not self.link_up:
             ok, why = False, "own link is down"
-        elif 2 * visible > n:
-            ok, why = True, f"sees {visible} of {n} members"
-        elif 2 * visible == n and self.witness_ok:
-            ok, why = True, f"sees {visible} of {n} members and the witness {self.pool.witness}"
+        elif self._counts_as_quorum(visible):
+            ok, why = True, f"sees {visible} of {n} members" + (
+                f" and the witness {self.pool.witness}" if 2 * visible == n else "")
         else:
             witness = ""
             if self.pool.witness is not None:
@@ -562,6 +583,7 @@ class PoolMachine:
         active = self.phase is Phase.ACTIVE and self.link_up
         by, self._rebalance_by = self._rebalance_by, None
         auto = self.pool.fallback.mode is FallbackMode.AUTO or by is not None
+        sure = active and self._sure_quorum()
         wants: set[str] = set()
         for a in self.keys:
             slot = self.slots[a]
@@ -595,7 +617,7 @@ class PoolMachine:
                 continue
             if others:
                 wants.add(a)
-            elif self.now >= self._retry_at.get(a, 0.0):
+            elif self.now >= self._retry_at.get(a, 0.0) and sure:
                 self._take(a)
         self._probe_suspects(active)
         if wants != self.wants:
@@ -606,47 +628,52 @@ class PoolMachine:
         """Start taking a free address the formula gives to this node: bind on a valid
         early round, adopt one still running, or probe now."""
         early = self._early.pop(a, None)
-        clean = self._early_clean.pop(a, None)
+        done = self._early_done.pop(a, None)
         if early is not None and not self._heard_since(early[1], early[2]):
-            token = early[0]
-            self._probe_tokens[token] = a
+            self._probe_tokens[early[0]] = a
             self.slots[a] = Slot.PROBING
-        elif clean is not None and self._still_valid(*clean):
-            token = self._next_token()
-            self._bind_tokens[token] = a
-            self.slots[a] = Slot.BINDING
-            self._do(Bind(token, a))
+        elif done is not None and self._still_valid(*done):
+            self._start_bind(a)
         else:
             if early is not None:  # begun before the suspect's farewell: ask again
                 self._do(CancelProbe(early[0], a))
-            token = self._next_token()
-            self._probe_tokens[token] = a
+            self._probe_tokens[self._start_probe(a)] = a
             self.slots[a] = Slot.PROBING
-            self._do(StartProbe(token, a, PROBE.count, PROBE.interval))
+
+    def _start_probe(self, a: str) -> int:
+        token = self._next_token()
+        self._do(StartProbe(token, a, PROBE.count, PROBE.interval))
+        return token
+
+    def _start_bind(self, a: str) -> None:
+        token = self._next_token()
+        self._bind_tokens[token] = a
+        self.slots[a] = Slot.BINDING
+        self._do(Bind(token, a))
 
     def _heard_since(self, member: str, t: float) -> bool:
         last = self.views[member].last_seen
         return last is not None and last > t
 
-    def _still_valid(self, suspect: str, started: float, finished: float) -> bool:
-        return (not self._heard_since(suspect, started)
+    def _still_valid(self, suspect: str, started: float, finished: float, clean: bool) -> bool:
+        """An early round binds: nobody answered, the suspect sent nothing since it
+        began, and it ended at most one round ago."""
+        return (clean and not self._heard_since(suspect, started)
                 and self.now - finished <= PROBE.duration)
 
     def _probe_suspects(self, active: bool) -> None:
         """Start (or cancel) early probes of the addresses held by suspect members."""
         wanted: dict[str, str] = {}
         if active:
-            threshold = self.detection_time - PROBE.duration
+            live = self._live(stable_only=True)
             for name, v in self.views.items():
                 if not (v.alive and v.holds and v.last_seen is not None
-                        and self.now - v.last_seen > threshold):
+                        and self._silent(v, self._suspect_factor)):
                     continue
                 if self.pool.watch == "neighbour" and self._watcher_of(name) != self.me:
                     continue  # the verdict comes from its watcher, maybe much later
-                live = self._live(stable_only=True)
-                live.pop(name, None)
-                without = assign(self.keys, live, self.preferred, self.weights,
-                                 pool=self.pool.name)
+                without = assign(self.keys, {n: w for n, w in live.items() if n != name},
+                                 self.preferred, self.weights, pool=self.pool.name)
                 for a in v.holds:
                     if without.get(a) == self.me and self.slots[a] is Slot.FREE:
                         wanted[a] = name
@@ -654,14 +681,12 @@ class PoolMachine:
             if wanted.get(a) != suspect:
                 del self._early[a]
                 self._do(CancelProbe(token, a))
-        for a, (suspect, started, finished) in list(self._early_clean.items()):
-            if wanted.get(a) != suspect or not self._still_valid(suspect, started, finished):
-                del self._early_clean[a]
+        for a, (suspect, *_) in list(self._early_done.items()):
+            if wanted.get(a) != suspect:
+                del self._early_done[a]
         for a, suspect in wanted.items():
-            if a not in self._early and a not in self._early_clean:
-                token = self._next_token()
-                self._early[a] = (token, suspect, self.now)
-                self._do(StartProbe(token, a, PROBE.count, PROBE.interval))
+            if a not in self._early and a not in self._early_done:
+                self._early[a] = (self._start_probe(a), suspect, self.now)
 
     def _release(self, a: str) -> None:
         self.slots[a] = Slot.FREE

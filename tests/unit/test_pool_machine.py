@@ -93,6 +93,7 @@ class Sim:
         self.witness_ok = witness_ok
         self.foreign: set[str] = set()  # addresses a non-member host answers for
         self.mute: set[str] = set()  # members whose heartbeats are lost (ARP still answers)
+        self.failing: set[str] = set()  # members whose probes fail at once (cannot send)
         self.nodes = {n: SimNode(n, PoolMachine(p, n, now=0.0)) for n, p in pools.items()}
         if start:
             for n in self.nodes:
@@ -114,8 +115,8 @@ class Sim:
             if isinstance(action, Emit):
                 node.events.append(action.notice)
             elif isinstance(action, StartProbe):
-                node.probes[action.token] = (
-                    self.t + action.count * action.interval, action.address)
+                took = 0.0 if name in self.failing else action.count * action.interval
+                node.probes[action.token] = (self.t + took, action.address)
             elif isinstance(action, CancelProbe):
                 node.probes.pop(action.token, None)
             elif isinstance(action, Bind):
@@ -139,6 +140,8 @@ class Sim:
                 self.feed(other, seen)
 
     def answers(self, name: str, address: str) -> str | None:
+        if name in self.failing:
+            return "unknown (probe failed)"  # what the runtime reports for a failed probe
         if address in self.foreign:
             return "02:00:00:00:00:99"
         for other, node in self.nodes.items():
@@ -346,6 +349,25 @@ def test_a_slow_holder_that_still_answers_arp_keeps_its_addresses() -> None:
         assert not sim.events(n, EventKind.MEMBER_LOST)
 
 
+def test_a_probe_that_fails_at_once_is_not_repeated_while_the_peer_is_suspect() -> None:
+    """Own link just went down, not yet noticed: every peer falls silent and every probe
+    fails at once. One early round per address, not a probe per tick (a busy loop that
+    starved the daemon's event loop in the namespace lab)."""
+    names = ["a", "b", "c"]
+    seen: dict[str, Counter[str]] = {}
+    for who in names:  # whoever the formula would give a peer's addresses to
+        sim = started(names)
+        node = sim.nodes[who]
+        node.link = False  # the world cuts it off; its machine has not been told
+        sim.failing.add(who)
+        cut = sim.t
+        sim.run(0.75)  # past the early threshold (0.65 s), short of the verdict (0.8 s)
+        seen[who] = Counter(x.address for t, _, x in node.trace
+                            if t > cut and isinstance(x, StartProbe))
+    assert any(seen.values()), "nobody probed: the test does not exercise the early round"
+    assert all(n <= 1 for probes in seen.values() for n in probes.values()), seen
+
+
 def test_a_lost_holder_that_still_answers_arp_is_one_conflict_not_a_takeover() -> None:
     sim = started()
     before = sim.layout()
@@ -419,6 +441,24 @@ def test_isolated_member_takes_nothing_and_keeps_its_own() -> None:
     yields = [e for n in NAMES for e in sim.events(n, EventKind.YIELDED)]
     assert len(yields) == len(mine)
     assert layout == before  # a kept its own: the formula over all live members says so
+
+
+def test_a_member_cut_off_takes_nothing_when_its_peers_fall_silent_apart() -> None:
+    """The peers' heartbeats reach the cut-off member at different moments, so it judges
+    them lost one after the other: between the two verdicts it still counts a quorum, but
+    the second peer is already suspect, and nothing may be taken on such a quorum."""
+    names = ["a", "b", "c"]
+    for gap in (0.1, 0.15, 0.19):
+        sim = started(names)
+        sim.nodes["c"].next_hb += gap  # c's heartbeats now come `gap` after b's
+        sim.run(1.0)
+        mine = sim.nodes["a"].bound.copy()
+        sim.isolate("a")
+        sim.run(2.0)
+        a = sim.nodes["a"]
+        assert a.machine.phase is Phase.ISOLATED
+        assert a.bound == mine, f"gap {gap}: a took {sorted(a.bound - mine)}"
+        assert not [x for t, _, x in a.trace if isinstance(x, Bind) and t > 3.0]
 
 
 def test_two_members_need_the_witness() -> None:
