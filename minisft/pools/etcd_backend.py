@@ -56,6 +56,7 @@ import importlib
 import ipaddress
 import json
 import logging
+import math
 import re
 import secrets
 import time
@@ -377,13 +378,51 @@ class FenceTiming:
     keepalive_interval: float
     rpc_timeout: float
     fence_after: float
+    startup_window: float  # see StartupWindow: one lease TTL
+
 
     @classmethod
     def for_ttl(cls, ttl: int) -> FenceTiming:
         # several keepalive attempts (and an endpoint rotation) fit before the fence
         interval = ttl / 6
         return cls(ttl=ttl, keepalive_interval=interval,
-                   rpc_timeout=max(0.4, min(interval, 2.0)), fence_after=ttl * 2 / 3)
+                   rpc_timeout=max(0.4, min(interval, 2.0)), fence_after=ttl * 2 / 3,
+                   startup_window=float(ttl))
+
+
+@dataclass(frozen=True)
+class StartupWindow:
+    """The first placement of a cold start waits for the members starting together.
+
+    Members booted together (a rack after a power cut) register in etcd some tens of ms
+    apart. Without a window the first to read the state sees itself alone, the formula gives
+    it every address, and with manual fallback they stay there (auto hands them back only
+    after a hold-down). So at a *cold* start -- no other member owns an address, nobody is
+    returning to a running pool -- a member takes nothing until `ends_at`, and every
+    member that registers by then counts as present from the start (no hold-down, no
+    `member_back`): the first placement follows the formula over all of them, as embedded
+    pools do after their listening period. A member joining a running pool (another
+    member owns an address) or a reload that keeps its lease gets no window: the pool is
+    already placed, and the usual fallback rules apply."""
+
+    ends_at: float  # local clock; -inf without a window
+
+    @classmethod
+    def none(cls) -> StartupWindow:
+        return cls(-math.inf)
+
+    @classmethod
+    def at_first_read(cls, now: float, length: float, node: str, owners: Iterable[Owner],
+                      resumed: bool) -> StartupWindow:
+        """The window decided at the first successful read of the pool's keys."""
+        warm = resumed or any(o.member != node for o in owners)
+        return cls.none() if warm else cls(now + length)
+
+    def is_open(self, now: float) -> bool:
+        return now < self.ends_at
+
+    def present_from_start(self, first_seen: float) -> bool:
+        return first_seen <= self.ends_at
 
 
 @dataclass(frozen=True)
@@ -449,6 +488,7 @@ class EtcdPoolRuntime:
         self.link_up = True
         self.lease_id: int | None = None
         self.lease_ok_at: float | None = None  # sending time of the last renewal that worked
+        self._resumed = resume is not None and resume.fits(pool)
         if resume is not None and resume.fits(pool):
             # a reload restarting this pool: keep the lease, so the other members see no
             # member lost and back, and the owner keys stay ours without a transaction
@@ -474,6 +514,8 @@ class EtcdPoolRuntime:
         self._broken = asyncio.Event()
         self._rebalance_by: str | None = None
         self._first_read = True
+        # until the first read: everyone seen then is present from the start anyway
+        self.startup = StartupWindow.none()
         self._started_at = clock()
         self._running = False
         self._fencing = False
@@ -729,6 +771,14 @@ class EtcdPoolRuntime:
             await self._register()  # deleted by hand, or written by a previous boot
         for key, owner in owners.items():
             self.last_holder[key] = owner.member
+        if self._first_read:
+            self.startup = StartupWindow.at_first_read(
+                self.clock(), self.timing.startup_window, self.node, owners.values(),
+                self._resumed)
+            if self.startup.is_open(self.clock()):
+                log.info("pool %s: cold start (no other member owns an address): taking "
+                         "nothing for %gs, the members that register meanwhile count from "
+                         "the start", self.pool.name, self.timing.startup_window)
         self._first_read = False
         self.synced = True
         self._wake.set()
@@ -745,10 +795,12 @@ class EtcdPoolRuntime:
                 state, digest = "alive", None
             old = self.members.get(name)
             same = old is not None and old.lease == int(kv.lease)
+            now = self.clock()
             members[name] = MemberSeen(
                 name, int(kv.lease), state, digest if isinstance(digest, str) else None,
-                since=old.since if same and old else self.clock(),
-                initial=(old.initial if same and old else self._first_read))
+                since=old.since if same and old else now,
+                initial=(old.initial if same and old else
+                         self._first_read or self.startup.present_from_start(now)))
         elif key.startswith(self._owners_prefix):
             ip = key[len(self._owners_prefix):].decode(errors="replace")
             addr = self._key_of_ip.get(ip)
@@ -1081,7 +1133,7 @@ class EtcdPoolRuntime:
                     # runtime's, or this lease's after a reload handed the lease over
                     self._spawn(key, self._previous_key(key, owner,
                                                         acquire=mine and want and retry_ok))
-                elif want and owner is None and retry_ok:
+                elif want and owner is None and retry_ok and not self.startup.is_open(now):
                     self._spawn(key, self._acquire(key, have_key=False))
 
     def _background_task(self, coro: Awaitable[None]) -> None:
@@ -1376,6 +1428,8 @@ class EtcdPoolRuntime:
                 "ttl": self.timing.ttl,
                 "keepalive_interval": round(self.timing.keepalive_interval, 3),
                 "fence_after": round(self.timing.fence_after, 3),
+                # > 0 during a cold start's window: nothing is taken yet
+                "startup_window_left": round(max(0.0, self.startup.ends_at - now), 3),
                 "since_keepalive": round(now - self.lease_ok_at, 3)
                 if self.lease_ok_at is not None else None,
                 "last_error": self.last_error,

@@ -240,3 +240,62 @@ def test_forged_replayed_and_drifted(tmp_path: Path) -> None:
         pl.assert_alive()
         assert pl.layout() == expected(list(MEMBERS)), "forged claims changed nothing"
         assert not pl.events("a", "member_lost")
+
+
+FLOOD = r"""
+import os, socket, sys, time
+# wrong-key datagrams shaped like heartbeats (header, JSON-sized body, 32-byte MAC), sent
+# as fast as one process can, bounded by a count and a duration: it stops by itself
+target, port, seconds, limit = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+payloads = [b"mSFT\x01" + os.urandom(260) + os.urandom(32) for _ in range(64)]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
+sent, start = 0, time.monotonic()
+end = start + seconds
+while sent < limit:
+    for p in payloads:
+        try:
+            s.sendto(p, (target, port))
+            sent += 1
+        except OSError:  # ENOBUFS and the like: the flood goes on
+            pass
+    if time.monotonic() >= end:
+        break
+print(sent, time.monotonic() - start)
+"""
+FLOOD_SECONDS = 10.0
+FLOODERS = 3
+
+
+def test_flood_from_outside_the_pool_loses_nobody(tmp_path: Path) -> None:
+    """A non-member floods every member's heartbeat port with wrong-key datagrams for 10 s:
+    nothing a non-member sends may make a member think another is lost, so nobody is lost,
+    isolated or moved, and the layout stays as it is."""
+    with pool_lab(tmp_path) as pl:
+        before = expected(list(MEMBERS))
+        time.sleep(2.5)  # past the start-up hand-overs
+        seqs = {n: max((e["seq"] for e in pl.events(n)), default=0) for n in MEMBERS}
+        flooders = [pl.x.popen([sys.executable, "-c", FLOOD, pl.hosts[name].ip, str(PORT),
+                                str(FLOOD_SECONDS), str(50_000_000)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                    for name in list(MEMBERS)[:FLOODERS]]
+        results = []
+        for proc in flooders:
+            out, err = proc.communicate(timeout=FLOOD_SECONDS + 30)
+            assert proc.returncode == 0, err
+            sent, took = out.split()
+            results.append((int(sent), float(took)))
+        time.sleep(DETECTION + 1.0)  # a loss during the flood is reported by now
+        total = sum(n for n, _ in results)
+        pps = total / max(t for _, t in results)
+        print(f"\nflood: {total} datagrams in {FLOOD_SECONDS:g}s from one non-member to "
+              f"{FLOODERS} members, {pps:,.0f} pps")
+        assert total > 100_000, "the flood was too weak to test anything"
+        after = {n: [e for e in pl.events(n) if e["seq"] > seqs[n]] for n in MEMBERS}
+        bad = {n: [(e["kind"], e["reason"]) for e in evs
+                   if e["kind"] in ("member_lost", "isolated", "address_moved", "claimed",
+                                    "released", "yielded", "address_conflict")]
+               for n, evs in after.items()}
+        assert not any(bad.values()), f"the flood changed the pool: {bad}"
+        assert pl.layout() == before
+        pl.assert_alive()

@@ -10,6 +10,7 @@ computed with the formula itself.
 from __future__ import annotations
 
 import json
+import random
 import sys
 import threading
 import time
@@ -49,8 +50,9 @@ def expected(alive: list[str], addresses: list[str] | None = None) -> dict[str, 
 
 
 class EtcdPoolLab(PoolMembers):
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, fallback: str = "auto") -> None:
         super().__init__(tmp, MEMBERS, ADDRESSES)
+        self.fallback = fallback
         self.etcd: EtcdCluster | None = None
         try:
             self.etcd = EtcdCluster(self.lab, 3)
@@ -75,7 +77,7 @@ class EtcdPoolLab(PoolMembers):
                 "members": [{"name": m, "ip": self.hosts[m].ip, "weight": w}
                             for m, w in MEMBERS.items()],
                 "addresses": addresses or ADDRESSES,
-                "fallback": {"mode": "auto", "hold_down": f"{HOLD_DOWN:g}s"},
+                "fallback": {"mode": self.fallback, "hold_down": f"{HOLD_DOWN:g}s"},
                 "coordination": {"backend": "etcd", "endpoints": self.endpoints(name),
                                  "ttl": f"{TTL}s", "prefix": PREFIX},
             }],
@@ -317,3 +319,47 @@ def test_config_drift_and_push(tmp_path: Path) -> None:
             addresses=drifted) == expected(list(MEMBERS), drifted), timeout=20)
         assert pl.status("a")["assignment"] == expected(list(MEMBERS), drifted)
         pl.assert_alive()
+
+
+COLD_STARTS = 10
+
+
+def test_members_booted_together_spread_per_the_formula(tmp_path: Path) -> None:
+    """A rack after a power cut: the three members start at the same moment against an
+    empty etcd, in a different order each time. With manual fallback a wrong first
+    placement would stay (holders never hand over), so the layout first reached must be
+    the formula's over all three, every time, without a single hand-over."""
+    pl = EtcdPoolLab(tmp_path, fallback="manual")
+    failed = True
+    want = expected(list(MEMBERS))
+    rng = random.Random(20261204)
+    spread_ok = 0
+    try:
+        for trial in range(COLD_STARTS):
+            for name in MEMBERS:
+                pl.journal_path(name).unlink(missing_ok=True)
+            order = list(MEMBERS)
+            rng.shuffle(order)
+            for name in order:
+                pl.start(name)
+            # every address has one holder: each member only takes what its formula gives
+            # it, so the first complete layout is the placement the members agreed on
+            first = wait_until("every address held once", pl.layout, timeout=30, step=0.05)
+            assert first == want, (
+                f"cold start {trial + 1} (order {order}): first placement {first}, the "
+                f"formula gives {want}")
+            for name in MEMBERS:
+                for kind in ("released", "yielded", "member_back", "address_conflict"):
+                    assert not pl.events(name, kind), (
+                        f"cold start {trial + 1}: {name} reported {kind}: "
+                        f"{pl.events(name, kind)}")
+            spread_ok += 1
+            pl.assert_alive()
+            for name in list(pl.procs):
+                pl.stop(name)  # SIGTERM: release, revoke the lease
+            wait_until("the pool empty in etcd", lambda: not pl.registered()
+                       and not pl.owners_in_etcd(), timeout=15, step=0.1)
+        print(f"\ncold starts spread per the formula: {spread_ok}/{COLD_STARTS}")
+        failed = False
+    finally:
+        pl.close(failed)
