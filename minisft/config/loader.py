@@ -1285,6 +1285,12 @@ def _pool(ctx: _Ctx, path: str, value: Any, node: NodeConfig | None) -> PoolConf
         m.failed = True
         ctx.add(m.key("members"), f"this node ({node.name}, node.name) is not one of the "
                                   "members")
+    if members is not None and not (coordination.etcd or says_etcd) and len(
+            {mb.ip.version for mb in members}) > 1:
+        # each member's heartbeat sockets are bound to its ip and connected to the others'
+        m.failed = True
+        ctx.add(m.key("members"), "the members' ip addresses mix IPv4 and IPv6: heartbeats "
+                                  "go from each member's ip to the others', use one family")
     if members is not None and addresses is not None:
         preferred = m.get("preferred", lambda p, v: _preferred(ctx, p, v, members, addresses),
                           {})

@@ -65,7 +65,7 @@ _KEYS = frozenset({"p", "m", "b", "s", "t", "st", "h", "w", "l", "d"})
 
 class BadMessage(Exception):
     """A datagram that is not an acceptable heartbeat; `reason` is a counter label:
-    malformed, forged, wrong_pool, unknown_member, stale or replayed."""
+    malformed, forged, wrong_pool, unknown_member, wrong_sender, stale or replayed."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
@@ -154,20 +154,24 @@ def encode(msg: Heartbeat, key: bytes) -> bytes:
     return data
 
 
-def decode(data: bytes, key: bytes, replay_state: ReplayState, now: float) -> Heartbeat:
+def decode(data: bytes, key: bytes, replay_state: ReplayState, now: float,
+           sender: str | None = None) -> Heartbeat:
     """Check and parse one datagram; update `replay_state` only when it is accepted.
 
-    `now` is the receiver's wall clock (the same clock senders stamp with).
+    `now` is the receiver's wall clock (the same clock senders stamp with). `sender`: the
+    member whose address the datagram came from, if known; a heartbeat naming another
+    member is rejected (`wrong_sender`) before it can touch that member's replay state.
     """
     try:
-        return _decode(data, key, replay_state, now)
+        return _decode(data, key, replay_state, now, sender)
     except BadMessage:
         raise
     except Exception as exc:  # belt and braces: the contract is "only BadMessage"
         raise BadMessage("malformed", f"{type(exc).__name__}") from None
 
 
-def _decode(data: bytes, key: bytes, rs: ReplayState, now: float) -> Heartbeat:
+def _decode(data: bytes, key: bytes, rs: ReplayState, now: float,
+            sender: str | None) -> Heartbeat:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise BadMessage("malformed", "not bytes")
     data = bytes(data)
@@ -192,6 +196,9 @@ def _decode(data: bytes, key: bytes, rs: ReplayState, now: float) -> Heartbeat:
         raise BadMessage("wrong_pool", f"for pool {msg.pool!r}")
     if rs.members is not None and msg.member not in rs.members:
         raise BadMessage("unknown_member", f"sender {msg.member!r} is not a member")
+    if sender is not None and msg.member != sender:
+        raise BadMessage("wrong_sender", f"names {msg.member!r}, sent from {sender!r}'s "
+                                         "address")
     _check_replay(msg, rs, now)
     return msg
 

@@ -192,8 +192,13 @@ while True:
 
 SEND = r"""
 import socket, sys
+# argv: target ip, port, source ip or "-", hex datagrams. From a source ip the datagrams
+# leave from the pool port, as a member's do (the member's own sockets share it)
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-for hexdata in sys.argv[3:]:
+if sys.argv[3] != "-":
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind((sys.argv[3], int(sys.argv[2])))
+for hexdata in sys.argv[4:]:
     s.sendto(bytes.fromhex(hexdata), (sys.argv[1], int(sys.argv[2])))
 """
 
@@ -213,7 +218,7 @@ def test_forged_replayed_and_drifted(tmp_path: Path) -> None:
         assert pl.status("a")["drift"] == ["c"]
         assert len(pl.events("c", "config_drift")) == 2
 
-        # capture a real heartbeat b -> a on a's switch port, replay it from x
+        # capture a real heartbeat b -> a on a's switch port, replay it
         port = pl.hosts["a"].port
         cap = subprocess.run(["ip", "netns", "exec", pl.lab.switch_ns, sys.executable, "-c",
                               CAPTURE, port, str(PORT), a_ip], capture_output=True,
@@ -228,14 +233,28 @@ def test_forged_replayed_and_drifted(tmp_path: Path) -> None:
                                   seq=10**9, time=time.time(), state="alive",
                                   holds=tuple(ADDRESSES), digest="0" * 32),
                         forged_key.read_bytes()).hex()
+        # from x, a non-member: the kernel drops them before a reads anything
+        datagrams = [real, real, forged, os.urandom(64).hex(), b"mSFT\x01garbage".hex()]
         before = pl.status("a")["transport"]["dropped"]
-        pl.x.run(sys.executable, "-c", SEND, a_ip, str(PORT), real, real, forged,
-                 os.urandom(64).hex(), b"mSFT\x01garbage".hex())
+        pl.x.run(sys.executable, "-c", SEND, a_ip, str(PORT), "-", *datagrams)
+        time.sleep(0.5)
+        assert pl.status("a")["transport"]["dropped"] == before
+        # from b's own address and port (replayed by someone on b, or spoofed): checked
+        pl.hosts["b"].run(sys.executable, "-c", SEND, a_ip, str(PORT), pl.hosts["b"].ip,
+                          *datagrams)
         wait_until("drops counted", lambda: pl.status("a")["transport"]["dropped"][
             "replayed"] >= before["replayed"] + 2, timeout=10)
         after = pl.status("a")["transport"]["dropped"]
         assert after["forged"] == before["forged"] + 1
         assert after["malformed"] == before["malformed"] + 2
+        # an authenticated heartbeat naming c, from b's address
+        c_named = encode(Heartbeat(pool="front", member="c", boot="0123456789abcdef",
+                                   seq=1, time=time.time(), state="alive", holds=(),
+                                   digest="0" * 32), pl.key.read_bytes()).hex()
+        pl.hosts["b"].run(sys.executable, "-c", SEND, a_ip, str(PORT), pl.hosts["b"].ip,
+                          c_named)
+        wait_until("wrong sender counted", lambda: pl.status("a")["transport"]["dropped"][
+            "wrong_sender"] == before["wrong_sender"] + 1, timeout=10)
         time.sleep(1.0)
         pl.assert_alive()
         assert pl.layout() == expected(list(MEMBERS)), "forged claims changed nothing"

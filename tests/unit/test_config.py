@@ -890,6 +890,8 @@ def test_pool_members_rules(pool_key: Path) -> None:
     assert_error(text, "pools[0].members", "members:", "at least two members")
     text = pool("", pool_key).replace("ip: 192.0.2.2}", "ip: 192.0.2.2, weight: 0}")
     assert_error(text, "pools[0].members[1].weight", "weight", "between 1 and 1000")
+    text = pool("", pool_key).replace("ip: 192.0.2.2}", "ip: '2001:db8::2'}")
+    assert_error(text, "pools[0].members", "members:", "mix IPv4 and IPv6")
 
 
 # ====================================================================== paths

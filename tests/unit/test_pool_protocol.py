@@ -81,6 +81,19 @@ def test_forged_wrong_pool_unknown_member() -> None:
     assert reason(encode(hb(member="zz"), KEY)) == "unknown_member"
 
 
+def test_a_heartbeat_from_another_members_address_leaves_that_members_state_alone() -> None:
+    """b (a key holder) sends a new boot of a from b's address: rejected before it can make
+    a's real heartbeats look like an older boot."""
+    state = rs()
+    decode(encode(hb(7, boot="aaaaaaaaaaaaaaaa"), KEY), KEY, state, NOW, sender="a")
+    fake = encode(hb(1, boot="bbbbbbbbbbbbbbbb", time=NOW + 1), KEY)
+    with pytest.raises(BadMessage) as info:
+        decode(fake, KEY, state, NOW + 1, sender="b")
+    assert info.value.reason == "wrong_sender"
+    decode(encode(hb(8, boot="aaaaaaaaaaaaaaaa", time=NOW + 2), KEY), KEY, state, NOW + 2,
+           sender="a")
+
+
 def test_replay_of_the_same_and_older_sequence() -> None:
     state = rs()
     first = encode(hb(5), KEY)
