@@ -20,5 +20,11 @@ def installed_minisft() -> Iterator[InstalledPackage]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests marked package_purge take the installed package away: they run last."""
-    items.sort(key=lambda item: item.get_closest_marker("package_purge") is not None)
+    """Tests of the installed package run after all others, so that the package sits on
+    the host (/usr/bin/minisft, the MIB in /usr/share/snmp/mibs) only while they run and
+    no other test picks up its files by accident; those marked package_purge take it away,
+    so they run last of all."""
+    def order(item: pytest.Item) -> tuple[bool, bool]:
+        uses_package = "installed_minisft" in getattr(item, "fixturenames", ())
+        return uses_package, item.get_closest_marker("package_purge") is not None
+    items.sort(key=order)

@@ -76,6 +76,19 @@ def test_trap_handler_logs_as_debian_snmp(installed_minisft: InstalledPackage) -
         log.unlink(missing_ok=True)
 
 
+def test_trap_log_dir_goes_to_snmptrapd_installed_later(
+        installed_minisft: InstalledPackage) -> None:
+    """snmptrapd (and its user) installed after minisft: the dpkg trigger on
+    /usr/sbin/snmptrapd hands the log directory over, as installing snmptrapd would."""
+    log_dir = installed_minisft.log_dir
+    os.chown(log_dir, 0, -1)  # as postinst leaves it when Debian-snmp does not exist yet
+    subprocess.run(["dpkg-trigger", "--by-package=snmptrapd", "--no-await",
+                    "/usr/sbin/snmptrapd"], check=True)
+    subprocess.run(["dpkg", "--triggers-only", "--pending"], check=True, capture_output=True)
+    assert log_dir.owner() == "Debian-snmp"
+    assert oct(log_dir.stat().st_mode & 0o7777) == "0o2750"
+
+
 def test_example_config_passes_check_config(installed_minisft: InstalledPackage) -> None:
     proc = subprocess.run([installed_minisft.minisft, "check-config", "--config",
                            installed_minisft.config], capture_output=True, text=True,
