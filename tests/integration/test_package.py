@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.support.package import (
+    REPO,
     InstalledPackage,
     ensure_system_user,
     file_list,
@@ -106,7 +108,8 @@ def test_unit_is_enabled_and_documented(installed_minisft: InstalledPackage) -> 
         proc = subprocess.run(["man", "-l", str(page)], capture_output=True, text=True,
                               env={**CLEAN_ENV, "MANWIDTH": "100"}, check=False)
         assert proc.returncode == 0, proc.stderr
-        assert "--config" in proc.stdout
+        program = page.name.removesuffix(".8.gz")
+        assert re.search(rf"SYNOPSIS\n +{program} +\[-h\]", proc.stdout), proc.stdout
 
 
 def test_bash_completion_completes_commands(installed_minisft: InstalledPackage) -> None:
@@ -116,6 +119,17 @@ def test_bash_completion_completes_commands(installed_minisft: InstalledPackage)
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True,
                          env=CLEAN_ENV).stdout.splitlines()
     assert out == ["check-config claim", "--follow"]
+
+
+def test_mib_is_installed_for_net_snmp_and_in_the_wheel(
+        installed_minisft: InstalledPackage) -> None:
+    """The MIB where net-snmp looks (/usr/share/snmp/mibs), and in the Python package that
+    pip installed from our wheel (what `minisft demo` and pip users load)."""
+    source = (REPO / "mibs" / "MINISFT-MIB.txt").read_bytes()
+    assert installed_minisft.mib.read_bytes() == source
+    in_wheel = list(installed_minisft.prefix.glob(
+        "lib/python3*/site-packages/minisft/snmp/asn1/MINISFT-MIB.txt"))
+    assert [p.read_bytes() for p in in_wheel] == [source]
 
 
 def test_installed_demo_runs_all_acts_with_the_mib(installed_minisft: InstalledPackage) -> None:

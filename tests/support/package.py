@@ -29,6 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / "build" / "deb-cache"
 LOCK = Path("/tmp/minisft-dpkg.lock")
+NOT_PACKAGED = (b"tests/", b"bench/", b"docs/", b".ci/")
 PACKAGE = "minisft"
 
 # Where the file-list snapshot looks (what a package can touch) and what it ignores there:
@@ -58,8 +59,9 @@ class InstalledPackage:
     unit: Path = Path("/lib/systemd/system/minisft.service")
     unit_enabled_link: Path = Path("/etc/systemd/system/multi-user.target.wants/minisft.service")
     config: Path = Path("/etc/minisft/minisft.yaml")
-    man_pages: tuple[Path, ...] = (Path("/usr/share/man/man8/minisft.8.gz"),
-                                   Path("/usr/share/man/man8/check_minisft.8.gz"))
+    man_pages: tuple[Path, ...] = tuple(
+        Path(f"/usr/share/man/man8/{name}.8.gz")
+        for name in ("minisft", "check_minisft", "minisft-snmp-pass", "minisft-traphandler"))
     bash_completion: Path = Path("/usr/share/bash-completion/completions/minisft")
     doc_dir: Path = Path("/usr/share/doc/minisft")
 
@@ -75,13 +77,14 @@ class InstalledPackage:
 
 
 def tree_hash() -> str:
-    """A hash of the files git sees in the tree (tracked and new, not ignored), as they are
-    now: content for files, target for symbolic links."""
+    """A hash of the files git sees in the tree (tracked and new, not ignored) that can end
+    up in the package (not the tests, benchmarks, design docs), as they are now: content
+    for files, target for symbolic links."""
     names = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
                             "--exclude-standard"], cwd=REPO, check=True,
                            capture_output=True).stdout.split(b"\0")
     digest = hashlib.sha256()
-    for name in sorted(n for n in names if n):
+    for name in sorted(n for n in names if n and not n.startswith(NOT_PACKAGED)):
         path = REPO / os.fsdecode(name)
         digest.update(name + b"\0")
         if path.is_symlink():
