@@ -132,6 +132,16 @@ def test_mib_is_installed_for_net_snmp_and_in_the_wheel(
     assert [p.read_bytes() for p in in_wheel] == [source]
 
 
+def test_net_snmp_loads_the_installed_mib_with_debians_config(
+        installed_minisft: InstalledPackage) -> None:
+    """With Debian's /etc/snmp/snmp.conf (`mibs :`, no IETF modules in the default path)
+    the MIB loads as docs/packaging.md says: the modules it imports are in the package."""
+    proc = run_as("Debian-snmp", "snmptranslate", "-M", f"+{installed_minisft.ietf_mib_dir}",
+                  "-m", "MINISFT-MIB", "-On", "MINISFT-MIB::minisftTakeover")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert proc.stdout.strip().startswith(".1.3.6.1.4.1.32473.0.")
+
+
 def test_installed_demo_runs_all_acts_with_the_mib(installed_minisft: InstalledPackage) -> None:
     proc = subprocess.run([installed_minisft.minisft, "demo", "--fast"], capture_output=True,
                           text=True, env={**CLEAN_ENV, "TERM": "dumb"}, timeout=300,

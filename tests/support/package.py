@@ -56,6 +56,7 @@ class InstalledPackage:
     traphandler: Path = Path("/usr/sbin/minisft-traphandler")
     log_dir: Path = Path("/var/log/minisft")
     mib: Path = Path("/usr/share/snmp/mibs/MINISFT-MIB.txt")
+    ietf_mib_dir: Path = Path("/usr/share/minisft/mibs/ietf")  # the modules it imports
     unit: Path = Path("/lib/systemd/system/minisft.service")
     unit_enabled_link: Path = Path("/etc/systemd/system/multi-user.target.wants/minisft.service")
     config: Path = Path("/etc/minisft/minisft.yaml")
