@@ -14,7 +14,9 @@ States (what this node does about the address):
 
 Which input is legal in which state is the table `TRANSITIONS`; anything else raises
 `IllegalInput`. Admin commands that do not apply raise `CommandRefused` with a reason the
-CLI shows. The rules that decide, each with the reason string its event carries:
+CLI shows; a command whose end state already holds raises `AlreadyDone` (success, nothing
+changed), so every admin command is idempotent. The rules that decide, each with the
+reason string its event carries:
 
 * LooksAlive: an ICMP miss starts an ARP/NDP probe at once. Any answer from the holder
   (ICMP or ARP) proves it alive and resets the count, so one lost ping can never cause a
@@ -101,6 +103,15 @@ class IllegalInput(RuntimeError):
 
 class CommandRefused(Exception):
     """An admin command that does not apply now; the message says why, for the CLI."""
+
+
+class AlreadyDone(Exception):
+    """An admin command whose end state already holds: nothing to do, and not an error
+    (as `systemctl start` of a running unit). The message says what holds, for the CLI.
+
+    At human speed the world moves between reading the status and typing: by the time the
+    admin types `claim` on the primary, it may already have taken the released address
+    over by itself. Refusing that would turn the documented procedure into a failure."""
 
 
 # Conflicts while holding are re-announced at most this often (RFC 5227 DEFEND_INTERVAL
@@ -754,6 +765,9 @@ class MonitorMachine:
     def _on_command(self, ev: Command) -> None:
         verb = ev.verb
         if verb is Verb.RELEASE:
+            if not self.holds and self.paused and self.state is State.WATCHING:
+                raise AlreadyDone(f"{self.name}: already released: this node does not hold "
+                                  f"{self.config.ip} and watching is paused")
             if not self.holds:
                 raise CommandRefused(f"{self.name}: this node does not hold "
                                      f"{self.config.ip} (state {self.state.value})")
@@ -766,7 +780,7 @@ class MonitorMachine:
                        "node holds it", by=ev.by)
         elif verb is Verb.CLAIM:
             if self.holds:
-                raise CommandRefused(f"{self.name}: this node already holds {self.config.ip}")
+                raise AlreadyDone(f"{self.name}: this node already holds {self.config.ip}")
             if self.state not in (State.WATCHING, State.PROBING) or (
                     self.state is State.PROBING and self.purpose is not Purpose.TAKEOVER):
                 raise CommandRefused(f"{self.name}: busy ({self.state.value}"
@@ -782,7 +796,7 @@ class MonitorMachine:
             self._start_probe()
         elif verb is Verb.PAUSE:
             if self.paused:
-                raise CommandRefused(f"{self.name}: already paused")
+                raise AlreadyDone(f"{self.name}: already paused")
             if self.state in (State.STARTING, State.BINDING) or (
                     self.state is State.PROBING and self.purpose is not Purpose.TAKEOVER):
                 raise CommandRefused(f"{self.name}: busy ({self.state.value}); try again")
@@ -793,8 +807,10 @@ class MonitorMachine:
             self._emit(EventKind.PAUSED, f"watching paused by {ev.by}"
                        + ("; the address stays bound here" if self.holds else ""), by=ev.by)
         elif verb is Verb.RESUME:
+            if not self.paused and self.state is State.STARTING:
+                raise CommandRefused(f"{self.name}: busy (starting); try again")
             if not self.paused:
-                raise CommandRefused(f"{self.name}: not paused")
+                raise AlreadyDone(f"{self.name}: not paused: already watching")
             self.paused = False
             if self.state is State.WATCHING:
                 self._reset_looks()

@@ -27,7 +27,7 @@ from minisft import __version__
 from minisft.config.model import Config, MonitorConfig, PoolConfig
 from minisft.core.events import Event, EventKind, Notice, Severity
 from minisft.core.io import AddressVanished, Command, ConflictSeen, LinkChanged, Tick, Verb
-from minisft.core.monitor import CommandRefused, Purpose, State
+from minisft.core.monitor import AlreadyDone, CommandRefused, Purpose, State
 from minisft.probes.looksalive import Pinger
 from minisft.runtime.control import ControlError, ControlServer
 from minisft.runtime.monitor_runtime import MonitorRuntime
@@ -370,6 +370,8 @@ class Daemon:
             return {"ok": False, "error": f"no monitor named {name!r} (known: {known})"}
         try:
             rt.feed(Command(verb, by=by))
+        except AlreadyDone as exc:  # the wanted end state holds: success, nothing changed
+            return {"ok": True, "already": str(exc), "monitor": rt.machine.snapshot()}
         except CommandRefused as exc:
             return {"ok": False, "error": str(exc)}
         if verb is Verb.CLAIM:  # answer with the outcome, not just "started"
