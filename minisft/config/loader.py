@@ -728,7 +728,7 @@ _TOP_KEYS = ("node", "control_socket", "state_dir", "logging", "monitors", "aler
 _NODE_KEYS = ("name", "local_ip", "release_on_stop")
 _LOGGING_KEYS = ("level", "syslog", "syslog_socket", "syslog_facility")
 _MONITOR_KEYS = ("name", "monitor_ip", "monitor_subnet", "role", "peer_ip", "looksalive",
-                 "isalive", "fallback", "probe", "announce")
+                 "isalive", "fallback", "probe", "announce", "startup_grace")
 _LOOKSALIVE_KEYS = ("interval", "retry", "timeout")
 _ISALIVE_KEYS = ("interval", "retry", "on_holder", "check")
 _FALLBACK_KEYS = ("mode", "hold_down")
@@ -860,6 +860,11 @@ def _monitor(ctx: _Ctx, path: str, value: Any, local_ip: IPAddress | None) -> Mo
     probe = m.get("probe", lambda p, v: _probe(ctx, p, v, looksalive),
                   _probe(ctx, f"{path}.probe", {}, looksalive))
     announce = m.get("announce", lambda p, v: _announce(ctx, p, v), AnnounceConfig())
+    startup_grace = m.opt("startup_grace", _duration(zero=True))
+    if startup_grace is not None and role is Role.PRIMARY:
+        m.failed = True
+        ctx.add(m.key("startup_grace"), "only applies to role backup (the grace a starting "
+                                        "backup gives its primary before taking over)")
     address: IPInterface | None = None
     if ip is not None and local_ip is not None and ip == local_ip:
         m.failed = True
@@ -895,7 +900,7 @@ def _monitor(ctx: _Ctx, path: str, value: Any, local_ip: IPAddress | None) -> Mo
         raise _Skip
     return MonitorConfig(name=name, address=address, role=role, peer_ip=peer,
                          looksalive=looksalive, isalive=isalive, fallback=fallback,
-                         probe=probe, announce=announce)
+                         probe=probe, announce=announce, startup_grace=startup_grace)
 
 
 def _address(m: _Map, ip: IPAddress, mask: tuple[int, bool]) -> IPInterface | None:

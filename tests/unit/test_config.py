@@ -487,6 +487,26 @@ def test_check_config_refuses_a_spinning_interval(tmp_path: Path) -> None:
     assert "Traceback" not in out.stderr
 
 
+def test_startup_grace_is_derived_from_the_timing_unless_set() -> None:
+    fast = "    looksalive: {interval: 100ms, retry: 3, timeout: 50ms}\n"
+    derived = parse_config(cfg(MONITOR, fast)).monitors[0]
+    # 2s start-up skew + probe round (3 x 33ms) + detection (100ms + 3 x 50ms)
+    assert derived.startup_grace is None
+    assert derived.backup_grace == pytest.approx(2.0 + 3 * 0.0333 + 0.25, abs=1e-3)
+    assert parse_config(cfg(MONITOR, "    startup_grace: 5s\n")).monitors[0].backup_grace == 5
+    assert parse_config(cfg(MONITOR, "    startup_grace: 0\n")).monitors[0].backup_grace == 0
+
+
+@pytest.mark.parametrize(("monitor", "fragment", "message"), [
+    (MONITOR.replace("backup", "primary"), "startup_grace: 5s", "only applies to role backup"),
+    (MONITOR, "startup_grace: -1s", "cannot be negative"),
+    (MONITOR, "startup_grace: soon", "expected a duration"),
+])
+def test_startup_grace_rules(monitor: str, fragment: str, message: str) -> None:
+    assert_error(cfg(monitor, f"    {fragment}\n"), "monitors[0].startup_grace", fragment,
+                 message)
+
+
 def test_announce_refresh_zero_turns_it_off() -> None:
     text = cfg(MONITOR, "    announce: {refresh: 0}\n")
     assert parse_config(text).monitors[0].announce.refresh == 0.0
