@@ -496,6 +496,13 @@ class MonitorMachine:
         la = self.config.looksalive
         if self.looks.misses < la.retry:
             return
+        if self._grace is Grace.STARTUP and self._in_grace:
+            # not "down" yet: at a cold start the primary is still binding it; an alarm at
+            # every boot would teach admins to ignore looksalive_down
+            left = f"{self._takeover_not_before - self.now:.1f}s"
+            self.reason = (f"address not answering yet, but this backup just started: "
+                           f"giving the primary {left} more to claim it (start-up grace)")
+            return
         if self.looks.health is not Health.DOWN:
             self.looks.health = Health.DOWN
             self.reason = f"no answer to {self.looks.misses} pings nor to ARP/NDP"
@@ -507,13 +514,11 @@ class MonitorMachine:
             return
         if self._in_grace:
             left = f"{self._takeover_not_before - self.now:.1f}s"
-            self.reason = {
-                Grace.STARTUP: f"address down, but this backup just started: giving the "
-                               f"primary {left} more to claim it (start-up grace)",
-                Grace.CONTENDED: f"address down, but another node probed for it at the "
-                                 f"same time: giving it {left} to bind it",
-            }.get(self._grace or Grace.FALLBACK,
-                  "address down, but the primary was just handed it: waiting")
+            if self._grace is Grace.CONTENDED:
+                self.reason = (f"address down, but another node probed for it at the same "
+                               f"time: giving it {left} to bind it")
+            else:
+                self.reason = "address down, but the primary was just handed it: waiting"
             return
         if self._clear_rounds >= 1:
             self._bind(Purpose.TAKEOVER, "taking over: nobody answered pings or probes")

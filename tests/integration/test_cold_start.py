@@ -82,7 +82,8 @@ def test_a_pair_started_together_ends_with_the_primary_holding_every_time(
             new = {n.name: [e.kind.value for e in n.events(monitor="web")
                             if e.seq > since[n.name]] for n in (alpha, beta)}
             if holders != ["alpha"] or "address_in_use" in new["alpha"] or \
-                    {"takeover", "address_conflict", "yielded"} & set(new["beta"]):
+                    {"takeover", "address_conflict", "yielded", "looksalive_down"} & \
+                    set(new["beta"]):
                 failures.append((run, first.name, holders, new))
             else:
                 fresh = [e for e in alpha.events() if e.seq > since["alpha"]]

@@ -81,6 +81,8 @@ def test_a_pair_started_together_ends_with_the_primary_holding(
     primary, backup = (b, a) if backup_first else (a, b)
     lan.run(backup_cfg.backup_grace + 4 * backup_cfg.detection_time + 2.0)
     assert_primary_holds_cleanly(primary, backup)
+    # a normal boot raises no alarm: the address was not down, only not yet bound
+    assert K.LOOKSALIVE_DOWN not in kinds(backup)
 
 
 def _probes_overlap(timing: tuple[float, float, int, int]) -> bool:
@@ -117,6 +119,7 @@ def test_the_issue_timing_backup_started_first_with_the_lower_mac() -> None:
     lan.run(5.0)
     assert_primary_holds_cleanly(primary, backup)
     assert primary.last(K.CLAIMED).details["phase"] == "startup"
+    assert K.LOOKSALIVE_DOWN not in kinds(backup)
 
 
 @PROPERTY
@@ -140,6 +143,10 @@ def test_a_dead_primary_is_taken_over_within_grace_plus_detection(
     bound = max(cfg.backup_grace, cfg.detection_time) + cfg.probe.duration + TICK
     assert took <= bound + BIND_LATENCY, f"took over after {took:.3f}s, bound {bound:.3f}s"
     assert backup.last(K.TAKEOVER)
+    down = backup.last(K.LOOKSALIVE_DOWN)  # reported once the grace ran out, not before
+    down_at = next(step.at for step in backup.trace
+                   if any(n is down for n in step.notices))
+    assert down_at >= started + cfg.backup_grace
 
 
 @PROPERTY

@@ -892,10 +892,16 @@ def test_snapshot_is_json_and_tells_who_holds_it() -> None:
     assert snap["holder"] == "other" and snap["looksalive"]["health"] == "up"
     node2 = took_over()
     assert node2.machine.snapshot()["holder"] == "self"
-    fresh = single(make_config(), holder=Host(has_address=False))
+    fresh = single(make_config(startup_grace=0.0), holder=Host(has_address=False))
     fresh.misses(3)
     fresh.machine.handle(ServiceResult(True), fresh.lan.now)  # ignored, legal
     assert fresh.machine.snapshot()["holder"] in ("none", "self")
+    # a backup in its start-up grace has not judged the address yet: its primary may be
+    # binding it right now
+    booting = single(make_config(), holder=Host(has_address=False))
+    booting.misses(3)
+    snap = booting.machine.snapshot()
+    assert snap["holder"] == "unknown" and "start-up grace" in snap["reason"]
 
 
 def test_a_primary_that_claimed_then_died_does_not_suspend_auto_fallback() -> None:
