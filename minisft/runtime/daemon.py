@@ -481,7 +481,11 @@ class Daemon:
 
     async def _shutdown(self) -> None:
         cfg = self.config
-        holding = [rt for rt in self.runtimes.values() if rt.machine.holds]
+        # BINDING counts: stopping the runtime cancels the bind task, not the netlink call
+        # already in the worker thread, which binds the address after we looked. The
+        # release below queues behind it on the same single worker, so it removes it.
+        holding = [rt for rt in self.runtimes.values()
+                   if rt.machine.holds or rt.machine.state is State.BINDING]
         plan = (f"releasing {len(holding)} address(es)" if cfg.node.release_on_stop and holding
                 else "leaving addresses in place" if holding else "holding no address")
         _sd_notify("STOPPING=1")
