@@ -13,17 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from minisft.config.model import START_SKEW
+from minisft.config.loader import load_config
+from minisft.config.model import MonitorConfig
 from tests.integration.cluster import Cluster, Node, monitor_cfg, start_pair, wait_until
 
 pytestmark = pytest.mark.netns
 
 VIP = "192.0.2.10/24"
-# the issue's fast setting; probe: 3 x 33 ms (the default spacing for it)
-FAST = {"interval": "100ms", "retry": 3, "timeout": "50ms"}
-DETECTION = 0.1 + 3 * 0.05
-PROBE_ROUND = 3 * 0.0333
-GRACE = START_SKEW + PROBE_ROUND + DETECTION  # the backup's derived start-up grace
+# the issue's fast settings (it failed at 100 ms and at 50 ms); 20 starts split over both
+FAST = [{"interval": "100ms", "retry": 3, "timeout": "50ms"},
+        {"interval": "50ms", "retry": 3, "timeout": "20ms"}]
 STARTS = 20
 # The backup gets the lower MAC: under the old MAC tie-break its probes won against the
 # primary's start-up probe, the case that failed in the issue.
@@ -33,17 +32,24 @@ PRIMARY_MAC, BACKUP_MAC = "02:00:5e:10:00:02", "02:00:5e:10:00:01"
 def cold_pair(tmp_path: Path) -> Cluster:
     c = Cluster(tmp_path, ["alpha", "beta"], ipv6=False)
     try:
-        alpha, beta = c.nodes["alpha"], c.nodes["beta"]
-        for node, mac in ((alpha, PRIMARY_MAC), (beta, BACKUP_MAC)):
+        for node, mac in ((c.nodes["alpha"], PRIMARY_MAC), (c.nodes["beta"], BACKUP_MAC)):
             node.host.run("ip", "link", "set", "eth0", "address", mac)
-        alpha.configure([monitor_cfg("web", VIP, "primary", peer=beta.host.ip,
-                                     looksalive=dict(FAST))])
-        beta.configure([monitor_cfg("web", VIP, "backup", peer=alpha.host.ip,
-                                    looksalive=dict(FAST))])
+        configure(c, FAST[0])
     except BaseException:
         c.lab.close()
         raise
     return c
+
+
+def configure(c: Cluster, looksalive: dict[str, object]) -> MonitorConfig:
+    """Write both configs; returns the backup's monitor as the daemon will load it (its
+    derived start-up grace, detection time and probe round)."""
+    alpha, beta = c.nodes["alpha"], c.nodes["beta"]
+    alpha.configure([monitor_cfg("web", VIP, "primary", peer=beta.host.ip,
+                                 looksalive=dict(looksalive))])
+    beta.configure([monitor_cfg("web", VIP, "backup", peer=alpha.host.ip,
+                                looksalive=dict(looksalive))])
+    return load_config(beta.config_path).monitor("web")
 
 
 def start_together(first: Node, second: Node) -> None:
@@ -70,13 +76,14 @@ def test_a_pair_started_together_ends_with_the_primary_holding_every_time(
         alpha, beta = c.nodes["alpha"], c.nodes["beta"]
         assert alpha.host.mac == PRIMARY_MAC and beta.host.mac == BACKUP_MAC
         failures = []
-        bind_delays = []  # the primary's daemon_started -> claimed: the grace is not its
+        bind_delays = []  # the primary's daemon_started -> claimed, beyond its probe round
         for run in range(STARTS):
+            backup_cfg = configure(c, FAST[run * len(FAST) // STARTS])
             since = {n.name: n.last_seq() for n in (alpha, beta)}
             first, second = (alpha, beta) if run % 2 else (beta, alpha)  # both orders
             start_together(first, second)
             wait_until("one node holds, the other sees it answer", lambda: settled(c),
-                       timeout=GRACE + 15)
+                       timeout=backup_cfg.backup_grace + 15)
             time.sleep(0.3)  # a late move would show by now
             holders = c.holders(VIP)
             new = {n.name: [e.kind.value for e in n.events(monitor="web")
@@ -84,12 +91,12 @@ def test_a_pair_started_together_ends_with_the_primary_holding_every_time(
             if holders != ["alpha"] or "address_in_use" in new["alpha"] or \
                     {"takeover", "address_conflict", "yielded", "looksalive_down"} & \
                     set(new["beta"]):
-                failures.append((run, first.name, holders, new))
+                failures.append((run, backup_cfg.looksalive, first.name, holders, new))
             else:
                 fresh = [e for e in alpha.events() if e.seq > since["alpha"]]
                 started = next(e.time for e in fresh if e.kind.value == "daemon_started")
                 claimed = next(e.time for e in fresh if e.kind.value == "claimed")
-                bind_delays.append(round(claimed - started, 3))
+                bind_delays.append(round(claimed - started - backup_cfg.probe.duration, 3))
             for node in (alpha, beta):
                 node.stop()  # SIGTERM: the holder releases the address for the next round
             wait_until("the address is free again", lambda: not c.holders(VIP), timeout=10)
@@ -99,24 +106,27 @@ def test_a_pair_started_together_ends_with_the_primary_holding_every_time(
                              f"{STARTS} simultaneous starts; failed: {failures}"
         # a cold-started primary whose address is free binds after its probe round, at
         # once: nothing waits for the backup's grace (1 s of slack for a loaded host)
-        assert max(bind_delays) <= PROBE_ROUND + 1.0, bind_delays
+        assert max(bind_delays) <= 1.0, bind_delays
 
 
 def test_a_primary_that_is_really_down_is_taken_over_within_grace_and_detection(
         tmp_path: Path, record_property: Callable[[str, object], None]) -> None:
     with cold_pair(tmp_path) as c:
         alpha, beta = c.nodes["alpha"], c.nodes["beta"]
+        cfg = load_config(beta.config_path).monitor("web")
+        grace, detection, probe_round = cfg.backup_grace, cfg.detection_time, \
+            cfg.probe.duration
         alpha.host.link_down()  # the primary's host is dead: nothing it does reaches the LAN
         start_together(alpha, beta)
-        takeover = beta.wait_event("takeover", "web", timeout=GRACE + 15)
+        takeover = beta.wait_event("takeover", "web", timeout=grace + 15)
         started = beta.events("daemon_started")[-1]
         took = takeover.time - started.time
         # the grace, then one probe round; detection ran during the grace. 0.5 s of slack
         # for a loaded host (a bound, not a speed goal: bench/ has those)
-        bound = max(GRACE, DETECTION) + PROBE_ROUND + 0.5
+        bound = max(grace, detection) + probe_round + 0.5
         record_property("takeover_after_start_s", round(took, 3))
         record_property("bound_s", round(bound, 3))
-        assert GRACE - 0.3 <= took <= bound, f"took over {took:.2f}s after start, bound " \
+        assert grace - 0.3 <= took <= bound, f"took over {took:.2f}s after start, bound " \
                                               f"{bound:.2f}s"
         assert c.live_holders(VIP) == ["beta"]
 
