@@ -39,7 +39,8 @@ examples:
   minisft events --follow                              the event journal, as it grows
   minisft demo                                         a two-node takeover in a namespace lab
 
-exit codes: 0 ok, 1 command refused or failed, 2 bad configuration, 3 daemon unreachable.
+exit codes: 0 ok (also when the wanted state already held: release, claim, pause and resume
+are idempotent), 1 command refused or failed, 2 bad configuration, 3 daemon unreachable.
 """
 
 
@@ -310,6 +311,8 @@ def cmd_admin(args: argparse.Namespace) -> int:
         print(f"minisft: {args.command} refused: {answer.get('error')}", file=sys.stderr)
         return EXIT_FAILED
     m = answer.get("monitor", {})
+    if answer.get("already"):  # idempotent: the wanted end state already held
+        print(f"{answer['already']}; nothing to do")
     print(f"{args.monitor}: {m.get('state')}{' (paused)' if m.get('paused') else ''} - "
           f"{m.get('reason')}")
     return EXIT_OK

@@ -33,7 +33,7 @@ import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from minisft.config.durations import parse_duration
+from minisft.config.durations import format_duration, parse_duration
 from minisft.config.model import (
     DEFAULT_CONTROL_SOCKET,
     DEFAULT_STATE_DIR,
@@ -71,6 +71,18 @@ MAX_NODES = 50_000  # values after alias expansion: stops "billion laughs" docum
 MAX_DEPTH = 40
 MAX_SECRET_BYTES = 64 << 10
 MAX_DURATION = 86_400.0  # one day: anything longer is a typo (and overflows some timers)
+# Lower bounds of the timing keys: below these a value cannot work, it only burns CPU or
+# floods the LAN (`looksalive.interval: 1us` pinged 825 times a second and starved IsAlive).
+# contrib/examples/full-reference.yaml lists them next to each key.
+MIN_PING_INTERVAL = 0.010  # looksalive.interval: a LAN ping round trip is well under 1 ms
+MIN_PING_TIMEOUT = 0.001  # looksalive.timeout: shorter than any real answer
+MIN_CHECK_INTERVAL = 0.1  # isalive.interval: a service check is a connection, not a ping
+MIN_CHECK_TIMEOUT = 0.010  # isalive.check.timeout: a TCP connect and an answer
+MIN_HOLD_DOWN = 1.0  # fallback.hold_down: "passed continuously" needs more than one check
+MIN_PROBE_INTERVAL = 0.001  # probe.interval: an ARP/NDP answer takes this long at least
+MIN_ANNOUNCE_INTERVAL = 0.001  # announce.interval: frames a switch can still tell apart
+MIN_ANNOUNCE_REFRESH = 1.0  # announce.refresh (unless 0, off): caches keep entries minutes
+MIN_SNMP_TIMEOUT = 0.1  # alerting.snmp.targets[].timeout: an inform's round trip
 MIN_POOL_KEY = 16
 MIN_SNMP_KEY = 8  # RFC 3414: USM passphrases are at least 8 octets
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
@@ -471,10 +483,17 @@ def _int(lo: int, hi: int | None = None) -> Converter[int]:
     return convert
 
 
-def _duration(*, zero: bool = False) -> Converter[float]:
+def _duration(*, least: float = 0.0, zero: bool = False) -> Converter[float]:
+    """A duration of at least `least` seconds (0 is allowed on its own when `zero`: "off")."""
+
     def convert(path: str, value: Any) -> float:
         seconds = parse_duration(value)  # ValueError names the problem
-        if seconds == 0 and not zero:
+        if seconds == 0 and zero:
+            return seconds
+        if seconds < least:
+            raise ValueError(f"must be at least {format_duration(least)} (lower bound), "
+                             f"got {_got(value)}")
+        if seconds == 0:
             raise ValueError(f"must be more than 0, got {_got(value)}")
         if seconds > MAX_DURATION:
             raise ValueError(f"must be at most 24h, got {_got(value)}")
@@ -709,7 +728,7 @@ _TOP_KEYS = ("node", "control_socket", "state_dir", "logging", "monitors", "aler
 _NODE_KEYS = ("name", "local_ip", "release_on_stop")
 _LOGGING_KEYS = ("level", "syslog", "syslog_socket", "syslog_facility")
 _MONITOR_KEYS = ("name", "monitor_ip", "monitor_subnet", "role", "peer_ip", "looksalive",
-                 "isalive", "fallback", "probe", "announce")
+                 "isalive", "fallback", "probe", "announce", "startup_grace")
 _LOOKSALIVE_KEYS = ("interval", "retry", "timeout")
 _ISALIVE_KEYS = ("interval", "retry", "on_holder", "check")
 _FALLBACK_KEYS = ("mode", "hold_down")
@@ -841,6 +860,11 @@ def _monitor(ctx: _Ctx, path: str, value: Any, local_ip: IPAddress | None) -> Mo
     probe = m.get("probe", lambda p, v: _probe(ctx, p, v, looksalive),
                   _probe(ctx, f"{path}.probe", {}, looksalive))
     announce = m.get("announce", lambda p, v: _announce(ctx, p, v), AnnounceConfig())
+    startup_grace = m.opt("startup_grace", _duration(zero=True))
+    if startup_grace is not None and role is Role.PRIMARY:
+        m.failed = True
+        ctx.add(m.key("startup_grace"), "only applies to role backup (the grace a starting "
+                                        "backup gives its primary before taking over)")
     address: IPInterface | None = None
     if ip is not None and local_ip is not None and ip == local_ip:
         m.failed = True
@@ -876,7 +900,7 @@ def _monitor(ctx: _Ctx, path: str, value: Any, local_ip: IPAddress | None) -> Mo
         raise _Skip
     return MonitorConfig(name=name, address=address, role=role, peer_ip=peer,
                          looksalive=looksalive, isalive=isalive, fallback=fallback,
-                         probe=probe, announce=announce)
+                         probe=probe, announce=announce, startup_grace=startup_grace)
 
 
 def _address(m: _Map, ip: IPAddress, mask: tuple[int, bool]) -> IPInterface | None:
@@ -902,9 +926,10 @@ def _address(m: _Map, ip: IPAddress, mask: tuple[int, bool]) -> IPInterface | No
 def _looksalive(ctx: _Ctx, path: str, value: Any) -> LooksAliveConfig:
     m = _Map(ctx, path, value, _LOOKSALIVE_KEYS)
     d = LooksAliveConfig()
-    cfg = LooksAliveConfig(interval=m.get("interval", _duration(), d.interval),
-                           retry=m.get("retry", _int(1, 1000), d.retry),
-                           timeout=m.get("timeout", _duration(), d.timeout))
+    cfg = LooksAliveConfig(
+        interval=m.get("interval", _duration(least=MIN_PING_INTERVAL), d.interval),
+        retry=m.get("retry", _int(1, 1000), d.retry),
+        timeout=m.get("timeout", _duration(least=MIN_PING_TIMEOUT), d.timeout))
     m.check()
     if cfg.timeout > cfg.interval:
         which = "timeout" if m.has("timeout") else "interval"
@@ -916,7 +941,7 @@ def _looksalive(ctx: _Ctx, path: str, value: Any) -> LooksAliveConfig:
 def _isalive(ctx: _Ctx, path: str, value: Any) -> IsAliveConfig:
     m = _Map(ctx, path, value, _ISALIVE_KEYS)
     d = IsAliveConfig()
-    interval = m.get("interval", _duration(), d.interval)
+    interval = m.get("interval", _duration(least=MIN_CHECK_INTERVAL), d.interval)
     retry = m.get("retry", _int(1, 1000), d.retry)
     on_holder = m.get("on_holder", _bool, d.on_holder)
     check = m.get("check", lambda p, v: _check(ctx, p, v), d.check)
@@ -935,7 +960,7 @@ def _check(ctx: _Ctx, path: str, value: Any) -> CheckConfig:
     from minisft.probes.isalive import CheckParamError, validate_check
 
     type_ = m.req("type", _str, " (always, http, https, tcp, tls, command or python)")
-    timeout = m.get("timeout", _duration(), CheckConfig().timeout)
+    timeout = m.get("timeout", _duration(least=MIN_CHECK_TIMEOUT), CheckConfig().timeout)
     m.check()
     assert type_ is not None
     params = {k: v for k, v in m.data.items() if k not in ("type", "timeout")}
@@ -957,7 +982,8 @@ def _fallback(ctx: _Ctx, path: str, value: Any) -> FallbackConfig:
     m = _Map(ctx, path, value, _FALLBACK_KEYS)
     d = FallbackConfig()
     cfg = FallbackConfig(mode=m.get("mode", _enum(FallbackMode), d.mode),
-                         hold_down=m.get("hold_down", _duration(), d.hold_down))
+                         hold_down=m.get("hold_down", _duration(least=MIN_HOLD_DOWN),
+                                         d.hold_down))
     m.check()
     return cfg
 
@@ -965,7 +991,8 @@ def _fallback(ctx: _Ctx, path: str, value: Any) -> FallbackConfig:
 def _probe(ctx: _Ctx, path: str, value: Any, looksalive: LooksAliveConfig) -> ProbeConfig:
     m = _Map(ctx, path, value, _PROBE_KEYS)
     count = m.get("count", _int(1, 100), ProbeConfig().count)
-    interval = m.get("interval", _duration(), ProbeConfig.interval_for(looksalive, count))
+    interval = m.get("interval", _duration(least=MIN_PROBE_INTERVAL),
+                     ProbeConfig.interval_for(looksalive, count))
     cfg = ProbeConfig(count=count, interval=interval)
     m.check()
     return cfg
@@ -975,8 +1002,11 @@ def _announce(ctx: _Ctx, path: str, value: Any) -> AnnounceConfig:
     m = _Map(ctx, path, value, _ANNOUNCE_KEYS)
     d = AnnounceConfig()
     cfg = AnnounceConfig(count=m.get("count", _int(1, 100), d.count),
-                         interval=m.get("interval", _duration(), d.interval),
-                         refresh=m.get("refresh", _duration(zero=True), d.refresh))
+                         interval=m.get("interval", _duration(least=MIN_ANNOUNCE_INTERVAL),
+                                        d.interval),
+                         refresh=m.get("refresh",
+                                       _duration(least=MIN_ANNOUNCE_REFRESH, zero=True),
+                                       d.refresh))
     m.check()
     return cfg
 
@@ -1098,7 +1128,7 @@ def _snmp_target(ctx: _Ctx, path: str, value: Any) -> SnmpTargetConfig:
         priv_key=priv_key,
         kinds=m.get("kinds", _kinds, d.kinds),
         min_severity=m.get("min_severity", _severity, d.min_severity),
-        timeout=m.get("timeout", _duration(), d.timeout),
+        timeout=m.get("timeout", _duration(least=MIN_SNMP_TIMEOUT), d.timeout),
         retries=m.get("retries", _int(0, 10), d.retries),
     )
     m.check()

@@ -105,6 +105,12 @@ class AnnounceConfig:
     refresh: float = 10.0  # 0 disables the periodic refresh
 
 
+# Two daemons launched at the same moment (a rack powered up together) reach their first
+# look at the interface within about this of each other: interpreter start, imports, config,
+# netlink, on a busy host. Part of a starting backup's grace (MonitorConfig.backup_grace).
+START_SKEW = 2.0
+
+
 @dataclass(frozen=True)
 class MonitorConfig:
     name: str
@@ -116,6 +122,20 @@ class MonitorConfig:
     fallback: FallbackConfig = field(default_factory=FallbackConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     announce: AnnounceConfig = field(default_factory=AnnounceConfig)
+    startup_grace: float | None = None  # backup only; None: derived, see `backup_grace`
+
+    @property
+    def backup_grace(self) -> float:
+        """How long a starting backup leaves an address it has never seen answer to its
+        primary (keepalived's backup waits one master-down interval likewise).
+
+        The primary, started at the same moment, needs its start-up (START_SKEW), its probe
+        round and the backup's own detection of the bound address: derived from those
+        unless `startup_grace` is set. A primary that is really down is taken over at most
+        `backup_grace + detection_time + probe.duration` after the backup started."""
+        if self.startup_grace is not None:
+            return self.startup_grace
+        return round(START_SKEW + self.probe.duration + self.detection_time, 3)
 
     @property
     def ip(self) -> IPAddress:

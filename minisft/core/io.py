@@ -63,10 +63,13 @@ class ProbeDone:
 
     `answered_by` is the link-layer address that answered for the address, or None when
     nobody did. A probe that gets an answer reports at once, without waiting out its rounds.
+    `prober`: the answer was another host probing for the address at the same time (it
+    does not hold it yet), counted as an answer under the probe's `OnProber` rule.
     """
 
     token: int
     answered_by: str | None
+    prober: bool = False
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,15 @@ Input = (
 # ---------------------------------------------------------------- actions
 
 
+class OnProber(StrEnum):
+    """What a probe makes of another host probing for the same address at the same time
+    (RFC 5227 2.1.1 "simultaneous probe"); the core picks one per probe (see monitor.py)."""
+
+    YIELD = "yield"  # it counts as an answer: this node backs off
+    IGNORE = "ignore"  # only a real holder counts: this node goes ahead
+    TIEBREAK = "tiebreak"  # it counts only if its MAC is lower: exactly one goes ahead
+
+
 @dataclass(frozen=True)
 class StartProbe:
     """Send `count` probes `interval` apart; report ProbeDone(token, ...) at the first
@@ -126,6 +138,7 @@ class StartProbe:
     token: int
     count: int
     interval: float
+    on_prober: OnProber = OnProber.TIEBREAK
 
 
 @dataclass(frozen=True)

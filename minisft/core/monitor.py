@@ -14,19 +14,30 @@ States (what this node does about the address):
 
 Which input is legal in which state is the table `TRANSITIONS`; anything else raises
 `IllegalInput`. Admin commands that do not apply raise `CommandRefused` with a reason the
-CLI shows. The rules that decide, each with the reason string its event carries:
+CLI shows; a command whose end state already holds raises `AlreadyDone` (success, nothing
+changed), so every admin command is idempotent. The rules that decide, each with the
+reason string its event carries:
 
 * LooksAlive: an ICMP miss starts an ARP/NDP probe at once. Any answer from the holder
   (ICMP or ARP) proves it alive and resets the count, so one lost ping can never cause a
   takeover; `retry` consecutive misses with no ARP answer declare the address down.
 * Takeover binds only after a complete probe round found nobody answering. If someone
-  answers, the node does not bind and raises `address_conflict`. Two nodes probing a free
-  address at once (two watchers of a dead holder) would each hear the other's probe: the
-  runtime resolves this deterministically (RFC 5227 "simultaneous probe", with a tie-break
-  instead of random back-off): the node with the lower MAC address goes ahead, the other
-  takes the contender's probe as an answer and backs off.
-* No takeover while this node's own link is down, while paused, or during the grace
-  period after an automatic fallback (the primary is claiming the address then).
+  answers, the node does not bind and raises `address_conflict`.
+* Two nodes probing a free address at once each hear the other's probe (RFC 5227
+  "simultaneous probe"); the core tells the runtime per probe what such a prober counts
+  as (`OnProber`), so the outcome is decided, not left to timing: a `primary` ignores
+  probers (only a host that has the address stops it), so in a primary/backup pair the
+  primary always goes ahead. A `backup` yields to a prober: it backs off without an alarm
+  and stays silent for a probe round plus a detection time (the contender binds meanwhile
+  and answers); if the address is still down after that, its next probes use the MAC
+  tie-break, so of two backups of a dead holder exactly one goes ahead.
+* Start-up grace: a backup that starts does not take over an address it has never seen
+  answer for `backup_grace` (config: derived from the timing, or `startup_grace`), nor
+  probe it (its probes would contend with the primary's start-up probe): a primary and
+  backup booted together end with the primary holding. Any answer ends the grace early.
+* No takeover while this node's own link is down, while paused, or during a grace (the
+  start-up grace, the back-off after a contended probe, and the grace after an automatic
+  fallback, when the primary is claiming the address).
 * Two holders: a holder whose link went down since it bound re-probes when the link
   returns and yields to a holder that answers. Two holders that both stayed connected:
   the `primary` keeps the address and re-announces, the `backup` yields.
@@ -58,6 +69,7 @@ from minisft.core.io import (
     Emit,
     Input,
     LinkChanged,
+    OnProber,
     PeerPingResult,
     PeerServiceResult,
     PingResult,
@@ -88,6 +100,14 @@ class Purpose(StrEnum):
     REPROBE = "reprobe"
 
 
+class Grace(StrEnum):
+    """Why the node keeps quiet about a down address for a while (no probe, no takeover)."""
+
+    STARTUP = "startup"  # this backup just started: its primary may be starting too
+    CONTENDED = "contended"  # another node probed for the address at the same time
+    FALLBACK = "fallback"  # handed the address back: the primary is claiming it
+
+
 class Health(StrEnum):
     UNKNOWN = "unknown"
     UP = "up"
@@ -101,6 +121,15 @@ class IllegalInput(RuntimeError):
 
 class CommandRefused(Exception):
     """An admin command that does not apply now; the message says why, for the CLI."""
+
+
+class AlreadyDone(Exception):
+    """An admin command whose end state already holds: nothing to do, and not an error
+    (as `systemctl start` of a running unit). The message says what holds, for the CLI.
+
+    At human speed the world moves between reading the status and typing: by the time the
+    admin types `claim` on the primary, it may already have taken the released address
+    over by itself. Refusing that would turn the documented procedure into a failure."""
 
 
 # Conflicts while holding are re-announced at most this often (RFC 5227 DEFEND_INTERVAL
@@ -171,6 +200,8 @@ class MonitorMachine:
     _bind_token: int | None = None
     _clear_rounds: int = 0  # complete probe rounds without answer since suspicion began
     _takeover_not_before: float = 0.0
+    _grace: Grace | None = None  # why _takeover_not_before is in the future
+    _contended: bool = False  # a prober answered since the address last answered
     _fallback_at: float | None = None
     _fallback_suspended: bool = False
     _last_conflict_at: float = 0.0
@@ -348,7 +379,35 @@ class MonitorMachine:
         token = self._next_token()
         self._probe_token = token
         p = self.config.probe
-        self._do(StartProbe(token, p.count, p.interval))
+        self._do(StartProbe(token, p.count, p.interval, self._on_prober()))
+
+    def _on_prober(self) -> OnProber:
+        """What another node probing at the same moment counts as (module docstring)."""
+        if self.config.role is Role.PRIMARY:
+            return OnProber.IGNORE
+        return OnProber.TIEBREAK if self._contended else OnProber.YIELD
+
+    def _hold_off(self, grace: Grace, seconds: float) -> None:
+        self._grace = grace
+        self._takeover_not_before = self.now + seconds
+
+    def _end_grace(self, *graces: Grace) -> None:
+        if self._grace in graces:
+            self._grace = None
+            self._takeover_not_before = 0.0
+
+    def _address_answered(self) -> None:
+        """Someone has the address: a start-up or contention grace has done its job."""
+        self._contended = False
+        self._end_grace(Grace.STARTUP, Grace.CONTENDED)
+
+    def _contention(self, mac: str) -> None:
+        """Another node probes for the address now: let it bind (module docstring)."""
+        self._contended = True
+        self._clear_rounds = 0
+        self._hold_off(Grace.CONTENDED, self.config.probe.duration
+                       + self.config.detection_time)
+        self.holder_mac = mac
 
     def _cancel_probe(self) -> None:
         if self._probe_token is not None:
@@ -392,7 +451,11 @@ class MonitorMachine:
             self._go(State.WATCHING, "primary starting with its link down: not binding, "
                      "watching the address once the link is back")
         else:
-            self._go(State.WATCHING, "backup: watching the address")
+            grace = self.config.backup_grace
+            if grace > 0:
+                self._hold_off(Grace.STARTUP, grace)
+            self._go(State.WATCHING, f"backup: watching the address (start-up grace "
+                     f"{grace:g}s: the primary may be starting too)")
 
     # ------------------------------------------------------------------ LooksAlive
 
@@ -407,6 +470,7 @@ class MonitorMachine:
             looks.last_rtt, looks.last_ok_at = ev.rtt, self.now
             looks.health = Health.UP
             self._fallback_at = None  # the address answers: the primary did claim it
+            self._address_answered()
             self._cancel_probe()
             if self.state is State.PROBING:
                 self._go(State.WATCHING, "address answers ping again: no takeover")
@@ -432,6 +496,13 @@ class MonitorMachine:
         la = self.config.looksalive
         if self.looks.misses < la.retry:
             return
+        if self._grace is Grace.STARTUP and self._in_grace:
+            # not "down" yet: at a cold start the primary is still binding it; an alarm at
+            # every boot would teach admins to ignore looksalive_down
+            left = f"{self._takeover_not_before - self.now:.1f}s"
+            self.reason = (f"address not answering yet, but this backup just started: "
+                           f"giving the primary {left} more to claim it (start-up grace)")
+            return
         if self.looks.health is not Health.DOWN:
             self.looks.health = Health.DOWN
             self.reason = f"no answer to {self.looks.misses} pings nor to ARP/NDP"
@@ -441,8 +512,13 @@ class MonitorMachine:
                        misses=self.looks.misses)
         if not self.link_up or self.paused:
             return
-        if self.now < self._takeover_not_before:
-            self.reason = "address down, but the primary was just handed it: waiting"
+        if self._in_grace:
+            left = f"{self._takeover_not_before - self.now:.1f}s"
+            if self._grace is Grace.CONTENDED:
+                self.reason = (f"address down, but another node probed for it at the same "
+                               f"time: giving it {left} to bind it")
+            else:
+                self.reason = "address down, but the primary was just handed it: waiting"
             return
         if self._clear_rounds >= 1:
             self._bind(Purpose.TAKEOVER, "taking over: nobody answered pings or probes")
@@ -469,7 +545,11 @@ class MonitorMachine:
 
     def _probe_while_watching(self, ev: ProbeDone) -> None:
         looks = self.looks
+        if ev.answered_by is not None and ev.prober:
+            self._contention(ev.answered_by)
+            return
         if ev.answered_by is not None:
+            self._address_answered()
             # The holder answers ARP/NDP: it is alive, whatever ICMP says.
             self.holder_mac = ev.answered_by
             looks.misses = 0
@@ -503,7 +583,11 @@ class MonitorMachine:
             self._bind(purpose, reasons[purpose])
             return
         self.holder_mac = mac
-        if purpose is Purpose.TAKEOVER:
+        if purpose is Purpose.TAKEOVER and ev.prober:
+            self._to_watching(f"takeover deferred: {mac} probes for the address at the same "
+                              "time; backing off while it binds")
+            self._contention(mac)
+        elif purpose is Purpose.TAKEOVER:
             self.counters.conflicts += 1
             self._to_watching(f"takeover refused: {mac} answers for the address")
             self.conflict_open = True
@@ -548,6 +632,7 @@ class MonitorMachine:
         self._go(State.HOLDING, self.reason)
         self.cut_off = not self.link_up
         self.conflict_open = False
+        self._address_answered()
         if self.service.dead:  # close the alarm monitoring has open: it was the other host's
             self._emit(EventKind.SERVICE_RECOVERED, "alarm closed: the address moved to this "
                        "node; the dead service was on the previous holder")
@@ -742,7 +827,7 @@ class MonitorMachine:
         self._do(Release())
         self._to_watching("handed the address back to the primary")
         self._fallback_at = self.now
-        self._takeover_not_before = self.now + self.fallback_grace
+        self._hold_off(Grace.FALLBACK, self.fallback_grace)
         checks = "LooksAlive and IsAlive" if c.isalive.enabled else "LooksAlive"
         self._emit(EventKind.FALLBACK,
                    f"peer {c.peer_ip} passed {checks} for {up_for:.0f}s (hold-down "
@@ -754,6 +839,9 @@ class MonitorMachine:
     def _on_command(self, ev: Command) -> None:
         verb = ev.verb
         if verb is Verb.RELEASE:
+            if not self.holds and self.paused and self.state is State.WATCHING:
+                raise AlreadyDone(f"{self.name}: already released: this node does not hold "
+                                  f"{self.config.ip} and watching is paused")
             if not self.holds:
                 raise CommandRefused(f"{self.name}: this node does not hold "
                                      f"{self.config.ip} (state {self.state.value})")
@@ -766,7 +854,7 @@ class MonitorMachine:
                        "node holds it", by=ev.by)
         elif verb is Verb.CLAIM:
             if self.holds:
-                raise CommandRefused(f"{self.name}: this node already holds {self.config.ip}")
+                raise AlreadyDone(f"{self.name}: this node already holds {self.config.ip}")
             if self.state not in (State.WATCHING, State.PROBING) or (
                     self.state is State.PROBING and self.purpose is not Purpose.TAKEOVER):
                 raise CommandRefused(f"{self.name}: busy ({self.state.value}"
@@ -782,7 +870,7 @@ class MonitorMachine:
             self._start_probe()
         elif verb is Verb.PAUSE:
             if self.paused:
-                raise CommandRefused(f"{self.name}: already paused")
+                raise AlreadyDone(f"{self.name}: already paused")
             if self.state in (State.STARTING, State.BINDING) or (
                     self.state is State.PROBING and self.purpose is not Purpose.TAKEOVER):
                 raise CommandRefused(f"{self.name}: busy ({self.state.value}); try again")
@@ -793,8 +881,10 @@ class MonitorMachine:
             self._emit(EventKind.PAUSED, f"watching paused by {ev.by}"
                        + ("; the address stays bound here" if self.holds else ""), by=ev.by)
         elif verb is Verb.RESUME:
+            if not self.paused and self.state is State.STARTING:
+                raise CommandRefused(f"{self.name}: busy (starting); try again")
             if not self.paused:
-                raise CommandRefused(f"{self.name}: not paused")
+                raise AlreadyDone(f"{self.name}: not paused: already watching")
             self.paused = False
             if self.state is State.WATCHING:
                 self._reset_looks()

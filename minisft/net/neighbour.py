@@ -16,6 +16,7 @@ import logging
 import socket
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Literal
 
@@ -31,6 +32,15 @@ IPAddress = IPv4Address | IPv6Address
 #   "tiebreak" -- it answers only if its MAC is lower than ours: of two simultaneous
 #                 probers exactly one backs off, so equals cannot livelock
 OnProber = Literal["yield", "ignore", "tiebreak"]
+
+
+@dataclass(frozen=True)
+class ProbeAnswer:
+    """Who answered a probe: `prober` when it was another host probing for the address at
+    the same time (it does not hold it yet), not a host that has the address."""
+
+    mac: str
+    prober: bool
 
 SOL_PACKET = 263
 SO_ATTACH_FILTER = 26
@@ -94,7 +104,7 @@ class NeighbourWatch:
         self._arp: socket.socket | None = None
         self._ndp: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._probes: dict[IPAddress, dict[asyncio.Future[str], OnProber]] = {}
+        self._probes: dict[IPAddress, dict[asyncio.Future[ProbeAnswer], OnProber]] = {}
         self._watches: dict[IPAddress, Callable[[str], None]] = {}
         self.stats: dict[str, int] = {
             "frames_seen": 0,
@@ -147,9 +157,15 @@ class NeighbourWatch:
         """Send `count` probes `interval` apart; the MAC of the first host that answers
         for ip, or None `interval` after the last probe. Raises OSError if it cannot send:
         a probe that did not go out proves nothing. `on_prober`: see `OnProber`."""
+        answer = await self.probe_answer(ip, count, interval, on_prober=on_prober)
+        return None if answer is None else answer.mac
+
+    async def probe_answer(self, ip: IPAddress | str, count: int, interval: float, *,
+                           on_prober: OnProber = "yield") -> ProbeAnswer | None:
+        """`probe`, telling a holder's answer from a simultaneous prober's."""
         addr = ip_address(ip)
         sock, frame = self._probe_frame(addr)
-        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[ProbeAnswer] = asyncio.get_running_loop().create_future()
         waiters = self._probes.setdefault(addr, {})
         waiters[fut] = on_prober
         group = self._join(addr) if addr.version == 6 else None
@@ -299,7 +315,7 @@ class NeighbourWatch:
                            or (on_prober == "tiebreak" and mac >= self._mac)):
                 continue
             self.stats["probe_answers"] += 1
-            fut.set_result(mac)
+            fut.set_result(ProbeAnswer(mac, prober))
 
     def _conflict(self, ip: IPAddress, mac: str) -> None:
         callback = self._watches.get(ip)

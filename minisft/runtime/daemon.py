@@ -27,7 +27,7 @@ from minisft import __version__
 from minisft.config.model import Config, MonitorConfig, PoolConfig
 from minisft.core.events import Event, EventKind, Notice, Severity
 from minisft.core.io import AddressVanished, Command, ConflictSeen, LinkChanged, Tick, Verb
-from minisft.core.monitor import CommandRefused, Purpose, State
+from minisft.core.monitor import AlreadyDone, CommandRefused, Purpose, State
 from minisft.probes.looksalive import Pinger
 from minisft.runtime.control import ControlError, ControlServer
 from minisft.runtime.monitor_runtime import MonitorRuntime
@@ -370,6 +370,8 @@ class Daemon:
             return {"ok": False, "error": f"no monitor named {name!r} (known: {known})"}
         try:
             rt.feed(Command(verb, by=by))
+        except AlreadyDone as exc:  # the wanted end state holds: success, nothing changed
+            return {"ok": True, "already": str(exc), "monitor": rt.machine.snapshot()}
         except CommandRefused as exc:
             return {"ok": False, "error": str(exc)}
         if verb is Verb.CLAIM:  # answer with the outcome, not just "started"
@@ -479,7 +481,11 @@ class Daemon:
 
     async def _shutdown(self) -> None:
         cfg = self.config
-        holding = [rt for rt in self.runtimes.values() if rt.machine.holds]
+        # BINDING counts: stopping the runtime cancels the bind task, not the netlink call
+        # already in the worker thread, which binds the address after we looked. The
+        # release below queues behind it on the same single worker, so it removes it.
+        holding = [rt for rt in self.runtimes.values()
+                   if rt.machine.holds or rt.machine.state is State.BINDING]
         plan = (f"releasing {len(holding)} address(es)" if cfg.node.release_on_stop and holding
                 else "leaving addresses in place" if holding else "holding no address")
         _sd_notify("STOPPING=1")

@@ -13,7 +13,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from minisft.config.model import MonitorConfig
 from minisft.core.events import Notice
@@ -34,6 +34,7 @@ from minisft.core.io import (
     StartProbe,
 )
 from minisft.core.monitor import MonitorMachine
+from minisft.net.neighbour import ProbeAnswer
 from minisft.probes.looksalive import Pinger
 
 log = logging.getLogger("minisft.monitor")
@@ -45,8 +46,9 @@ class Check(Protocol):
 
 
 class Neighbours(Protocol):
-    async def probe(self, ip: Any, count: int, interval: float, *,
-                    on_prober: str = "yield") -> str | None: ...
+    async def probe_answer(self, ip: Any, count: int, interval: float, *,
+                           on_prober: Literal["yield", "ignore", "tiebreak"] = "yield",
+                           ) -> ProbeAnswer | None: ...
     async def announce(self, ip: Any, count: int, interval: float) -> None: ...
 
 
@@ -179,18 +181,22 @@ class MonitorRuntime:
     # ------------------------------------------------------------- actions
 
     async def _run_probe(self, action: StartProbe) -> None:
+        done: ProbeDone
         try:
-            # a competing prober counts only if it wins the MAC tie-break (core docstring)
-            mac = await self._neighbours.probe(self.config.ip, action.count, action.interval,
-                                               on_prober="tiebreak")
+            # the core decides what a simultaneous prober counts as (core docstring)
+            answer = await self._neighbours.probe_answer(
+                self.config.ip, action.count, action.interval,
+                on_prober=action.on_prober.value)
+            done = ProbeDone(action.token, answer.mac if answer else None,
+                             prober=answer.prober if answer else False)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a probe that cannot run must not look like "free"
             log.error("%s: probe failed: %s", self.config.name, exc)
-            mac = "unknown (probe failed)"
+            done = ProbeDone(action.token, "unknown (probe failed)")
         if self._probe and self._probe[0] == action.token:
             self._probe = None
-        self.feed(ProbeDone(action.token, mac))
+        self.feed(done)
 
     async def _run_bind(self, token: int) -> None:
         error: str | None = None

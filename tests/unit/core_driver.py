@@ -48,6 +48,7 @@ from minisft.core.io import (
     Emit,
     Input,
     LinkChanged,
+    OnProber,
     PeerPingResult,
     PeerServiceResult,
     PingResult,
@@ -91,6 +92,7 @@ def make_config(
     probe_count: int = 3,
     probe_interval: float = 0.05,
     refresh: float = 10.0,
+    startup_grace: float | None = None,
 ) -> MonitorConfig:
     return MonitorConfig(
         name=name,
@@ -103,6 +105,7 @@ def make_config(
         fallback=FallbackConfig(mode=fallback, hold_down=hold_down),
         probe=ProbeConfig(count=probe_count, interval=probe_interval),
         announce=AnnounceConfig(refresh=refresh),
+        startup_grace=startup_grace,
     )
 
 
@@ -280,15 +283,19 @@ class Node:
             if self.probe is not None and self.machine.state is State.WATCHING:
                 self.probe_done()
 
-    def probe_done(self, answered_by: object = _DEFAULT) -> list[Action]:
+    def probe_done(self, answered_by: object = _DEFAULT, *, prober: bool = False
+                   ) -> list[Action]:
         """The outstanding probe reports; by default with what the wire says."""
         assert self.probe is not None, f"no probe outstanding ({self!r})"
-        mac = self.lan.arp_answer(self) if answered_by is _DEFAULT else answered_by
+        if answered_by is _DEFAULT:
+            mac, prober = self.lan.probe_answer(self)
+        else:
+            mac = answered_by  # type: ignore[assignment]
         assert mac is None or isinstance(mac, str)
         token = self.probe.token
         self.probe = None
         self.timers.probe_check_at = None
-        return self.feed(ProbeDone(token, mac))
+        return self.feed(ProbeDone(token, mac, prober))
 
     def bind_done(self, error: str | None = None) -> list[Action]:
         """The outstanding bind finishes (announcing first, as the runtime does)."""
@@ -413,9 +420,9 @@ class Node:
         if t.bind_at is not None and t.bind_at <= now:
             self.bind_done()
         if t.probe_check_at is not None and t.probe_check_at <= now and self.probe:
-            mac = self.lan.arp_answer(self)
+            mac, prober = self.lan.probe_answer(self)
             if mac is not None or t.probe_round >= self.probe.count:
-                self.probe_done(mac)
+                self.probe_done(mac, prober=prober)
             else:
                 t.probe_round += 1
                 t.probe_check_at = now + self.probe.interval
@@ -513,6 +520,22 @@ class Lan:
             return self.holder.mac
         others = self._other_holders(node)
         return others[0].mac if others else None
+
+    def probe_answer(self, node: Node) -> tuple[str | None, bool]:
+        """What `node`'s running probe hears: a holder's answer, else another node probing
+        at the same time, counted under the probe's `on_prober` rule as the neighbour
+        watch does (RFC 5227 simultaneous probe). (mac, True) for a prober."""
+        mac = self.arp_answer(node)
+        if mac is not None or node.probe is None:
+            return mac, False
+        rule = node.probe.on_prober
+        for other in self.nodes:
+            if other.probe is None or not self.connected(node, other):
+                continue
+            if rule is OnProber.IGNORE or (rule is OnProber.TIEBREAK and other.mac >= node.mac):
+                continue
+            return other.mac, True
+        return None, False
 
     def service_answer(self, node: Node) -> bool:
         """What IsAlive against the service address finds, from `node`."""

@@ -411,11 +411,11 @@ def test_monitors_must_be_a_list() -> None:
     ("isalive: {retry: 0}", "isalive.retry", "must be between 1 and 1000"),
     ("probe: {count: 0}", "probe.count", "must be between 1 and 100, got 0"),
     ("announce: {count: 0}", "announce.count", "must be between 1 and 100"),
-    ("looksalive: {interval: 0}", "looksalive.interval", "must be more than 0"),
+    ("looksalive: {interval: 0}", "looksalive.interval", "must be at least 10ms"),
     ("looksalive: {timeout: -1s}", "looksalive.timeout", "cannot be negative"),
-    ("isalive: {interval: 0s}", "isalive.interval", "must be more than 0"),
-    ("probe: {interval: 0ms}", "probe.interval", "must be more than 0"),
-    ("announce: {interval: 0}", "announce.interval", "must be more than 0"),
+    ("isalive: {interval: 0s}", "isalive.interval", "must be at least 100ms"),
+    ("probe: {interval: 0ms}", "probe.interval", "must be at least 1ms"),
+    ("announce: {interval: 0}", "announce.interval", "must be at least 1ms"),
     ("fallback: {hold_down: 2d}", "fallback.hold_down", "expected a duration"),
     ("fallback: {hold_down: 25h}", "fallback.hold_down", "at most 24h"),
     ("fallback: {mode: sometimes}", "fallback.mode", "expected one of manual, auto"),
@@ -427,6 +427,84 @@ def test_monitors_must_be_a_list() -> None:
 def test_monitor_value_rules(fragment: str, key: str, message: str) -> None:
     text = cfg(MONITOR, f"    {fragment}\n")
     assert_error(text, f"monitors[0].{key}", fragment, message)
+
+
+# Every timing key has a lower bound below which it cannot work (a 1 us ping interval
+# pinged 825 times a second and starved IsAlive): a value just below is refused naming the
+# key, the bound and the line; the bound itself is accepted.
+LOWER_BOUNDS = [
+    ("looksalive: {interval: 9ms, timeout: 1ms}", "looksalive.interval", "10ms",
+     "looksalive: {interval: 10ms, timeout: 1ms}"),
+    ("looksalive: {interval: 0.000001, timeout: 0.000001}", "looksalive.interval", "10ms",
+     None),
+    ("looksalive: {interval: 1s, timeout: 0.5ms}", "looksalive.timeout", "1ms",
+     "looksalive: {interval: 1s, timeout: 1ms}"),
+    ("isalive: {interval: 99ms, check: {type: tcp, port: 80, timeout: 50ms}}",
+     "isalive.interval", "100ms",
+     "isalive: {interval: 100ms, check: {type: tcp, port: 80, timeout: 50ms}}"),
+    ("isalive: {check: {type: tcp, port: 80, timeout: 9ms}}", "isalive.check.timeout", "10ms",
+     "isalive: {check: {type: tcp, port: 80, timeout: 10ms}}"),
+    ("fallback: {mode: auto, hold_down: 999ms}", "fallback.hold_down", "1s",
+     "fallback: {mode: auto, hold_down: 1s}"),
+    ("probe: {interval: 0.5ms}", "probe.interval", "1ms", "probe: {interval: 1ms}"),
+    ("announce: {interval: 0.5ms}", "announce.interval", "1ms", "announce: {interval: 1ms}"),
+    ("announce: {refresh: 500ms}", "announce.refresh", "1s", "announce: {refresh: 1s}"),
+]
+
+
+@pytest.mark.parametrize(("fragment", "key", "bound", "at_bound"), LOWER_BOUNDS)
+def test_timing_keys_have_a_lower_bound(fragment: str, key: str, bound: str,
+                                        at_bound: str | None) -> None:
+    text = cfg(MONITOR, f"    {fragment}\n")
+    e = assert_error(text, f"monitors[0].{key}", fragment, rf"must be at least {bound}\b")
+    assert "lower bound" in e.message
+    if at_bound is not None:
+        parse_config(cfg(MONITOR, f"    {at_bound}\n"))  # the bound itself works
+
+
+def test_snmp_timeout_has_a_lower_bound() -> None:
+    text = snmp("{host: 192.0.2.9, community: c, timeout: 1ms}")
+    assert_error(text, "alerting.snmp.targets[0].timeout", "host", "must be at least 100ms")
+
+
+def test_pool_looksalive_has_the_same_lower_bound() -> None:
+    text = cfg("pools:\n  - name: front\n    members: [{name: alpha, ip: 192.0.2.1}]\n"
+               "    addresses: [192.0.2.50/24]\n    key_file: /nonexistent\n"
+               "    looksalive: {interval: 1ms, timeout: 1ms}\n")
+    assert_error(text, "pools[0].looksalive.interval", "interval: 1ms", "at least 10ms")
+
+
+def test_check_config_refuses_a_spinning_interval(tmp_path: Path) -> None:
+    """What an admin sees: exit 2 and one line naming file, line, key and bound."""
+    path = tmp_path / "minisft.yaml"
+    path.write_text(cfg(MONITOR, "    looksalive: {interval: 0.000001, timeout: 0.000001}\n"))
+    out = subprocess.run([sys.executable, "-m", "minisft", "check-config", "--config",
+                          str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out
+    line = line_of(path.read_text(), "interval: 0.000001")
+    assert f"{path}:{line}: monitors[0].looksalive.interval: must be at least 10ms" \
+        in out.stderr + out.stdout
+    assert "Traceback" not in out.stderr
+
+
+def test_startup_grace_is_derived_from_the_timing_unless_set() -> None:
+    fast = "    looksalive: {interval: 100ms, retry: 3, timeout: 50ms}\n"
+    derived = parse_config(cfg(MONITOR, fast)).monitors[0]
+    # 2s start-up skew + probe round (3 x 33ms) + detection (100ms + 3 x 50ms)
+    assert derived.startup_grace is None
+    assert derived.backup_grace == pytest.approx(2.0 + 3 * 0.0333 + 0.25, abs=1e-3)
+    assert parse_config(cfg(MONITOR, "    startup_grace: 5s\n")).monitors[0].backup_grace == 5
+    assert parse_config(cfg(MONITOR, "    startup_grace: 0\n")).monitors[0].backup_grace == 0
+
+
+@pytest.mark.parametrize(("monitor", "fragment", "message"), [
+    (MONITOR.replace("backup", "primary"), "startup_grace: 5s", "only applies to role backup"),
+    (MONITOR, "startup_grace: -1s", "cannot be negative"),
+    (MONITOR, "startup_grace: soon", "expected a duration"),
+])
+def test_startup_grace_rules(monitor: str, fragment: str, message: str) -> None:
+    assert_error(cfg(monitor, f"    {fragment}\n"), "monitors[0].startup_grace", fragment,
+                 message)
 
 
 def test_announce_refresh_zero_turns_it_off() -> None:

@@ -34,6 +34,7 @@ from minisft.core.io import (
 from minisft.core.monitor import (
     CONFLICT_QUIET,
     DEFEND_SPACING,
+    AlreadyDone,
     CommandRefused,
     Health,
     IllegalInput,
@@ -532,8 +533,51 @@ def test_claim_probes_then_binds() -> None:
     node.settle()
     assert node.machine.state is State.HOLDING
     assert node.last(K.CLAIMED).details["phase"] == "claim"
-    with pytest.raises(CommandRefused, match="already holds"):
+    with pytest.raises(AlreadyDone, match="already holds"):
         node.command(Verb.CLAIM)
+
+
+def test_admin_commands_are_idempotent() -> None:
+    """The manual fallback at human speed: `release` on the backup, the primary takes the
+    free address over by itself, then the admin's `claim` there finds it done. Each command
+    whose end state already holds says so (AlreadyDone: exit 0) and changes nothing."""
+    lan = Lan(holder=None)
+    backup_node = lan.add(make_config(Role.BACKUP))
+    lan.run(60)
+    assert backup_node.machine.state is State.HOLDING
+    primary_node = lan.add(make_config(Role.PRIMARY))
+    lan.run(10)  # a returning primary finds its address in use and watches
+    assert primary_node.machine.state is State.WATCHING
+    backup_node.command(Verb.RELEASE)
+    lan.run(30)  # the admin is slow: the primary took the free address over meanwhile
+    assert primary_node.machine.state is State.HOLDING
+    before = _unchanged(primary_node)
+    with pytest.raises(AlreadyDone, match="already holds"):
+        primary_node.command(Verb.CLAIM)
+    assert _unchanged(primary_node) == before
+    before = _unchanged(backup_node)
+    with pytest.raises(AlreadyDone, match="already released"):
+        backup_node.command(Verb.RELEASE)
+    assert _unchanged(backup_node) == before
+    backup_node.command(Verb.RESUME)
+    with pytest.raises(AlreadyDone, match="already watching"):
+        backup_node.command(Verb.RESUME)
+    backup_node.command(Verb.PAUSE)
+    with pytest.raises(AlreadyDone, match="already paused"):
+        backup_node.command(Verb.PAUSE)
+
+
+def _unchanged(node: Node) -> dict[str, object]:
+    snap = node.machine.snapshot()
+    snap.pop("seconds_since_change")
+    return snap
+
+
+def test_release_of_an_address_held_elsewhere_is_still_refused() -> None:
+    """Idempotent is not lax: `release` on a node that watches (wrong node?) is refused."""
+    node = backup()
+    with pytest.raises(CommandRefused, match="does not hold"):
+        node.command(Verb.RELEASE)
 
 
 def test_claim_refused_while_busy() -> None:
@@ -579,7 +623,7 @@ def test_pause_and_resume() -> None:
     node.command(Verb.PAUSE, by="carol")
     assert node.machine.paused and not node.machine.wants_looksalive
     assert "carol" in node.last(K.PAUSED).reason
-    with pytest.raises(CommandRefused, match="already paused"):
+    with pytest.raises(AlreadyDone, match="already paused"):
         node.command(Verb.PAUSE)
     assert node.lan.holder is not None
     node.lan.holder.has_address = False
@@ -589,7 +633,7 @@ def test_pause_and_resume() -> None:
     assert node.bind_count() == 0
     node.command(Verb.RESUME)
     assert node.kinds()[-1] is K.RESUMED and node.machine.looks.misses == 0
-    with pytest.raises(CommandRefused, match="not paused"):
+    with pytest.raises(AlreadyDone, match="already watching"):
         node.command(Verb.RESUME)
     node.lan.run(30)
     assert node.machine.state is State.HOLDING  # watching again: the free address is taken
@@ -848,10 +892,16 @@ def test_snapshot_is_json_and_tells_who_holds_it() -> None:
     assert snap["holder"] == "other" and snap["looksalive"]["health"] == "up"
     node2 = took_over()
     assert node2.machine.snapshot()["holder"] == "self"
-    fresh = single(make_config(), holder=Host(has_address=False))
+    fresh = single(make_config(startup_grace=0.0), holder=Host(has_address=False))
     fresh.misses(3)
     fresh.machine.handle(ServiceResult(True), fresh.lan.now)  # ignored, legal
     assert fresh.machine.snapshot()["holder"] in ("none", "self")
+    # a backup in its start-up grace has not judged the address yet: its primary may be
+    # binding it right now
+    booting = single(make_config(), holder=Host(has_address=False))
+    booting.misses(3)
+    snap = booting.machine.snapshot()
+    assert snap["holder"] == "unknown" and "start-up grace" in snap["reason"]
 
 
 def test_a_primary_that_claimed_then_died_does_not_suspend_auto_fallback() -> None:
