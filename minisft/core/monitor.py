@@ -40,7 +40,8 @@ reason string its event carries:
   fallback, when the primary is claiming the address).
 * Two holders: a holder whose link went down since it bound re-probes when the link
   returns and yields to a holder that answers. Two holders that both stayed connected:
-  the `primary` keeps the address and re-announces, the `backup` yields.
+  the `primary` keeps the address and re-announces, the `backup` yields and reports the
+  split brain (`yielded`, detail `split_brain`), whichever of them heard the other first.
 * Automatic fallback (backup role only): release once `peer_ip` passed LooksAlive (and
   IsAlive, when configured) continuously for `hold_down`; any miss restarts the hold-down.
   If the primary does not claim the address after a fallback, the backup takes it again
@@ -668,13 +669,20 @@ class MonitorMachine:
     def _on_conflict(self, ev: ConflictSeen) -> None:
         if self.cut_off or self.config.role is Role.BACKUP:
             self.counters.yields += 1
-            why = ("our link was down since we bound it" if self.cut_off
-                   else "this node is the backup for it")
             self._do(Release())
             self._to_watching(f"yielded to {ev.mac}")
             self.holder_mac = ev.mac
-            self._emit(EventKind.YIELDED, f"{ev.mac} also holds the address; {why}: "
-                       "released it and watching", mac=ev.mac)
+            if self.cut_off:
+                self._emit(EventKind.YIELDED, f"{ev.mac} also holds the address; our link was "
+                           "down since we bound it: released it and watching", mac=ev.mac)
+                return
+            # Both held it with their links up: clients could reach either, a split brain
+            # (a partition between the nodes, say, that has now healed). The backup reports
+            # it, always: the primary hears the backup's claim only if the backup's refresh
+            # comes before the primary's, which no timer decides (docs/design.md, rule 4).
+            self._emit(EventKind.YIELDED, f"split brain: this node and {ev.mac} both held the "
+                       "address; this node is the backup for it: released it and watching",
+                       mac=ev.mac, split_brain=True)
             return
         self._last_conflict_at = self.now
         if not self.conflict_open:

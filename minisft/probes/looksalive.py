@@ -4,6 +4,14 @@ Every raw ICMP socket receives a copy of every ICMP packet, so a socket per moni
 cost (monitors x replies) copies; one socket per family with replies matched to waiters by
 (identifier, sequence) keeps 500 monitors cheap. A kernel ICMP filter keeps echo requests
 and other noise out of userspace.
+
+icmplib builds and sends the requests. Replies are read here, by an event-loop reader that
+never times out, and not with icmplib's `AsyncSocket.receive(timeout)`: that call throws
+away a packet it has already taken off the socket when it reads it after its own deadline
+(`if current_time > time_limit: raise TimeoutError`). A reader looping on
+`receive(timeout=1.0)` re-arms right after each reply, so with one ping a second its
+deadline fell on the next reply, and a quarter to a third of all replies were read and
+dropped on a loss-free network (issue 10, defect 3).
 """
 
 from __future__ import annotations
@@ -14,22 +22,27 @@ import logging
 import os
 import socket
 import struct
+import time
 from dataclasses import dataclass
+from typing import Any
 
 from icmplib import ICMPRequest, ICMPv4Socket, ICMPv6Socket
-from icmplib.exceptions import ICMPLibError, TimeoutExceeded
-from icmplib.sockets import AsyncSocket
+from icmplib.exceptions import ICMPLibError
 
 log = logging.getLogger("minisft.looksalive")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
+_ECHO_REQUEST = {4: 8, 6: 128}
 _ECHO_REPLY = {4: 0, 6: 129}
 _UNREACHABLE = {4: {3: "destination unreachable", 11: "time exceeded"},
                 6: {1: "destination unreachable", 3: "time exceeded"}}
 _SOL_RAW = 255
 _ICMP_FILTER = 1  # linux/icmp.h: bit set = type blocked
 _ICMP6_FILTER = 1  # netinet/icmp6.h, level IPPROTO_ICMPV6
+_IPV6_HEADER = 40  # our requests carry no extension headers, so neither do their quotes
+_READ_SIZE = 1024  # more than an echo reply or an error quoting one ever needs
+_READS_PER_WAKEUP = 64  # a flood of ICMP must not hold the event loop: the rest waits
 
 
 @dataclass(frozen=True)
@@ -39,14 +52,56 @@ class PingOutcome:
     detail: str
 
 
+@dataclass(frozen=True)
+class EchoAnswer:
+    """What an ICMP packet says about one of our echo requests."""
+
+    icmp_type: int  # echo reply, or the error (unreachable, time exceeded)
+    identifier: int
+    sequence: int
+
+
+def parse_answer(packet: bytes, version: int) -> EchoAnswer | None:
+    """The echo reply in `packet`, or the error quoting an echo request; None for anything
+    else (truncated, someone else's echo request, other ICMP types).
+
+    `packet` is what a raw socket of that family reads: an IPv4 packet with its header
+    (whose length is in the header: options make it longer than 20 bytes), or an ICMPv6
+    message alone. An error carries the IP header and first 8 bytes of the datagram it
+    answers, i.e. our echo request's identifier and sequence.
+    """
+    if version == 4:
+        packet = _ipv4_payload(packet)
+    if len(packet) < 8:
+        return None
+    icmp_type = packet[0]
+    if icmp_type == _ECHO_REPLY[version]:
+        echo = packet
+    elif icmp_type in _UNREACHABLE[version]:
+        quoted = packet[8:]
+        echo = _ipv4_payload(quoted) if version == 4 else quoted[_IPV6_HEADER:]
+        if len(echo) < 8 or echo[0] != _ECHO_REQUEST[version]:
+            return None
+    else:
+        return None
+    identifier, sequence = struct.unpack_from("!HH", echo, 4)
+    return EchoAnswer(icmp_type, identifier, sequence)
+
+
+def _ipv4_payload(packet: bytes) -> bytes:
+    if len(packet) < 20 or packet[0] >> 4 != 4:
+        return b""
+    return packet[(packet[0] & 0x0F) * 4:]
+
+
 class Pinger:
     """Send echo requests and await their replies; safe for many concurrent callers."""
 
     def __init__(self) -> None:
         self._ident = int.from_bytes(os.urandom(2), "big") or 1
         self._seq = 0
-        self._sockets: dict[int, AsyncSocket] = {}
-        self._readers: dict[int, asyncio.Task[None]] = {}
+        self._sockets: dict[int, Any] = {}  # icmplib ICMPv4Socket / ICMPv6Socket
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: dict[int, asyncio.Future[tuple[int, float]]] = {}
         self.stats = {"sent": 0, "answered": 0, "timeouts": 0, "errors": 0}
 
@@ -80,45 +135,45 @@ class Pinger:
         self.stats["answered"] += 1
         return PingOutcome(True, max(0.0, received - request.time), "echo reply")
 
-    def _socket(self, version: int) -> AsyncSocket:
-        sock = self._sockets.get(version)
-        if sock is None:
-            raw = ICMPv4Socket(privileged=True) if version == 4 else ICMPv6Socket(privileged=True)
-            _install_filter(raw.sock, version)
-            sock = AsyncSocket(raw)
-            self._sockets[version] = sock
-            self._readers[version] = asyncio.get_running_loop().create_task(
-                self._read(sock), name=f"icmpv{version}-reader")
-        return sock
+    def _socket(self, version: int) -> Any:
+        icmp = self._sockets.get(version)
+        if icmp is None:
+            icmp = ICMPv4Socket(privileged=True) if version == 4 else \
+                ICMPv6Socket(privileged=True)
+            raw: socket.socket = icmp.sock
+            raw.setblocking(False)
+            _install_filter(raw, version)
+            self._loop = asyncio.get_running_loop()
+            self._loop.add_reader(raw.fileno(), self._read, raw, version)
+            self._sockets[version] = icmp
+        return icmp
 
-    async def _read(self, sock: AsyncSocket) -> None:
-        while True:
+    def _read(self, raw: socket.socket, version: int) -> None:
+        """The socket is readable: hand every waiting reply to its ping. Nothing read is
+        ever dropped for lack of time, and no timer races the read."""
+        for _ in range(_READS_PER_WAKEUP):
             try:
-                reply = await sock.receive(None, timeout=1.0)
-            except TimeoutExceeded:
-                continue
-            except ICMPLibError as exc:  # a bad packet or a socket hiccup: keep reading
+                packet = raw.recv(_READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # a socket hiccup: the next readable event retries
                 log.debug("ICMP receive error: %s", exc)
-                await asyncio.sleep(0.01)
+                return
+            received = time.time()  # the clock icmplib stamps request.time with
+            answer = parse_answer(packet, version)
+            if answer is None or answer.identifier != self._ident:
                 continue
-            if reply.id != self._ident:
-                continue
-            waiter = self._waiters.get(reply.sequence)
+            waiter = self._waiters.get(answer.sequence)
             if waiter is not None and not waiter.done():
-                waiter.set_result((reply.type, reply.time))
+                waiter.set_result((answer.icmp_type, received))
 
     async def close(self) -> None:
-        for task in self._readers.values():
-            # Python 3.11's asyncio.wait_for (inside icmplib's AsyncSocket.receive) drops a
-            # cancel that races with an arriving packet (e.g. an ICMP port unreachable):
-            # the reader loops on into a new receive. Cancel until it really ends.
-            while not task.done():
-                task.cancel()
-                await asyncio.wait({task}, timeout=0.2)
-        for sock in self._sockets.values():
-            sock.close()
-        self._readers.clear()
+        for icmp in self._sockets.values():
+            if self._loop is not None and icmp.sock is not None:
+                self._loop.remove_reader(icmp.sock.fileno())
+            icmp.close()
         self._sockets.clear()
+        self._loop = None
 
 
 def _install_filter(sock: socket.socket, version: int) -> None:

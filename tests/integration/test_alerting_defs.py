@@ -71,7 +71,7 @@ def _monitor(name: str, role: str, state: str, holder: str, **over: Any) -> dict
     return mon
 
 
-def alarm_status(dropped: int = 0) -> dict[str, Any]:
+def alarm_status(dropped: int = 0, yields: int = 0) -> dict[str, Any]:
     """One monitor per alert condition, and a sink that drops."""
     return {
         "version": 1, "node": "alpha", "pid": 1, "started_at": 1_700_000_000.0,
@@ -86,6 +86,9 @@ def alarm_status(dropped: int = 0) -> dict[str, Any]:
                      isalive={"enabled": True, "check": "http", "ok": False, "dead": True,
                               "latency_ms": None, "detail": "refused"}),
             _monitor("moved", "backup", "holding", "self"),
+            _monitor("split", "backup", "watching", "other",
+                     counters={"takeovers": 1, "claims": 0, "releases": 0, "fallbacks": 0,
+                               "yields": yields, "conflicts": 0, "service_alarms": 0}),
         ],
         "sinks": [{"name": "snmp-192.0.2.9-162-v2c-trap", "delivered": 10, "pending": 3,
                    "dropped": dropped, "failures": 4, "last_error": "timeout",
@@ -109,7 +112,7 @@ def test_promtool_check_rules() -> None:
     proc = sh(tool("promtool"), "check", "rules",
               str(ALERTING / "prometheus" / "minisft-rules.yml"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS: 8 rules found" in proc.stdout
+    assert "SUCCESS: 9 rules found" in proc.stdout
 
 
 def _series(before: bytes, after: bytes, steps: int) -> list[dict[str, str]]:
@@ -143,7 +146,8 @@ def test_alert_rules_fire_on_rendered_metrics(tmp_path: Path) -> None:
             rule.pop("annotations", None)
     (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules))
 
-    series = _series(render_metrics(alarm_status(0)), render_metrics(alarm_status(30)), 30)
+    series = _series(render_metrics(alarm_status(0)),
+                     render_metrics(alarm_status(30, yields=1)), 30)
     series.append({"series": 'up{job="minisft",instance="beta:9523"}', "values": "0x30"})
     sev = {"severity": "critical"}
     tests = {
@@ -158,6 +162,8 @@ def test_alert_rules_fire_on_rendered_metrics(tmp_path: Path) -> None:
                                                 "holder": "none"}}]},
                 {"eval_time": "10m", "alertname": "MiniSFTAddressConflict",
                  "exp_alerts": [{"exp_labels": {**sev, "monitor": "clash"}}]},
+                {"eval_time": "10m", "alertname": "MiniSFTAddressYielded",
+                 "exp_alerts": [{"exp_labels": {"severity": "warning", "monitor": "split"}}]},
                 {"eval_time": "10m", "alertname": "MiniSFTServiceDead",
                  "exp_alerts": [{"exp_labels": {**sev, "monitor": "dead"}}]},
                 {"eval_time": "10m", "alertname": "MiniSFTFailoverActive",

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from minisft.config.model import FallbackMode, Role
+from minisft.config.model import FallbackMode, MonitorConfig, Role
 from minisft.core.events import EventKind
 from minisft.core.io import (
     Announce,
@@ -476,6 +476,46 @@ def test_cut_off_primary_yields_to_a_conflict() -> None:
     node.link(False)
     out = node.conflict()
     assert of(out, Release) and "link was down" in node.last(K.YIELDED).reason
+    assert "split_brain" not in node.last(K.YIELDED).details  # nobody reached it meanwhile
+
+
+def test_a_healed_split_brain_is_reported_by_the_backup_whichever_refresh_comes_first() -> None:
+    """A partition between primary and backup: both hold the address. After the heal the
+    backup yields and reports the split brain, naming the primary's MAC, whether the
+    primary's refresh reached it first (the primary then never hears of the backup) or
+    the backup's reached the primary first (the primary also raises address_conflict,
+    which clears once the backup has gone quiet). The heal is moved across a whole refresh
+    period so that both orders happen."""
+    primary_mac, backup_mac = "02:00:00:00:00:01", "02:00:00:00:00:02"
+
+    def config(role: Role, peer_ip: str | None = None) -> MonitorConfig:
+        return make_config(role, peer_ip=peer_ip, interval=1.0, retry=3, timeout=0.3,
+                           refresh=1.0)
+
+    primary_heard_first: set[bool] = set()
+    for step in range(20):
+        lan = Lan()
+        primary = lan.add(config(Role.PRIMARY), primary_mac)
+        lan.peer_node = primary
+        lan.run(2.0)
+        backup = lan.add(config(Role.BACKUP, peer_ip="192.0.2.1"), backup_mac)
+        lan.run(3.0)
+        lan.partitioned = True
+        lan.run(8.0 + step * 0.05)
+        assert primary.bound and backup.bound, "split brain while partitioned"
+        mark_primary, mark_backup = primary.mark(), backup.mark()
+        lan.partitioned = False
+        lan.run(CONFLICT_QUIET + 5.0)
+        assert primary.bound and primary.machine.holds and not backup.bound
+        yielded = [n for n in backup.notices[mark_backup:] if n.kind is K.YIELDED]
+        assert len(yielded) == 1, step
+        assert yielded[0].details == {"mac": primary_mac, "split_brain": True}
+        assert "split brain" in yielded[0].reason and primary_mac in yielded[0].reason
+        primary_kinds = primary.kinds(mark_primary)
+        assert primary_kinds in ([], [K.ADDRESS_CONFLICT, K.CONFLICT_CLEARED]), step
+        assert not primary.machine.conflict_open
+        primary_heard_first.add(bool(primary_kinds))
+    assert primary_heard_first == {True, False}, "both orders must have been exercised"
 
 
 def test_address_removed_behind_our_back() -> None:
