@@ -23,6 +23,7 @@ import importlib.util
 import ipaddress
 import os
 import re
+import shutil
 import stat
 from collections.abc import Callable, Collection, Iterable
 from enum import Enum
@@ -37,6 +38,7 @@ from minisft.config.durations import parse_duration
 from minisft.config.model import (
     DEFAULT_CONTROL_SOCKET,
     DEFAULT_STATE_DIR,
+    HOOK_PATH,
     AlertingConfig,
     AnnounceConfig,
     AppriseConfig,
@@ -45,6 +47,7 @@ from minisft.config.model import (
     CoordinationBackend,
     CoordinationConfig,
     EtcdTLSConfig,
+    ExecHookConfig,
     FallbackConfig,
     FallbackMode,
     IPAddress,
@@ -715,7 +718,8 @@ _ISALIVE_KEYS = ("interval", "retry", "on_holder", "check")
 _FALLBACK_KEYS = ("mode", "hold_down")
 _PROBE_KEYS = ("count", "interval")
 _ANNOUNCE_KEYS = ("count", "interval", "refresh")
-_ALERTING_KEYS = ("snmp", "apprise", "prometheus", "queue_size", "max_backlog")
+_ALERTING_KEYS = ("snmp", "apprise", "exec", "prometheus", "queue_size", "max_backlog")
+_EXEC_KEYS = ("name", "command", "events", "min_severity", "timeout")
 _SNMP_KEYS = ("targets",)
 _SNMP_TARGET_KEYS = ("host", "port", "version", "type", "community", "community_file",
                      "community_env", "user", "auth_protocol", "auth_key", "auth_key_file",
@@ -996,11 +1000,13 @@ def _alerting(ctx: _Ctx, top: _Map) -> AlertingConfig:
         ) if t is not None)
         m.failed = m.failed or snmp.failed
     apprise = m.opt("apprise", lambda p, v: _apprise(ctx, p, v))
+    exec_hooks = _exec_hooks(ctx, m)
     listen = None
     if m.has("prometheus"):
         prom = _Map(ctx, "alerting.prometheus", m.data["prometheus"], _PROMETHEUS_KEYS)
         listen = prom.req("listen", _listen, " (host:port, such as 127.0.0.1:9523)")
-    cfg = AlertingConfig(snmp_targets=targets, apprise=apprise, prometheus_listen=listen,
+    cfg = AlertingConfig(snmp_targets=targets, apprise=apprise, exec_hooks=exec_hooks,
+                         prometheus_listen=listen,
                          queue_size=m.get("queue_size", _int(1, 1_000_000), d.queue_size),
                          max_backlog=m.get("max_backlog", _int(1), d.max_backlog))
     m.check()
@@ -1124,6 +1130,71 @@ def _apprise(ctx: _Ctx, path: str, value: Any) -> AppriseConfig:
         ctx.fail(path, "needs urls, urls_file or config (where to send the alerts)")
     m.check()
     return cfg
+
+
+def _exec_hooks(ctx: _Ctx, m: _Map) -> tuple[ExecHookConfig, ...]:
+    hooks: list[ExecHookConfig] = []
+    for i, item in enumerate(_list(ctx, m, "exec", "event commands")):
+        path = f"alerting.exec[{i}]"
+        hook = ctx.section(None, _exec_hook, ctx, path, item)
+        if hook is None:
+            m.failed = True
+        elif any(h.name == hook.name for h in hooks):
+            m.failed = True
+            ctx.add(f"{path}.name", f"another event command is already named {hook.name!r} "
+                                    "(the name keys its delivery cursor)")
+        else:
+            hooks.append(hook)
+    return tuple(hooks)
+
+
+def _exec_hook(ctx: _Ctx, path: str, value: Any) -> ExecHookConfig:
+    m = _Map(ctx, path, value, _EXEC_KEYS, what="an event command {name, command, events}")
+    d = ExecHookConfig(name="-", command=())
+    name = m.req("name", _name)
+    command = m.req("command", lambda p, v: _command(ctx, p, v),
+                    " (the program and its arguments, such as [/usr/local/bin/notify, "
+                    "--quiet])")
+    cfg = ExecHookConfig(
+        name=name or d.name,
+        command=command or d.command,
+        kinds=m.get("events", _kinds, d.kinds),
+        min_severity=m.get("min_severity", _severity, d.min_severity),
+        timeout=m.get("timeout", _duration(), d.timeout),
+    )
+    m.check()
+    return cfg
+
+
+def _command(ctx: _Ctx, path: str, value: Any) -> tuple[str, ...]:
+    """An argv list; the program must exist and be executable now. A bare name is looked
+    up in the hooks' PATH (the daemon's own PATH is not used: hooks get a clean
+    environment), a relative path is relative to the config file."""
+    if isinstance(value, str):
+        raise ValueError("expected a list: the program and its arguments, one item each "
+                         f"(no shell parsing), such as [{value.split()[0]!r}, ...]"
+                         if value.split() else "expected a non-empty list")
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"expected a non-empty list (the program and its arguments), got "
+                         f"{_got(value)}")
+    argv: list[str] = []
+    for i, item in enumerate(value):
+        if isinstance(item, int | float) and not isinstance(item, bool):
+            item = str(item)
+        if not isinstance(item, str) or "\0" in item or (i == 0 and not item.strip()):
+            raise ConfigError(f"{path}[{i}]", f"expected a string, got {_got(item)}")
+        argv.append(item)
+    program = argv[0].strip()
+    if "/" in program:
+        found: str | None = str(ctx.resolve(program))
+    else:
+        found = shutil.which(program, path=HOOK_PATH)
+    if found is None or not os.path.isfile(found):
+        where = "" if "/" in program else f" (searched {HOOK_PATH})"
+        raise ConfigError(f"{path}[0]", f"no such program: {program}{where}")
+    if not os.access(found, os.X_OK):
+        raise ConfigError(f"{path}[0]", f"{found} is not executable (chmod +x it)")
+    return (found, *argv[1:])
 
 
 def _template(path: str, value: Any) -> str:

@@ -174,10 +174,28 @@ class AppriseConfig:
     body: str = "{reason}\n\nnode={node} monitor={monitor} address={address} state={state}"
 
 
+# The PATH event commands run with (they do not inherit the daemon's environment), also
+# where the loader looks up a bare program name.
+HOOK_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True)
+class ExecHookConfig:
+    """One event command (`alerting.exec[]`): run once per matching event, in journal
+    order, with the event as JSON on stdin (see minisft.sinks.exec_sink)."""
+
+    name: str
+    command: tuple[str, ...]  # argv; command[0] is an absolute path (resolved by the loader)
+    kinds: tuple[str, ...] = ()  # `events:` in the YAML; empty: every kind
+    min_severity: str = "debug"
+    timeout: float = 30.0
+
+
 @dataclass(frozen=True)
 class AlertingConfig:
     snmp_targets: tuple[SnmpTargetConfig, ...] = ()
     apprise: AppriseConfig | None = None
+    exec_hooks: tuple[ExecHookConfig, ...] = ()
     prometheus_listen: str | None = None  # "127.0.0.1:9523"
     queue_size: int = 1000  # per sink, in memory; the journal is the durable spool
     max_backlog: int = 100_000  # per sink; older undelivered events are skipped and counted

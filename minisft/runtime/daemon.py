@@ -546,6 +546,10 @@ def build_sinks(cfg: Config) -> list[Any]:
         from minisft.sinks.apprise_sink import AppriseSink
 
         sinks.append(AppriseSink(cfg.alerting.apprise))
+    for hook in cfg.alerting.exec_hooks:
+        from minisft.sinks.exec_sink import ExecSink
+
+        sinks.append(ExecSink(hook))
     # each sink's name keys its spool cursor: two targets must never share one
     seen: dict[str, int] = {}
     for sink in sinks:
