@@ -56,6 +56,7 @@ from minisft.config.model import (
     LoggingConfig,
     LooksAliveConfig,
     MonitorConfig,
+    NagiosConfig,
     NodeConfig,
     PoolConfig,
     PoolMemberConfig,
@@ -718,7 +719,9 @@ _ISALIVE_KEYS = ("interval", "retry", "on_holder", "check")
 _FALLBACK_KEYS = ("mode", "hold_down")
 _PROBE_KEYS = ("count", "interval")
 _ANNOUNCE_KEYS = ("count", "interval", "refresh")
-_ALERTING_KEYS = ("snmp", "apprise", "exec", "prometheus", "queue_size", "max_backlog")
+_ALERTING_KEYS = ("snmp", "apprise", "exec", "nagios", "prometheus", "queue_size",
+                  "max_backlog")
+_NAGIOS_KEYS = ("command_file", "host", "service_prefix")
 _EXEC_KEYS = ("name", "command", "events", "min_severity", "timeout")
 _SNMP_KEYS = ("targets",)
 _SNMP_TARGET_KEYS = ("host", "port", "version", "type", "community", "community_file",
@@ -1001,11 +1004,13 @@ def _alerting(ctx: _Ctx, top: _Map) -> AlertingConfig:
         m.failed = m.failed or snmp.failed
     apprise = m.opt("apprise", lambda p, v: _apprise(ctx, p, v))
     exec_hooks = _exec_hooks(ctx, m)
+    nagios = m.opt("nagios", lambda p, v: _nagios(ctx, p, v))
     listen = None
     if m.has("prometheus"):
         prom = _Map(ctx, "alerting.prometheus", m.data["prometheus"], _PROMETHEUS_KEYS)
         listen = prom.req("listen", _listen, " (host:port, such as 127.0.0.1:9523)")
     cfg = AlertingConfig(snmp_targets=targets, apprise=apprise, exec_hooks=exec_hooks,
+                         nagios=nagios,
                          prometheus_listen=listen,
                          queue_size=m.get("queue_size", _int(1, 1_000_000), d.queue_size),
                          max_backlog=m.get("max_backlog", _int(1), d.max_backlog))
@@ -1130,6 +1135,28 @@ def _apprise(ctx: _Ctx, path: str, value: Any) -> AppriseConfig:
         ctx.fail(path, "needs urls, urls_file or config (where to send the alerts)")
     m.check()
     return cfg
+
+
+def _nagios(ctx: _Ctx, path: str, value: Any) -> NagiosConfig:
+    m = _Map(ctx, path, value, _NAGIOS_KEYS)
+    d = NagiosConfig()
+    cfg = NagiosConfig(command_file=m.get("command_file", _path(ctx), d.command_file),
+                       host=m.opt("host", _nagios_text(_str)),
+                       service_prefix=m.get("service_prefix", _nagios_text(_text),
+                                            d.service_prefix))
+    m.check()
+    return cfg
+
+
+def _nagios_text(convert: Converter[str]) -> Converter[str]:
+    """A host or service name part: ';' and line breaks separate external commands."""
+    def checked(path: str, value: Any) -> str:
+        text = convert(path, value)
+        if any(c in text for c in ";\n\r"):
+            raise ValueError(f"must not contain ';' or a line break, got {_got(value)}")
+        return text
+
+    return checked
 
 
 def _exec_hooks(ctx: _Ctx, m: _Map) -> tuple[ExecHookConfig, ...]:

@@ -192,10 +192,21 @@ class ExecHookConfig:
 
 
 @dataclass(frozen=True)
+class NagiosConfig:
+    """Passive check results into a Nagios 4 / Icinga 1 external command file
+    (minisft.sinks.nagios_cmd)."""
+
+    command_file: Path = Path("/var/lib/nagios4/rw/nagios.cmd")
+    host: str | None = None  # the Nagios host_name; None: node.name
+    service_prefix: str = "MiniSFT "  # + monitor name, or + "daemon"
+
+
+@dataclass(frozen=True)
 class AlertingConfig:
     snmp_targets: tuple[SnmpTargetConfig, ...] = ()
     apprise: AppriseConfig | None = None
     exec_hooks: tuple[ExecHookConfig, ...] = ()
+    nagios: NagiosConfig | None = None
     prometheus_listen: str | None = None  # "127.0.0.1:9523"
     queue_size: int = 1000  # per sink, in memory; the journal is the durable spool
     max_backlog: int = 100_000  # per sink; older undelivered events are skipped and counted

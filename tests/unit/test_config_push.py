@@ -75,3 +75,35 @@ def test_the_reference_config_has_a_working_event_command(tmp_path: Path) -> Non
 def test_exec_must_be_a_list() -> None:
     with pytest.raises(ConfigError, match=r"alerting\.exec"):
         parse_config(cfg("alerting:\n  exec: {name: x, command: [logger]}\n"))
+
+
+# ---------------------------------------------------------------------- alerting.nagios
+
+
+def test_nagios_push_loads_with_defaults_and_its_keys() -> None:
+    from minisft.config.model import NagiosConfig
+
+    config = parse_config(cfg("alerting:\n  nagios: {}\n"))
+    assert config.alerting.nagios == NagiosConfig()
+    config = parse_config(cfg("alerting:\n  nagios:\n    command_file: /run/n.cmd\n"
+                              "    host: lb-alpha\n    service_prefix: 'SFT '\n"))
+    assert config.alerting.nagios == NagiosConfig(Path("/run/n.cmd"), "lb-alpha", "SFT ")
+
+
+@pytest.mark.parametrize(("body", "key", "message"), [
+    ("    host: 'lb;alpha'\n", "alerting.nagios.host", r"must not contain ';'"),
+    ("    service_prefix: \"a\\nb\"\n", "alerting.nagios.service_prefix",
+     r"must not contain ';' or a line break"),
+    ("    command_fle: /x\n", "alerting.nagios.command_fle", r"did you mean 'command_file'"),
+])
+def test_a_bad_nagios_push_gets_one_clear_message(body: str, key: str, message: str) -> None:
+    assert_error(cfg("alerting:\n  nagios:\n" + body), key, body.split(":")[0].strip(),
+                 message)
+
+
+def test_the_reference_config_has_a_nagios_push() -> None:
+    text = (EXAMPLES / "full-reference.yaml").read_text()
+    start = text.index("  nagios:")
+    section = text[start:text.index("  prometheus:", start)]
+    nagios = parse_config(cfg("alerting:\n" + section)).alerting.nagios
+    assert nagios is not None and nagios.host == "lb-alpha"

@@ -1,0 +1,105 @@
+"""`alerting.nagios` on REAL daemons with Debian's REAL nagios4 (run as the nagios user,
+check_external_commands=1, the shipped minisft.cfg templates and minisft-passive.cfg):
+a takeover shows in status.dat as check_minisft would report it, pushed by the daemon, and
+the current state gets through again after a Nagios outage spanning a daemon restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.cluster import Node, wait_until
+from tests.integration.test_monitoring_e2e import lab, start_pair, stop_daemons, take_over
+from tests.support.nagios import NAGIOS4, NagiosServer
+
+pytestmark = [pytest.mark.netns,
+              pytest.mark.skipif(not Path(NAGIOS4).exists(), reason="nagios4 not installed")]
+
+WEB = ("lb-beta", "MiniSFT web")
+DAEMON = ("lb-beta", "MiniSFT daemon")
+
+
+def check_minisft(node: Node, *args: str) -> tuple[int, str]:
+    proc = node.host.run(sys.executable, "-m", "minisft.nagios.plugin", "--status",
+                         str(node.state_dir / "status.json"), *args, check=False)
+    return proc.returncode, proc.stdout.strip()
+
+
+def labels(perfdata: str) -> list[str]:
+    return re.findall(r"(\S+?)=", perfdata)
+
+
+def test_a_takeover_reaches_nagios_status_from_the_daemon(tmp_path: Path) -> None:
+    with contextlib.ExitStack() as stack:
+        nagios = stack.enter_context(NagiosServer())
+        alerting = {"nagios": {"command_file": str(nagios.command_file), "host": "lb-beta"}}
+        c = stack.enter_context(lab(tmp_path, alerting=alerting))
+        beta = c.nodes["beta"]
+
+        def svc(key: tuple[str, str] = WEB) -> dict[str, str]:
+            return nagios.services().get(key, {})
+
+        start_pair(c)
+        wait_until("beta watching, in Nagios", lambda: svc().get("current_state") == "0"
+                   and "(web watching)" in svc().get("plugin_output", ""), timeout=30)
+        assert svc(DAEMON).get("current_state") == "0", svc(DAEMON)
+
+        # 1. The takeover: WARNING at once (HARD: a pushed result is a fact).
+        first = take_over(c)
+        seen = wait_until("the failover in status.dat",
+                          lambda: time.time() if svc().get("current_state") == "1" else None,
+                          timeout=10, step=0.01)
+        pushed = svc()
+        code, cli = check_minisft(beta, "--no-sinks", "--monitor", "web")
+        text, _, perf = cli.partition(" | ")
+        assert code == 1
+        assert pushed["plugin_output"] == text  # the same words as check_minisft
+        assert labels(pushed["performance_data"]) == labels(perf)  # and the same metrics
+        assert pushed["state_type"] == "1" and pushed["has_been_checked"] == "1"
+        assert "web: 192.0.2.10 runs on this backup node" in text
+        latencies = [seen - first.time]
+
+        # 2. Nagios is down while beta restarts (release, then a takeover again).
+        nagios.stop()
+        c.nodes["alpha"].host.link_up()
+        c.nodes["alpha"].stop()
+        assert beta.stop(signal.SIGTERM) == 0
+        released = beta.wait_event("released", "web", after=first.seq, timeout=5)
+        beta.start()
+        second = beta.wait_event("takeover", "web", after=released.seq, timeout=30)
+        nagios_sink = wait_until("the push to fail", lambda: next(
+            (s for s in beta.status()["sinks"] if s["name"] == "nagios"
+             and s["state"] == "retrying"), None))
+        assert "nobody reads" in nagios_sink["last_error"], nagios_sink
+
+        # 3. Nagios is back: the backlog delivers the current state, and the daemon's own
+        # service is OK (its push works again), not stuck on "retrying".
+        back = time.time()
+        nagios.start()
+        wait_until("the state after the outage", lambda: svc().get("current_state") == "1"
+                   and float(svc().get("last_check", 0)) >= int(back), timeout=90)
+        wait_until("the daemon's service", lambda: svc(DAEMON).get("current_state") == "0"
+                   and float(svc(DAEMON).get("last_check", 0)) >= int(back), timeout=10)
+        wait_until("every event handled", lambda: next(
+            s for s in beta.status()["sinks"] if s["name"] == "nagios")["pending"] == 0)
+        assert beta.last_seq() >= second.seq
+
+        # 4. One more live change, for the latency: alpha back, fallback is manual, so
+        # beta keeps holding; a `minisft pause` is an event that changes the output.
+        after = beta.last_seq()
+        assert beta.cli("pause", "web").returncode == 0
+        paused = beta.wait_event("paused", "web", after=after, timeout=10)
+        seen = wait_until("the pause in status.dat", lambda: time.time()
+                          if "paused" in svc().get("plugin_output", "") else None,
+                          timeout=10, step=0.01)
+        latencies.append(seen - paused.time)
+        stop_daemons(c)
+    print(f"\nnagios push latency, journal -> status.dat: "
+          f"{', '.join(f'{x * 1000:.0f} ms' for x in latencies)}")
