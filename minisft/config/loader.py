@@ -50,6 +50,7 @@ from minisft.config.model import (
     ExecHookConfig,
     FallbackConfig,
     FallbackMode,
+    Icinga2Config,
     IPAddress,
     IPInterface,
     IsAliveConfig,
@@ -719,9 +720,11 @@ _ISALIVE_KEYS = ("interval", "retry", "on_holder", "check")
 _FALLBACK_KEYS = ("mode", "hold_down")
 _PROBE_KEYS = ("count", "interval")
 _ANNOUNCE_KEYS = ("count", "interval", "refresh")
-_ALERTING_KEYS = ("snmp", "apprise", "exec", "nagios", "prometheus", "queue_size",
+_ALERTING_KEYS = ("snmp", "apprise", "exec", "nagios", "icinga2", "prometheus", "queue_size",
                   "max_backlog")
 _NAGIOS_KEYS = ("command_file", "host", "service_prefix")
+_ICINGA2_KEYS = ("url", "user", "password", "password_file", "password_env", "ca_file", "host",
+                 "service_prefix", "timeout")
 _EXEC_KEYS = ("name", "command", "events", "min_severity", "timeout")
 _SNMP_KEYS = ("targets",)
 _SNMP_TARGET_KEYS = ("host", "port", "version", "type", "community", "community_file",
@@ -1005,12 +1008,13 @@ def _alerting(ctx: _Ctx, top: _Map) -> AlertingConfig:
     apprise = m.opt("apprise", lambda p, v: _apprise(ctx, p, v))
     exec_hooks = _exec_hooks(ctx, m)
     nagios = m.opt("nagios", lambda p, v: _nagios(ctx, p, v))
+    icinga2 = m.opt("icinga2", lambda p, v: _icinga2(ctx, p, v))
     listen = None
     if m.has("prometheus"):
         prom = _Map(ctx, "alerting.prometheus", m.data["prometheus"], _PROMETHEUS_KEYS)
         listen = prom.req("listen", _listen, " (host:port, such as 127.0.0.1:9523)")
     cfg = AlertingConfig(snmp_targets=targets, apprise=apprise, exec_hooks=exec_hooks,
-                         nagios=nagios,
+                         nagios=nagios, icinga2=icinga2,
                          prometheus_listen=listen,
                          queue_size=m.get("queue_size", _int(1, 1_000_000), d.queue_size),
                          max_backlog=m.get("max_backlog", _int(1), d.max_backlog))
@@ -1146,6 +1150,46 @@ def _nagios(ctx: _Ctx, path: str, value: Any) -> NagiosConfig:
                                             d.service_prefix))
     m.check()
     return cfg
+
+
+def _icinga2(ctx: _Ctx, path: str, value: Any) -> Icinga2Config:
+    m = _Map(ctx, path, value, _ICINGA2_KEYS, what="the Icinga 2 API (url, user, ...)")
+    d = Icinga2Config(url="-", user="-")
+    url = m.req("url", _icinga2_url, " (https://HOST:5665)")
+    user = m.req("user", _str, " (an ApiUser allowed actions/process-check-result)")
+    password = _secret(m, "password")
+    if password is None and not m.failed and ctx.secrets:
+        m.failed = True
+        ctx.add(m.key("password_file"), "required (a file, mode 0600, holding the ApiUser's "
+                                        "password; or password_env)")
+    cfg = Icinga2Config(
+        url=url or d.url, user=user or d.user, password=password or "",
+        ca_file=m.opt("ca_file", _existing_file(ctx)),
+        host=m.opt("host", _str),
+        service_prefix=m.get("service_prefix", _text, d.service_prefix),
+        timeout=m.get("timeout", _duration(), d.timeout),
+    )
+    m.check()
+    return cfg
+
+
+def _icinga2_url(path: str, value: Any) -> str:
+    text = _str(path, value).rstrip("/")
+    scheme, sep, rest = text.partition("://")
+    if scheme.lower() != "https" or not sep or not rest or "@" in rest:
+        raise ValueError(f"expected https://HOST[:PORT] (TLS, no credentials: use user and "
+                         f"password_file), got {_got(value) if '@' not in text else 'a URL'}")
+    return text
+
+
+def _existing_file(ctx: _Ctx) -> Converter[Path]:
+    def convert(path: str, value: Any) -> Path:
+        p = ctx.resolve(_str(path, value))
+        if not p.is_file():
+            raise ValueError(f"no such file: {p}")
+        return p
+
+    return convert
 
 
 def _nagios_text(convert: Converter[str]) -> Converter[str]:

@@ -202,11 +202,25 @@ class NagiosConfig:
 
 
 @dataclass(frozen=True)
+class Icinga2Config:
+    """Passive check results through the Icinga 2 REST API (minisft.sinks.icinga2)."""
+
+    url: str  # https://icinga.example.org:5665, no trailing slash
+    user: str
+    password: str = field(default="", repr=False)  # from password_file; never logged
+    ca_file: Path | None = None  # None: the system's CAs
+    host: str | None = None  # the Icinga host name; None: node.name
+    service_prefix: str = "minisft-"  # + monitor name, or + "daemon" (as in minisft.conf)
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
 class AlertingConfig:
     snmp_targets: tuple[SnmpTargetConfig, ...] = ()
     apprise: AppriseConfig | None = None
     exec_hooks: tuple[ExecHookConfig, ...] = ()
     nagios: NagiosConfig | None = None
+    icinga2: Icinga2Config | None = None
     prometheus_listen: str | None = None  # "127.0.0.1:9523"
     queue_size: int = 1000  # per sink, in memory; the journal is the durable spool
     max_backlog: int = 100_000  # per sink; older undelivered events are skipped and counted

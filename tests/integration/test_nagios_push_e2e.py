@@ -12,10 +12,12 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.integration.cluster import Node, wait_until
+from minisft.core.events import Event
+from tests.integration.cluster import Cluster, Node, wait_until
 from tests.integration.test_monitoring_e2e import lab, start_pair, stop_daemons, take_over
 from tests.support.nagios import NAGIOS4, NagiosServer
 
@@ -30,6 +32,26 @@ def check_minisft(node: Node, *args: str) -> tuple[int, str]:
     proc = node.host.run(sys.executable, "-m", "minisft.nagios.plugin", "--status",
                          str(node.state_dir / "status.json"), *args, check=False)
     return proc.returncode, proc.stdout.strip()
+
+
+def restart_backup_alone(c: Cluster, after: int) -> Event:
+    """alpha gone for good, beta restarted (SIGTERM: release; start: takeover again).
+    Returns the new takeover."""
+    beta = c.nodes["beta"]
+    c.nodes["alpha"].host.link_up()
+    c.nodes["alpha"].stop()
+    assert beta.stop(signal.SIGTERM) == 0
+    released = beta.wait_event("released", "web", after=after, timeout=5)
+    beta.start()
+    return beta.wait_event("takeover", "web", after=released.seq, timeout=30)
+
+
+def retrying(node: Node, sink: str) -> dict[str, Any]:
+    """The sink's status once it is retrying."""
+    found: dict[str, Any] = wait_until(f"{sink} to be retrying", lambda: next(
+        (s for s in node.status()["sinks"] if s["name"] == sink
+         and s["state"] == "retrying"), None))
+    return found
 
 
 def labels(perfdata: str) -> list[str]:
@@ -68,15 +90,8 @@ def test_a_takeover_reaches_nagios_status_from_the_daemon(tmp_path: Path) -> Non
 
         # 2. Nagios is down while beta restarts (release, then a takeover again).
         nagios.stop()
-        c.nodes["alpha"].host.link_up()
-        c.nodes["alpha"].stop()
-        assert beta.stop(signal.SIGTERM) == 0
-        released = beta.wait_event("released", "web", after=first.seq, timeout=5)
-        beta.start()
-        second = beta.wait_event("takeover", "web", after=released.seq, timeout=30)
-        nagios_sink = wait_until("the push to fail", lambda: next(
-            (s for s in beta.status()["sinks"] if s["name"] == "nagios"
-             and s["state"] == "retrying"), None))
+        second = restart_backup_alone(c, after=first.seq)
+        nagios_sink = retrying(beta, "nagios")
         assert "nobody reads" in nagios_sink["last_error"], nagios_sink
 
         # 3. Nagios is back: the backlog delivers the current state, and the daemon's own

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,15 @@ import pytest
 from minisft.config import ConfigError, load_config, parse_config
 from minisft.config.model import ExecHookConfig
 from tests.unit.test_config import EXAMPLES, NODE, assert_error, cfg, private
+
+
+def reference_section(key: str) -> str:
+    """`alerting.<key>` of full-reference.yaml, as a config fragment."""
+    text = (EXAMPLES / "full-reference.yaml").read_text()
+    start = text.index(f"\n  {key}:") + 1
+    end = re.search(r"^  \w+:", text[start + 3:], re.MULTILINE)
+    assert end is not None
+    return "alerting:\n" + text[start:start + 3 + end.start()]
 
 
 def exec_cfg(body: str) -> str:
@@ -65,10 +75,7 @@ def test_a_bad_event_command_gets_one_clear_message(body: str, key: str, needle:
 
 
 def test_the_reference_config_has_a_working_event_command(tmp_path: Path) -> None:
-    text = (EXAMPLES / "full-reference.yaml").read_text()
-    start = text.index("  exec:")
-    section = text[start:text.index("  prometheus:", start)]
-    (hook,) = parse_config(cfg("alerting:\n" + section)).alerting.exec_hooks
+    (hook,) = parse_config(cfg(reference_section("exec"))).alerting.exec_hooks
     assert hook.command[0] == "/usr/bin/logger" and "takeover" in hook.kinds
 
 
@@ -102,8 +109,47 @@ def test_a_bad_nagios_push_gets_one_clear_message(body: str, key: str, message: 
 
 
 def test_the_reference_config_has_a_nagios_push() -> None:
-    text = (EXAMPLES / "full-reference.yaml").read_text()
-    start = text.index("  nagios:")
-    section = text[start:text.index("  prometheus:", start)]
-    nagios = parse_config(cfg("alerting:\n" + section)).alerting.nagios
+    nagios = parse_config(cfg(reference_section("nagios"))).alerting.nagios
     assert nagios is not None and nagios.host == "lb-alpha"
+
+
+# ---------------------------------------------------------------------- alerting.icinga2
+
+
+def icinga(tmp_path: Path, body: str) -> str:
+    secret = private(tmp_path / "pw", "icinga-S3cret\n")
+    return cfg(f"alerting:\n  icinga2:\n    password_file: {secret}\n" + body)
+
+
+def test_icinga2_push_loads_with_its_password_from_a_file(tmp_path: Path) -> None:
+    from minisft.config.model import Icinga2Config
+
+    ca = private(tmp_path / "ca.crt", "x", 0o644)
+    config = parse_config(icinga(tmp_path, f"    url: https://icinga:5665/\n    user: minisft\n"
+                                           f"    ca_file: {ca}\n    host: lb-beta\n"))
+    assert config.alerting.icinga2 == Icinga2Config(
+        url="https://icinga:5665", user="minisft", password="icinga-S3cret", ca_file=ca,
+        host="lb-beta")
+    assert "S3cret" not in repr(config)
+
+
+@pytest.mark.parametrize(("body", "key", "message"), [
+    ("    url: http://icinga:5665\n    user: u\n", "alerting.icinga2.url",
+     r"expected https://HOST\[:PORT\] \(TLS"),
+    ("    url: https://u:pw@icinga:5665\n    user: u\n", "alerting.icinga2.url",
+     r"no credentials.*got a URL$"),
+    ("    url: https://icinga:5665\n", "alerting.icinga2.user", r"required \(an ApiUser"),
+    ("    url: https://icinga:5665\n    user: u\n    ca_file: /nonexistent/ca.crt\n",
+     "alerting.icinga2.ca_file", r"no such file: /nonexistent/ca.crt"),
+])
+def test_a_bad_icinga2_push_gets_one_clear_message(tmp_path: Path, body: str, key: str,
+                                                   message: str) -> None:
+    text = icinga(tmp_path, body)
+    needle = key.rsplit(".", 1)[1] + ":" if key.rsplit(".", 1)[1] in body else "icinga2:"
+    e = assert_error(text, key, needle, message)
+    assert "pw" not in e.message.replace("password", "")
+
+
+def test_icinga2_push_needs_a_password(tmp_path: Path) -> None:
+    assert_error(cfg("alerting:\n  icinga2:\n    url: https://i:5665\n    user: u\n"),
+                 "alerting.icinga2.password_file", "icinga2:", r"required \(a file, mode 0600")

@@ -67,3 +67,15 @@ def test_no_reader_and_not_a_pipe_are_delivery_errors(tmp_path: Path) -> None:
     with pytest.raises(DeliveryError, match="is not a named pipe"):
         asyncio.run(sink.deliver(event()))
     assert plain.read_text() == ""
+
+
+def test_the_icinga2_body_matches_by_filter_variables_not_by_string() -> None:
+    from minisft.sinks.icinga2 import result_body
+
+    body = result_body('lb "x"', "minisft-web", State.WARNING,
+                       "MINISFT WARNING - beta: web moved | web_rtt=1ms;5 web_lost=0c", "beta")
+    assert body["filter_vars"] == {"minisft_host": 'lb "x"', "minisft_service": "minisft-web"}
+    assert '"x"' not in body["filter"]
+    assert body["exit_status"] == 1 and body["plugin_output"] == "MINISFT WARNING - beta: " \
+                                                                  "web moved"
+    assert body["performance_data"] == ["web_rtt=1ms;5", "web_lost=0c"]
