@@ -59,6 +59,7 @@ from minisft.config.model import (
     MonitorConfig,
     NagiosConfig,
     NodeConfig,
+    NscaConfig,
     PoolConfig,
     PoolMemberConfig,
     ProbeConfig,
@@ -720,9 +721,10 @@ _ISALIVE_KEYS = ("interval", "retry", "on_holder", "check")
 _FALLBACK_KEYS = ("mode", "hold_down")
 _PROBE_KEYS = ("count", "interval")
 _ANNOUNCE_KEYS = ("count", "interval", "refresh")
-_ALERTING_KEYS = ("snmp", "apprise", "exec", "nagios", "icinga2", "prometheus", "queue_size",
-                  "max_backlog")
+_ALERTING_KEYS = ("snmp", "apprise", "exec", "nagios", "icinga2", "nsca", "prometheus",
+                  "queue_size", "max_backlog")
 _NAGIOS_KEYS = ("command_file", "host", "service_prefix")
+_NSCA_KEYS = ("server", "port", "config_file", "host", "service_prefix", "timeout")
 _ICINGA2_KEYS = ("url", "user", "password", "password_file", "password_env", "ca_file", "host",
                  "service_prefix", "timeout")
 _EXEC_KEYS = ("name", "command", "events", "min_severity", "timeout")
@@ -1009,12 +1011,13 @@ def _alerting(ctx: _Ctx, top: _Map) -> AlertingConfig:
     exec_hooks = _exec_hooks(ctx, m)
     nagios = m.opt("nagios", lambda p, v: _nagios(ctx, p, v))
     icinga2 = m.opt("icinga2", lambda p, v: _icinga2(ctx, p, v))
+    nsca = m.opt("nsca", lambda p, v: _nsca(ctx, p, v))
     listen = None
     if m.has("prometheus"):
         prom = _Map(ctx, "alerting.prometheus", m.data["prometheus"], _PROMETHEUS_KEYS)
         listen = prom.req("listen", _listen, " (host:port, such as 127.0.0.1:9523)")
     cfg = AlertingConfig(snmp_targets=targets, apprise=apprise, exec_hooks=exec_hooks,
-                         nagios=nagios, icinga2=icinga2,
+                         nagios=nagios, icinga2=icinga2, nsca=nsca,
                          prometheus_listen=listen,
                          queue_size=m.get("queue_size", _int(1, 1_000_000), d.queue_size),
                          max_backlog=m.get("max_backlog", _int(1), d.max_backlog))
@@ -1190,6 +1193,25 @@ def _existing_file(ctx: _Ctx) -> Converter[Path]:
         return p
 
     return convert
+
+
+def _nsca(ctx: _Ctx, path: str, value: Any) -> NscaConfig:
+    m = _Map(ctx, path, value, _NSCA_KEYS, what="an NSCA server (server, config_file, ...)")
+    send_nsca = shutil.which("send_nsca", path=HOOK_PATH)
+    if send_nsca is None:
+        ctx.fail(path, "send_nsca is not installed (Debian: apt install nsca-client)")
+    d = NscaConfig(server="-", config_file=Path("-"))
+    server = m.req("server", _host, " (the NSCA daemon's host name or address)")
+    config_file = m.req("config_file", lambda p, v: _private_file(ctx, p, v),
+                        " (send_nsca.cfg with password and encryption_method, chmod 600)")
+    cfg = NscaConfig(
+        server=server or d.server, config_file=config_file or d.config_file,
+        port=m.get("port", _int(1, 65535), d.port),
+        host=m.opt("host", _nagios_text(_str)),
+        service_prefix=m.get("service_prefix", _nagios_text(_text), d.service_prefix),
+        timeout=m.get("timeout", _duration(), d.timeout), send_nsca=send_nsca)
+    m.check()
+    return cfg
 
 
 def _nagios_text(convert: Converter[str]) -> Converter[str]:

@@ -215,12 +215,26 @@ class Icinga2Config:
 
 
 @dataclass(frozen=True)
+class NscaConfig:
+    """Passive check results to a remote Nagios through send_nsca (minisft.sinks.nsca)."""
+
+    server: str  # the NSCA daemon's host name or address
+    config_file: Path  # send_nsca.cfg: password and encryption_method; mode 0600
+    port: int = 5667
+    host: str | None = None  # this node's host_name in Nagios; None: node.name
+    service_prefix: str = "MiniSFT "
+    timeout: float = 10.0
+    send_nsca: str = "/usr/sbin/send_nsca"  # resolved by the loader
+
+
+@dataclass(frozen=True)
 class AlertingConfig:
     snmp_targets: tuple[SnmpTargetConfig, ...] = ()
     apprise: AppriseConfig | None = None
     exec_hooks: tuple[ExecHookConfig, ...] = ()
     nagios: NagiosConfig | None = None
     icinga2: Icinga2Config | None = None
+    nsca: NscaConfig | None = None
     prometheus_listen: str | None = None  # "127.0.0.1:9523"
     queue_size: int = 1000  # per sink, in memory; the journal is the durable spool
     max_backlog: int = 100_000  # per sink; older undelivered events are skipped and counted

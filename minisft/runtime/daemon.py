@@ -559,6 +559,10 @@ def build_sinks(cfg: Config, status: Callable[[], dict[str, Any]] | None = None)
         from minisft.sinks.icinga2 import Icinga2Sink
 
         sinks.append(Icinga2Sink(cfg.alerting.icinga2, node=cfg.node.name, status=status))
+    if cfg.alerting.nsca is not None and status is not None:
+        from minisft.sinks.nsca import NscaSink
+
+        sinks.append(NscaSink(cfg.alerting.nsca, node=cfg.node.name, status=status))
     # each sink's name keys its spool cursor: two targets must never share one
     seen: dict[str, int] = {}
     for sink in sinks:

@@ -35,6 +35,7 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Sequence
 
 from minisft.config.model import HOOK_PATH, ExecHookConfig
 from minisft.core.events import Event, Severity
@@ -100,56 +101,67 @@ class ExecSink(Sink):
     async def _run(self, event: Event) -> tuple[int, bytes]:
         argv = self.config.command
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE, env=hook_environment(event, self.config.name),
-                cwd="/", start_new_session=True)
+            result = await run_bounded(argv, event.to_json().encode() + b"\n",
+                                       hook_environment(event, self.config.name),
+                                       self.config.timeout)
+        except TimeoutError:  # first: it is an OSError too
+            self.stats["runs"] += 1
+            self.stats["failed"] += 1
+            raise DeliveryError(f"exec {self.config.name}: still running after "
+                                f"{self.config.timeout:g} s; killed it") from None
         except OSError as exc:
             self.stats["failed"] += 1
             raise DeliveryError(f"exec {self.config.name}: cannot start {argv[0]}: "
                                 f"{exc.strerror or type(exc).__name__}") from None
         self.stats["runs"] += 1
-        tail = bytearray()
-        reader = asyncio.create_task(self._read_stderr(proc, tail))
-        try:
-            await asyncio.wait_for(self._feed_and_wait(proc, event), self.config.timeout)
-        except TimeoutError:
-            await self._kill(proc, reader)
-            self.stats["failed"] += 1
-            raise DeliveryError(f"exec {self.config.name}: still running after "
-                                f"{self.config.timeout:g} s; killed it") from None
-        except BaseException:  # cancelled by a stop: leave nothing running behind
-            await self._kill(proc, reader)
-            raise
-        # A background child may hold stderr open: do not wait for it past a grace.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(reader), REAP_GRACE)
-        reader.cancel()
-        assert proc.returncode is not None
-        return proc.returncode, bytes(tail)
+        return result
 
-    @staticmethod
-    async def _feed_and_wait(proc: asyncio.subprocess.Process, event: Event) -> None:
-        assert proc.stdin is not None
-        # a command that does not read stdin may exit first: not an error
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            proc.stdin.write(event.to_json().encode() + b"\n")
-            await proc.stdin.drain()
-        proc.stdin.close()
-        await proc.wait()
 
-    @staticmethod
-    async def _read_stderr(proc: asyncio.subprocess.Process, tail: bytearray) -> None:
-        assert proc.stderr is not None
-        while chunk := await proc.stderr.read(STDERR_TAIL):
-            tail += chunk
-            del tail[:-STDERR_TAIL]
+async def run_bounded(argv: Sequence[str], payload: bytes, env: dict[str, str],
+                      timeout: float) -> tuple[int, bytes]:
+    """Run argv (no shell, cwd /, its own session) with `payload` on stdin; return its exit
+    code (negative: killed by that signal) and the tail of its stderr. Past `timeout`, or
+    when cancelled, its whole process group is killed and reaped first, then TimeoutError
+    (or the cancellation) is raised. OSError when it cannot start."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE, env=env, cwd="/", start_new_session=True)
+    tail = bytearray()
+    reader = asyncio.create_task(_read_stderr(proc, tail))
+    try:
+        await asyncio.wait_for(_feed_and_wait(proc, payload), timeout)
+    except BaseException:  # a timeout, or cancelled by a stop: leave nothing running
+        await _kill(proc, reader)
+        raise
+    # A background child may hold stderr open: do not wait for it past a grace.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(reader), REAP_GRACE)
+    reader.cancel()
+    assert proc.returncode is not None
+    return proc.returncode, bytes(tail)
 
-    @staticmethod
-    async def _kill(proc: asyncio.subprocess.Process, reader: asyncio.Task[None]) -> None:
-        """Kill the command's whole process group and reap it, bounded."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(proc.wait(), REAP_GRACE)
-        reader.cancel()
+
+async def _feed_and_wait(proc: asyncio.subprocess.Process, payload: bytes) -> None:
+    assert proc.stdin is not None
+    # a command that does not read stdin may exit first: not an error
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        proc.stdin.write(payload)
+        await proc.stdin.drain()
+    proc.stdin.close()
+    await proc.wait()
+
+
+async def _read_stderr(proc: asyncio.subprocess.Process, tail: bytearray) -> None:
+    assert proc.stderr is not None
+    while chunk := await proc.stderr.read(STDERR_TAIL):
+        tail += chunk
+        del tail[:-STDERR_TAIL]
+
+
+async def _kill(proc: asyncio.subprocess.Process, reader: asyncio.Task[None]) -> None:
+    """Kill the command's whole process group and reap it, bounded."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(proc.wait(), REAP_GRACE)
+    reader.cancel()

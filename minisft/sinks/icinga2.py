@@ -24,8 +24,8 @@ from typing import Any
 from minisft.config.model import Icinga2Config
 from minisft.core.events import Event
 from minisft.nagios.plugin import State
-from minisft.sinks.base import DeliveryError, Sink
-from minisft.sinks.nagios_cmd import StatusSource, check_results, live_status
+from minisft.sinks.base import DeliveryError
+from minisft.sinks.nagios_cmd import CheckResultSink, StatusSource
 
 ENDPOINT = "/v1/actions/process-check-result"
 
@@ -45,24 +45,19 @@ def result_body(host: str, service: str, state: State, output: str,
     }
 
 
-class Icinga2Sink(Sink):
+class Icinga2Sink(CheckResultSink):
     name = "icinga2"
 
     def __init__(self, config: Icinga2Config, *, node: str, status: StatusSource) -> None:
+        super().__init__(node=node, host=config.host, service_prefix=config.service_prefix,
+                         status=status)
         self.config = config
-        self.node = node
-        self.host = config.host or node
-        self.status = status
-        self.stats: dict[str, int] = {"results": 0}
         self._session: Any = None  # requests.Session, made in the worker thread
         self._lock = asyncio.Lock()
 
     async def deliver(self, event: Event) -> None:
-        now = time.time()
         bodies = [result_body(self.host, service, state, text, self.node)
-                  for service, state, text in check_results(
-                      live_status(self.status), event, self.config.service_prefix, now,
-                      self.name)]
+                  for service, state, text in self.results(event, time.time())]
         async with self._lock:
             await asyncio.to_thread(self._post_all, bodies)
         self.stats["results"] += len(bodies)

@@ -78,21 +78,35 @@ def command_line(host: str, service: str, state: State, output: str, now: float)
     return head.encode() + body + b"\n"
 
 
-class NagiosCommandSink(Sink):
-    name = "nagios"
+class CheckResultSink(Sink):
+    """What the Nagios, NSCA and Icinga 2 pushes share: who they speak for (`host`, the
+    node by default) and the results to push for an event."""
 
-    def __init__(self, config: NagiosConfig, *, node: str, status: StatusSource) -> None:
-        self.config = config
-        self.host = config.host or node
+    def __init__(self, *, node: str, host: str | None, service_prefix: str,
+                 status: StatusSource) -> None:
+        self.node = node
+        self.host = host or node
+        self.service_prefix = service_prefix
         self.status = status
         self.stats: dict[str, int] = {"results": 0}
 
+    def results(self, event: Event, now: float) -> list[tuple[str, State, str]]:
+        return check_results(live_status(self.status), event, self.service_prefix, now,
+                             self.name)
+
+
+class NagiosCommandSink(CheckResultSink):
+    name = "nagios"
+
+    def __init__(self, config: NagiosConfig, *, node: str, status: StatusSource) -> None:
+        super().__init__(node=node, host=config.host, service_prefix=config.service_prefix,
+                         status=status)
+        self.config = config
+
     async def deliver(self, event: Event) -> None:
         now = time.time()
-        results = check_results(live_status(self.status), event, self.config.service_prefix,
-                                now, self.name)
         lines = [command_line(self.host, service, state, text, now)
-                 for service, state, text in results]
+                 for service, state, text in self.results(event, now)]
         self._write(lines)
         self.stats["results"] += len(lines)
 

@@ -18,8 +18,14 @@ import pytest
 
 from minisft.core.events import Event
 from tests.integration.cluster import Cluster, Node, wait_until
-from tests.integration.test_monitoring_e2e import lab, start_pair, stop_daemons, take_over
-from tests.support.nagios import NAGIOS4, NagiosServer
+from tests.integration.test_monitoring_e2e import (
+    CLIENT_IP,
+    lab,
+    start_pair,
+    stop_daemons,
+    take_over,
+)
+from tests.support.nagios import NAGIOS4, NSCA, NSCA_PASSWORD, NagiosServer, NscaServer
 
 pytestmark = [pytest.mark.netns,
               pytest.mark.skipif(not Path(NAGIOS4).exists(), reason="nagios4 not installed")]
@@ -118,3 +124,50 @@ def test_a_takeover_reaches_nagios_status_from_the_daemon(tmp_path: Path) -> Non
         stop_daemons(c)
     print(f"\nnagios push latency, journal -> status.dat: "
           f"{', '.join(f'{x * 1000:.0f} ms' for x in latencies)}")
+
+
+# ---------------------------------------------------------------------- NSCA
+
+
+@pytest.mark.skipif(not Path(NSCA).exists() or not Path("/usr/sbin/send_nsca").exists(),
+                    reason="nsca / nsca-client not installed")
+def test_a_takeover_reaches_a_remote_nagios_through_nsca(tmp_path: Path) -> None:
+    """send_nsca on beta -> Debian's nsca daemon on the client (192.0.2.100:5667) ->
+    that Nagios' command pipe -> status.dat."""
+    with contextlib.ExitStack() as stack:
+        alerting: dict[str, Any] = {}
+        c = stack.enter_context(lab(tmp_path, alerting=alerting))
+        nagios = stack.enter_context(NagiosServer())
+        nsca = stack.enter_context(NscaServer(nagios, c.client, CLIENT_IP))
+        beta = c.nodes["beta"]
+        alerting["nsca"] = {"server": CLIENT_IP, "host": "lb-beta", "timeout": "3s",
+                            "config_file": str(nsca.client_config(tmp_path / "send_nsca.cfg"))}
+        beta.configure(beta.config["monitors"], alerting=alerting)
+
+        def svc(key: tuple[str, str] = WEB) -> dict[str, str]:
+            return nagios.services().get(key, {})
+
+        start_pair(c)
+        wait_until("beta watching, in Nagios", lambda: svc().get("current_state") == "0"
+                   and "(web watching)" in svc().get("plugin_output", ""), timeout=30)
+
+        first = take_over(c)
+        seen = wait_until("the failover in status.dat",
+                          lambda: time.time() if svc().get("current_state") == "1" else None,
+                          timeout=10, step=0.01)
+        code, cli = check_minisft(beta, "--no-sinks", "--monitor", "web")
+        assert code == 1 and svc()["plugin_output"] == cli.partition(" | ")[0]
+        latency = seen - first.time
+
+        # NSCA down across a daemon restart: retried until it is back.
+        nsca.stop()
+        restart_backup_alone(c, after=first.seq)
+        sink = retrying(beta, "nsca")
+        assert "Could not connect to host" in sink["last_error"], sink
+        back = time.time()
+        nsca.start()
+        wait_until("the state after the outage", lambda: svc().get("current_state") == "1"
+                   and float(svc().get("last_check", 0)) >= int(back), timeout=90)
+        assert NSCA_PASSWORD not in beta.log()
+        stop_daemons(c)
+    print(f"\nnsca push latency, journal -> status.dat: {latency * 1000:.0f} ms")

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from minisft.lab.netns import Host
 from tests.integration.test_alerting_defs import ALERTING, NAGIOS_OBJECTS
 
 NAGIOS4 = "/usr/sbin/nagios4"
@@ -118,3 +119,59 @@ class NagiosServer:
     def __exit__(self, *exc: Any) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+NSCA = "/usr/sbin/nsca"
+NSCA_PASSWORD = "nsca-S3cret-pw"
+NSCA_ENCRYPTION = 14  # Rijndael-128, mcrypt's (the Debian build has it)
+
+
+class NscaServer:
+    """Debian's nsca daemon in a lab namespace, as nagios, writing into `nagios`'s
+    command pipe: the remote-Nagios path send_nsca feeds."""
+
+    def __init__(self, nagios: NagiosServer, host: Host, ip: str, port: int = 5667) -> None:
+        self.nagios = nagios
+        self.host = host
+        self.ip = ip
+        self.port = port
+        self.config = nagios.dir / "nsca.cfg"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def client_config(self, path: Path) -> Path:
+        """send_nsca.cfg for the daemon's side: mode 0600, it holds the password."""
+        path.write_text(f"password={NSCA_PASSWORD}\nencryption_method={NSCA_ENCRYPTION}\n")
+        path.chmod(0o600)
+        return path
+
+    def __enter__(self) -> NscaServer:
+        d = self.nagios.dir
+        self.config.write_text("\n".join([
+            f"pid_file={d}/nsca.pid", f"server_address={self.ip}", f"server_port={self.port}",
+            "nsca_user=nagios", "nsca_group=nagios", "debug=1",
+            f"command_file={self.nagios.command_file}", f"alternate_dump_file={d}/nsca.dump",
+            "aggregate_writes=0", "append_to_file=0", "max_packet_age=30",
+            f"password={NSCA_PASSWORD}", f"decryption_method={NSCA_ENCRYPTION}", ""]))
+        self.config.chmod(0o600)
+        shutil.chown(self.config, "nagios", "nagios")
+        return self.start()
+
+    def start(self) -> NscaServer:
+        self.proc = self.host.popen(["runuser", "-u", "nagios", "--", NSCA, "-f", "-c",
+                                     str(self.config), "--single"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while self.host.run("ss", "-Hltn", f"sport = :{self.port}", check=False
+                            ).stdout.strip() == "":
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("nsca did not start")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.host.stop_process(self.proc)
+            self.proc = None
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()

@@ -153,3 +153,28 @@ def test_a_bad_icinga2_push_gets_one_clear_message(tmp_path: Path, body: str, ke
 def test_icinga2_push_needs_a_password(tmp_path: Path) -> None:
     assert_error(cfg("alerting:\n  icinga2:\n    url: https://i:5665\n    user: u\n"),
                  "alerting.icinga2.password_file", "icinga2:", r"required \(a file, mode 0600")
+
+
+# ---------------------------------------------------------------------- alerting.nsca
+
+
+def test_nsca_push_loads_and_its_config_file_must_be_private(tmp_path: Path) -> None:
+    secret = private(tmp_path / "send_nsca.cfg", "password=x\nencryption_method=14\n")
+    config = parse_config(cfg(f"alerting:\n  nsca:\n    server: 192.0.2.250\n"
+                              f"    config_file: {secret}\n")).alerting.nsca
+    assert config is not None
+    assert (config.server, config.port, config.config_file) == ("192.0.2.250", 5667, secret)
+    assert config.send_nsca == "/usr/sbin/send_nsca"
+    secret.chmod(0o644)
+    assert_error(cfg(f"alerting:\n  nsca:\n    server: 192.0.2.250\n"
+                     f"    config_file: {secret}\n"), "alerting.nsca.config_file",
+                 "config_file", r"accessible to group or others .*chmod 600")
+    assert_error(cfg("alerting:\n  nsca:\n    config_file: /x\n"), "alerting.nsca.server",
+                 "nsca:", r"required \(the NSCA daemon")
+
+
+def test_the_reference_config_has_an_nsca_push(tmp_path: Path) -> None:
+    private(tmp_path / "send_nsca.cfg", "password=x\n")
+    text = reference_section("nsca").replace("/etc/minisft/", f"{tmp_path}/")
+    nsca = parse_config(cfg(text)).alerting.nsca
+    assert nsca is not None and nsca.host == "lb-alpha"
