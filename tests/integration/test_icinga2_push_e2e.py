@@ -48,7 +48,7 @@ def test_a_takeover_reaches_icinga2_through_its_api(tmp_path: Path) -> None:
         icinga = stack.enter_context(IcingaServer(c.client, CLIENT_IP))
         beta = c.nodes["beta"]
         alerting["icinga2"] = {
-            "url": icinga.url, "user": PUSH_USER, "host": "lb-beta",
+            "url": icinga.url, "user": PUSH_USER, "host": "lb-beta", "timeout": "3s",
             "password_file": private_file(tmp_path / "secrets" / "icinga2", PUSH_PASSWORD),
             "ca_file": str(icinga.ca_file)}
         beta.configure(beta.config["monitors"], alerting=alerting)

@@ -56,7 +56,7 @@ def retrying(node: Node, sink: str) -> dict[str, Any]:
     """The sink's status once it is retrying."""
     found: dict[str, Any] = wait_until(f"{sink} to be retrying", lambda: next(
         (s for s in node.status()["sinks"] if s["name"] == sink
-         and s["state"] == "retrying"), None))
+         and s["state"] == "retrying"), None), timeout=45)
     return found
 
 
