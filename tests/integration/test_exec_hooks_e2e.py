@@ -126,3 +126,25 @@ def test_a_takeover_runs_the_hook_once_in_order_across_an_outage_and_a_restart(
 def _sink(node: Any) -> dict[str, Any]:
     sinks = node.status()["sinks"]
     return next(s for s in sinks if s["name"] == "exec-ops")
+
+
+def test_a_hook_that_hangs_delays_no_takeover(tmp_path: Path) -> None:
+    """The hook runs in its sink's task, off the failover path: while it is stuck on the
+    daemon's first event, beta still takes the address over."""
+    pids = tmp_path / "pids"
+    script = tmp_path / "stuck"
+    script.write_text(f"#!/bin/sh\necho $$ >> {pids}\nexec sleep 120\n")
+    script.chmod(0o755)
+    alerting = {"exec": [{"name": "stuck", "command": [str(script)], "timeout": "100s"}]}
+    with lab(tmp_path, alerting=alerting) as c:
+        beta = c.nodes["beta"]
+        start_pair(c)
+        wait_until("the hook to hang", pids.exists)
+        (pid,) = [int(p) for p in pids.read_text().split()]
+        take_over(c)
+        assert Path(f"/proc/{pid}").exists(), "the first run is still hanging"
+        assert pids.read_text().split() == [str(pid)], "never two runs at once"
+        sink = next(s for s in beta.status()["sinks"] if s["name"] == "exec-stuck")
+        assert sink["delivered"] == 0 and sink["pending"] >= 2
+        stop_daemons(c)
+    assert not Path(f"/proc/{pid}").exists(), "a stop leaves no hook running"
