@@ -57,7 +57,7 @@ class Icinga2Sink(CheckResultSink):
 
     async def deliver(self, event: Event) -> None:
         bodies = [result_body(self.host, service, state, text, self.node)
-                  for service, state, text in self.results(event, time.time())]
+                  for service, state, text in await self.results(event, time.time())]
         async with self._lock:
             await asyncio.to_thread(self._post_all, bodies)
         self.stats["results"] += len(bodies)

@@ -25,6 +25,7 @@ lines from other writers never interleave with ours.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import os
@@ -90,9 +91,14 @@ class CheckResultSink(Sink):
         self.status = status
         self.stats: dict[str, int] = {"results": 0}
 
-    def results(self, event: Event, now: float) -> list[tuple[str, State, str]]:
-        return check_results(live_status(self.status), event, self.service_prefix, now,
-                             self.name)
+    async def results(self, event: Event, now: float) -> list[tuple[str, State, str]]:
+        """The live status is taken and copied on the event loop (the daemon's state is
+        not thread-safe); judging it, which grows with the square of the number of
+        monitors for an event that concerns them all, runs in a thread so a burst of
+        events does not hold the loop the failover uses."""
+        doc = live_status(self.status)
+        return await asyncio.to_thread(check_results, doc, event, self.service_prefix, now,
+                                       self.name)
 
 
 class NagiosCommandSink(CheckResultSink):
@@ -106,7 +112,7 @@ class NagiosCommandSink(CheckResultSink):
     async def deliver(self, event: Event) -> None:
         now = time.time()
         lines = [command_line(self.host, service, state, text, now)
-                 for service, state, text in self.results(event, now)]
+                 for service, state, text in await self.results(event, now)]
         self._write(lines)
         self.stats["results"] += len(lines)
 

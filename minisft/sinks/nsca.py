@@ -45,7 +45,7 @@ class NscaSink(CheckResultSink):
 
     async def deliver(self, event: Event) -> None:
         entries = [nsca_entry(self.host, service, state, text)
-                   for service, state, text in self.results(event, time.time())]
+                   for service, state, text in await self.results(event, time.time())]
         c = self.config
         argv = [c.send_nsca, "-H", c.server, "-p", str(c.port),
                 "-to", str(max(1, round(c.timeout))), "-c", str(c.config_file)]
