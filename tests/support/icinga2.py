@@ -11,9 +11,12 @@ test). No CheckerComponent: only pushed results change a state here.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -59,6 +62,18 @@ object Host "lb-beta" {{
 
 def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Is any live (not zombie) process in process group `pgid`?"""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 class IcingaServer:
@@ -131,7 +146,17 @@ class IcingaServer:
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.host.stop_process(self.proc, timeout=20)  # the whole process group
+            group = self.proc.pid  # popen starts a new session: its pid is the group's
+            self.host.stop_process(self.proc, timeout=20)
+            # stop_process waits for runuser only; icinga2's processes (same group) can
+            # outlive it and go on serving the API, so wait for the group, then kill it
+            deadline = time.monotonic() + 10
+            while _group_alive(group):
+                if time.monotonic() > deadline:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(group, signal.SIGKILL)
+                    deadline = time.monotonic() + 10
+                time.sleep(0.05)
             self.proc = None
             self.log.close()
 
