@@ -23,6 +23,7 @@ import importlib.util
 import ipaddress
 import os
 import re
+import shutil
 import stat
 from collections.abc import Callable, Collection, Iterable
 from enum import Enum
@@ -37,6 +38,7 @@ from minisft.config.durations import format_duration, parse_duration
 from minisft.config.model import (
     DEFAULT_CONTROL_SOCKET,
     DEFAULT_STATE_DIR,
+    HOOK_PATH,
     AlertingConfig,
     AnnounceConfig,
     AppriseConfig,
@@ -45,15 +47,19 @@ from minisft.config.model import (
     CoordinationBackend,
     CoordinationConfig,
     EtcdTLSConfig,
+    ExecHookConfig,
     FallbackConfig,
     FallbackMode,
+    Icinga2Config,
     IPAddress,
     IPInterface,
     IsAliveConfig,
     LoggingConfig,
     LooksAliveConfig,
     MonitorConfig,
+    NagiosConfig,
     NodeConfig,
+    NscaConfig,
     PoolConfig,
     PoolMemberConfig,
     ProbeConfig,
@@ -734,7 +740,13 @@ _ISALIVE_KEYS = ("interval", "retry", "on_holder", "check")
 _FALLBACK_KEYS = ("mode", "hold_down")
 _PROBE_KEYS = ("count", "interval")
 _ANNOUNCE_KEYS = ("count", "interval", "refresh")
-_ALERTING_KEYS = ("snmp", "apprise", "prometheus", "queue_size", "max_backlog")
+_ALERTING_KEYS = ("snmp", "apprise", "exec", "nagios", "icinga2", "nsca", "prometheus",
+                  "queue_size", "max_backlog")
+_NAGIOS_KEYS = ("command_file", "host", "service_prefix")
+_NSCA_KEYS = ("server", "port", "config_file", "host", "service_prefix", "timeout")
+_ICINGA2_KEYS = ("url", "user", "password", "password_file", "password_env", "ca_file", "host",
+                 "service_prefix", "timeout")
+_EXEC_KEYS = ("name", "command", "events", "min_severity", "timeout")
 _SNMP_KEYS = ("targets",)
 _SNMP_TARGET_KEYS = ("host", "port", "version", "type", "community", "community_file",
                      "community_env", "user", "auth_protocol", "auth_key", "auth_key_file",
@@ -1026,11 +1038,17 @@ def _alerting(ctx: _Ctx, top: _Map) -> AlertingConfig:
         ) if t is not None)
         m.failed = m.failed or snmp.failed
     apprise = m.opt("apprise", lambda p, v: _apprise(ctx, p, v))
+    exec_hooks = _exec_hooks(ctx, m)
+    nagios = m.opt("nagios", lambda p, v: _nagios(ctx, p, v))
+    icinga2 = m.opt("icinga2", lambda p, v: _icinga2(ctx, p, v))
+    nsca = m.opt("nsca", lambda p, v: _nsca(ctx, p, v))
     listen = None
     if m.has("prometheus"):
         prom = _Map(ctx, "alerting.prometheus", m.data["prometheus"], _PROMETHEUS_KEYS)
         listen = prom.req("listen", _listen, " (host:port, such as 127.0.0.1:9523)")
-    cfg = AlertingConfig(snmp_targets=targets, apprise=apprise, prometheus_listen=listen,
+    cfg = AlertingConfig(snmp_targets=targets, apprise=apprise, exec_hooks=exec_hooks,
+                         nagios=nagios, icinga2=icinga2, nsca=nsca,
+                         prometheus_listen=listen,
                          queue_size=m.get("queue_size", _int(1, 1_000_000), d.queue_size),
                          max_backlog=m.get("max_backlog", _int(1), d.max_backlog))
     m.check()
@@ -1154,6 +1172,152 @@ def _apprise(ctx: _Ctx, path: str, value: Any) -> AppriseConfig:
         ctx.fail(path, "needs urls, urls_file or config (where to send the alerts)")
     m.check()
     return cfg
+
+
+def _nagios(ctx: _Ctx, path: str, value: Any) -> NagiosConfig:
+    m = _Map(ctx, path, value, _NAGIOS_KEYS)
+    d = NagiosConfig()
+    cfg = NagiosConfig(command_file=m.get("command_file", _path(ctx), d.command_file),
+                       host=m.opt("host", _nagios_text(_str)),
+                       service_prefix=m.get("service_prefix", _nagios_text(_text),
+                                            d.service_prefix))
+    m.check()
+    return cfg
+
+
+def _icinga2(ctx: _Ctx, path: str, value: Any) -> Icinga2Config:
+    m = _Map(ctx, path, value, _ICINGA2_KEYS, what="the Icinga 2 API (url, user, ...)")
+    d = Icinga2Config(url="-", user="-")
+    url = m.req("url", _icinga2_url, " (https://HOST:5665)")
+    user = m.req("user", _str, " (an ApiUser allowed actions/process-check-result)")
+    password = _secret(m, "password")
+    if password is None and not m.failed and ctx.secrets:
+        m.failed = True
+        ctx.add(m.key("password_file"), "required (a file, mode 0600, holding the ApiUser's "
+                                        "password; or password_env)")
+    cfg = Icinga2Config(
+        url=url or d.url, user=user or d.user, password=password or "",
+        ca_file=m.opt("ca_file", _existing_file(ctx)),
+        host=m.opt("host", _str),
+        service_prefix=m.get("service_prefix", _text, d.service_prefix),
+        timeout=m.get("timeout", _duration(), d.timeout),
+    )
+    m.check()
+    return cfg
+
+
+def _icinga2_url(path: str, value: Any) -> str:
+    text = _str(path, value).rstrip("/")
+    scheme, sep, rest = text.partition("://")
+    if scheme.lower() != "https" or not sep or not rest or "@" in rest:
+        raise ValueError(f"expected https://HOST[:PORT] (TLS, no credentials: use user and "
+                         f"password_file), got {_got(value) if '@' not in text else 'a URL'}")
+    return text
+
+
+def _existing_file(ctx: _Ctx) -> Converter[Path]:
+    def convert(path: str, value: Any) -> Path:
+        p = ctx.resolve(_str(path, value))
+        if not p.is_file():
+            raise ValueError(f"no such file: {p}")
+        return p
+
+    return convert
+
+
+def _nsca(ctx: _Ctx, path: str, value: Any) -> NscaConfig:
+    m = _Map(ctx, path, value, _NSCA_KEYS, what="an NSCA server (server, config_file, ...)")
+    send_nsca = shutil.which("send_nsca", path=HOOK_PATH)
+    if send_nsca is None:
+        ctx.fail(path, "send_nsca is not installed (Debian: apt install nsca-client)")
+    d = NscaConfig(server="-", config_file=Path("-"))
+    server = m.req("server", _host, " (the NSCA daemon's host name or address)")
+    config_file = m.req("config_file", lambda p, v: _private_file(ctx, p, v),
+                        " (send_nsca.cfg with password and encryption_method, chmod 600)")
+    cfg = NscaConfig(
+        server=server or d.server, config_file=config_file or d.config_file,
+        port=m.get("port", _int(1, 65535), d.port),
+        host=m.opt("host", _nagios_text(_str)),
+        service_prefix=m.get("service_prefix", _nagios_text(_text), d.service_prefix),
+        timeout=m.get("timeout", _duration(), d.timeout), send_nsca=send_nsca)
+    m.check()
+    return cfg
+
+
+def _nagios_text(convert: Converter[str]) -> Converter[str]:
+    """A host or service name part: ';' and line breaks separate external commands."""
+    def checked(path: str, value: Any) -> str:
+        text = convert(path, value)
+        if any(c in text for c in ";\n\r"):
+            raise ValueError(f"must not contain ';' or a line break, got {_got(value)}")
+        return text
+
+    return checked
+
+
+def _exec_hooks(ctx: _Ctx, m: _Map) -> tuple[ExecHookConfig, ...]:
+    hooks: list[ExecHookConfig] = []
+    for i, item in enumerate(_list(ctx, m, "exec", "event commands")):
+        path = f"alerting.exec[{i}]"
+        hook = ctx.section(None, _exec_hook, ctx, path, item)
+        if hook is None:
+            m.failed = True
+        elif any(h.name == hook.name for h in hooks):
+            m.failed = True
+            ctx.add(f"{path}.name", f"another event command is already named {hook.name!r} "
+                                    "(the name keys its delivery cursor)")
+        else:
+            hooks.append(hook)
+    return tuple(hooks)
+
+
+def _exec_hook(ctx: _Ctx, path: str, value: Any) -> ExecHookConfig:
+    m = _Map(ctx, path, value, _EXEC_KEYS, what="an event command {name, command, events}")
+    d = ExecHookConfig(name="-", command=())
+    name = m.req("name", _name)
+    command = m.req("command", lambda p, v: _command(ctx, p, v),
+                    " (the program and its arguments, such as [/usr/local/bin/notify, "
+                    "--quiet])")
+    cfg = ExecHookConfig(
+        name=name or d.name,
+        command=command or d.command,
+        kinds=m.get("events", _kinds, d.kinds),
+        min_severity=m.get("min_severity", _severity, d.min_severity),
+        timeout=m.get("timeout", _duration(), d.timeout),
+    )
+    m.check()
+    return cfg
+
+
+def _command(ctx: _Ctx, path: str, value: Any) -> tuple[str, ...]:
+    """An argv list; the program must exist and be executable now. A bare name is looked
+    up in the hooks' PATH (the daemon's own PATH is not used: hooks get a clean
+    environment), a relative path is relative to the config file."""
+    if isinstance(value, str):
+        raise ValueError("expected a list: the program and its arguments, one item each "
+                         f"(no shell parsing), such as [{value.split()[0]!r}, ...]"
+                         if value.split() else "expected a non-empty list")
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"expected a non-empty list (the program and its arguments), got "
+                         f"{_got(value)}")
+    argv: list[str] = []
+    for i, item in enumerate(value):
+        if isinstance(item, int | float) and not isinstance(item, bool):
+            item = str(item)
+        if not isinstance(item, str) or "\0" in item or (i == 0 and not item.strip()):
+            raise ConfigError(f"{path}[{i}]", f"expected a string, got {_got(item)}")
+        argv.append(item)
+    program = argv[0].strip()
+    if "/" in program:
+        found: str | None = str(ctx.resolve(program))
+    else:
+        found = shutil.which(program, path=HOOK_PATH)
+    if found is None or not os.path.isfile(found):
+        where = "" if "/" in program else f" (searched {HOOK_PATH})"
+        raise ConfigError(f"{path}[0]", f"no such program: {program}{where}")
+    if not os.access(found, os.X_OK):
+        raise ConfigError(f"{path}[0]", f"{found} is not executable (chmod +x it)")
+    return (found, *argv[1:])
 
 
 def _template(path: str, value: Any) -> str:

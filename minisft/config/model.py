@@ -194,10 +194,67 @@ class AppriseConfig:
     body: str = "{reason}\n\nnode={node} monitor={monitor} address={address} state={state}"
 
 
+# The PATH event commands run with (they do not inherit the daemon's environment), also
+# where the loader looks up a bare program name.
+HOOK_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True)
+class ExecHookConfig:
+    """One event command (`alerting.exec[]`): run once per matching event, in journal
+    order, with the event as JSON on stdin (see minisft.sinks.exec_sink)."""
+
+    name: str
+    command: tuple[str, ...]  # argv; command[0] is an absolute path (resolved by the loader)
+    kinds: tuple[str, ...] = ()  # `events:` in the YAML; empty: every kind
+    min_severity: str = "debug"
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class NagiosConfig:
+    """Passive check results into a Nagios 4 / Icinga 1 external command file
+    (minisft.sinks.nagios_cmd)."""
+
+    command_file: Path = Path("/var/lib/nagios4/rw/nagios.cmd")
+    host: str | None = None  # the Nagios host_name; None: node.name
+    service_prefix: str = "MiniSFT "  # + monitor name, or + "daemon"
+
+
+@dataclass(frozen=True)
+class Icinga2Config:
+    """Passive check results through the Icinga 2 REST API (minisft.sinks.icinga2)."""
+
+    url: str  # https://icinga.example.org:5665, no trailing slash
+    user: str
+    password: str = field(default="", repr=False)  # from password_file; never logged
+    ca_file: Path | None = None  # None: the system's CAs
+    host: str | None = None  # the Icinga host name; None: node.name
+    service_prefix: str = "minisft-"  # + monitor name, or + "daemon" (as in minisft.conf)
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class NscaConfig:
+    """Passive check results to a remote Nagios through send_nsca (minisft.sinks.nsca)."""
+
+    server: str  # the NSCA daemon's host name or address
+    config_file: Path  # send_nsca.cfg: password and encryption_method; mode 0600
+    port: int = 5667
+    host: str | None = None  # this node's host_name in Nagios; None: node.name
+    service_prefix: str = "MiniSFT "
+    timeout: float = 10.0
+    send_nsca: str = "/usr/sbin/send_nsca"  # resolved by the loader
+
+
 @dataclass(frozen=True)
 class AlertingConfig:
     snmp_targets: tuple[SnmpTargetConfig, ...] = ()
     apprise: AppriseConfig | None = None
+    exec_hooks: tuple[ExecHookConfig, ...] = ()
+    nagios: NagiosConfig | None = None
+    icinga2: Icinga2Config | None = None
+    nsca: NscaConfig | None = None
     prometheus_listen: str | None = None  # "127.0.0.1:9523"
     queue_size: int = 1000  # per sink, in memory; the journal is the durable spool
     max_backlog: int = 100_000  # per sink; older undelivered events are skipped and counted

@@ -177,7 +177,7 @@ class Daemon:
     def _build_delivery(self, cfg: Config) -> Any:
         from minisft.runtime.delivery import DeliveryManager
 
-        return DeliveryManager(self.journal, build_sinks(cfg),
+        return DeliveryManager(self.journal, build_sinks(cfg, self.status),
                                queue_size=cfg.alerting.queue_size,
                                max_backlog=cfg.alerting.max_backlog)
 
@@ -537,8 +537,9 @@ class Daemon:
             self._lock_fd = None
 
 
-def build_sinks(cfg: Config) -> list[Any]:
-    """One sink per destination; heavy libraries load only for configured sinks."""
+def build_sinks(cfg: Config, status: Callable[[], dict[str, Any]] | None = None) -> list[Any]:
+    """One sink per destination; heavy libraries load only for configured sinks. `status`
+    gives the live status document to the sinks that push check results."""
     sinks: list[Any] = []
     if cfg.logging.syslog:
         from minisft.sinks.syslog import SyslogSink
@@ -552,6 +553,22 @@ def build_sinks(cfg: Config) -> list[Any]:
         from minisft.sinks.apprise_sink import AppriseSink
 
         sinks.append(AppriseSink(cfg.alerting.apprise))
+    for hook in cfg.alerting.exec_hooks:
+        from minisft.sinks.exec_sink import ExecSink
+
+        sinks.append(ExecSink(hook))
+    if cfg.alerting.nagios is not None and status is not None:
+        from minisft.sinks.nagios_cmd import NagiosCommandSink
+
+        sinks.append(NagiosCommandSink(cfg.alerting.nagios, node=cfg.node.name, status=status))
+    if cfg.alerting.icinga2 is not None and status is not None:
+        from minisft.sinks.icinga2 import Icinga2Sink
+
+        sinks.append(Icinga2Sink(cfg.alerting.icinga2, node=cfg.node.name, status=status))
+    if cfg.alerting.nsca is not None and status is not None:
+        from minisft.sinks.nsca import NscaSink
+
+        sinks.append(NscaSink(cfg.alerting.nsca, node=cfg.node.name, status=status))
     # each sink's name keys its spool cursor: two targets must never share one
     seen: dict[str, int] = {}
     for sink in sinks:

@@ -517,5 +517,7 @@ def test_all_shipped_files_are_covered() -> None:
     assert shipped == {
         "README.md", "snmptrapd.conf", "minisft-traphandler", "apprise.yml",
         "icinga2/minisft.conf", "nagios4/minisft.cfg", "prometheus/minisft-rules.yml",
+        "nagios4/minisft-passive.cfg",  # run by the real nagios4 in test_nagios_push_e2e
+        "icinga2/minisft-passive.conf",  # run by the real icinga2 in test_icinga2_push_e2e
     }
     assert os.access(ALERTING / "minisft-traphandler", os.X_OK)

@@ -157,6 +157,9 @@ def reference(tmp_path: Path) -> Path:
     private(tmp_path / "pool.key", bytes(range(32)))
     private(tmp_path / "apprise-urls.txt", "# team\nmailto://u:mailpw@example.com\n")
     private(tmp_path / "apprise.yml", "urls:\n  - json://localhost/x\n")
+    private(tmp_path / "icinga2-password", "icinga-pw\n")
+    private(tmp_path / "icinga2-ca.crt", "-----BEGIN CERTIFICATE-----\n", 0o644)
+    private(tmp_path / "send_nsca.cfg", "password=x\nencryption_method=14\n")
     text = (EXAMPLES / "full-reference.yaml").read_text()
     return private(tmp_path / "minisft.yaml",
                    text.replace("/etc/minisft/", f"{tmp_path}/"), 0o644)
