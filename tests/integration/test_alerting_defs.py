@@ -180,6 +180,41 @@ def test_alert_rules_fire_on_rendered_metrics(tmp_path: Path) -> None:
     assert "SUCCESS" in proc.stdout
 
 
+def test_shipped_rule_unit_tests_pass() -> None:
+    """The rule unit tests an admin runs: `promtool test rules` on the shipped file."""
+    proc = sh(tool("promtool"), "test", "rules", "minisft-rules.test.yml",
+              cwd=ALERTING / "prometheus")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "SUCCESS" in proc.stdout
+
+
+def test_shipped_rule_unit_tests_use_exported_series() -> None:
+    """Every series in the shipped rule tests is one the daemon exports (or Prometheus'
+    own `up`), with the daemon's label names plus `job`/`instance`: a test written
+    against a made-up metric would pass while the rule never fires."""
+    exported: dict[str, set[str]] = {}
+    sample = re.compile(r"^(\w+)(?:\{(.*)\})? ")
+    for line in render_metrics(alarm_status(3)).decode().splitlines():
+        m = sample.match(line)
+        if m:
+            exported[m.group(1)] = set(re.findall(r'(\w+)="', m.group(2) or ""))
+    exported["up"] = set()
+    tests = yaml.safe_load((ALERTING / "prometheus" / "minisft-rules.test.yml").read_text())
+    seen = set()
+    for case in tests["tests"]:
+        for item in case["input_series"]:
+            m = re.match(r"^(\w+)\{(.*)\}$", item["series"])
+            assert m, item["series"]
+            name, labels = m.group(1), set(re.findall(r'(\w+)="', m.group(2)))
+            assert name in exported, f"{name} is not exported by the daemon"
+            assert labels == exported[name] | {"job", "instance"}, (name, labels)
+            seen.add(name)
+    rules = yaml.safe_load((ALERTING / "prometheus" / "minisft-rules.yml").read_text())
+    alerts = {r["alert"] for g in rules["groups"] for r in g["rules"]}
+    tested = {t["alertname"] for c in tests["tests"] for t in c["alert_rule_test"]}
+    assert tested == alerts
+
+
 # ------------------------------------------------------------------------------ Icinga 2
 
 ICINGA_MAIN = """\
@@ -511,5 +546,6 @@ def test_all_shipped_files_are_covered() -> None:
     assert shipped == {
         "README.md", "snmptrapd.conf", "minisft-traphandler", "apprise.yml",
         "icinga2/minisft.conf", "nagios4/minisft.cfg", "prometheus/minisft-rules.yml",
+        "prometheus/minisft-rules.test.yml",
     }
     assert os.access(ALERTING / "minisft-traphandler", os.X_OK)
