@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from minisft.lab.netns import Host, Lab
+from minisft.snmp import MIB_TEXT_DIRS
 
 SERVICE_IP = "192.0.2.10"
 COLORS = {"alpha": "\033[36m", "beta": "\033[35m"}
@@ -58,8 +59,6 @@ def node_config(name: str, ip: str, role: str, peer: str, root: Path) -> str:
         """)
 
 
-MIB_DIRS = [Path(__file__).resolve().parents[2] / "mibs",
-            Path(__file__).resolve().parents[2] / "mibs" / "ietf"]
 TRAP_FORMAT = "DEMOTRAP %V|%v\n"
 
 
@@ -133,7 +132,7 @@ class Demo:
 
     def start_trap_receiver(self) -> None:
         """A real net-snmp snmptrapd on the client, translating traps with our MIB."""
-        if not shutil.which("snmptrapd") or not MIB_DIRS[0].is_dir():
+        if not shutil.which("snmptrapd") or not (MIB_TEXT_DIRS[0] / "MINISFT-MIB.txt").is_file():
             print("  (snmptrapd or the MIB files are not available: no SNMP view)")
             return
         conf = self.root / "snmptrapd.conf"
@@ -142,7 +141,7 @@ class Demo:
         env["SNMP_PERSISTENT_DIR"] = str(self.root / "snmptrapd-state")
         log = open(self.trap_log, "wb")  # noqa: SIM115 - lives with the process
         self.client.popen(["snmptrapd", "-f", "-Lo", "-C", "-c", str(conf), "-n",
-                           "-M", ":".join(str(d) for d in MIB_DIRS),
+                           "-M", ":".join(str(d) for d in MIB_TEXT_DIRS),
                            "-m", "SNMPv2-MIB:MINISFT-MIB", "-F", TRAP_FORMAT,
                            "udp:192.0.2.100:162"], stdout=log, stderr=subprocess.STDOUT,
                           env=env)

@@ -300,6 +300,35 @@ def test_http_raw_servers_eof_body_and_not_http() -> None:
     assert not wrong.ok and wrong.detail == "not an HTTP response: 'SSH-2.0-OpenSSH_9.6'"
 
 
+def test_http_response_in_pieces_after_early_hints() -> None:
+    """A 103 interim response, then a chunked 200 written a few bytes at a time, and a
+    malformed chunk size: the check reads the real answer and names a broken one."""
+    answer = (b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n"
+              b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+              b"6\r\nstate=\r\n7\r\nhealthy\r\n0\r\n\r\n")
+
+    def server(reply: bytes) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter],
+                                         Awaitable[None]]:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            for i in range(0, len(reply), 5):
+                writer.write(reply[i:i + 5])
+                await writer.drain()
+                await asyncio.sleep(0.002)
+            writer.close()
+        return serve
+
+    async def check(port: int) -> CheckResult:
+        params = {"url": f"http://{{address}}:{port}/", "body_match": "^state=healthy$"}
+        return await build_check("http", validate_check("http", params), 5).run(LOCAL)
+
+    ok = asyncio.run(_with_server(server(answer), check))
+    assert ok.ok and ok.detail.startswith("HTTP 200 in "), ok
+    broken = answer.replace(b"7\r\nhealthy", b"zz\r\nhealthy")
+    bad = asyncio.run(_with_server(server(broken), check))
+    assert not bad.ok and bad.detail.startswith("bad HTTP response"), bad
+
+
 # ------------------------------------------------------------------ https
 
 

@@ -1,4 +1,8 @@
-"""The http and https checks: one HTTP/1.1 request over asyncio streams.
+"""The http and https checks: one HTTP/1.1 request over asyncio streams, parsed by h11.
+
+h11 is sans-IO: it turns bytes into HTTP events (status, headers, chunked or sized body)
+and back, and does no I/O itself, so the asyncio transport and the check's time limit stay
+ours; the parsing of responses, with its corner cases, is no longer.
 
 Not `requests` in a thread, on purpose: a thread cannot be cancelled, so the check's time
 limit would only bound the wait, not the work, and hung requests would pile up in the
@@ -19,6 +23,8 @@ import time
 from typing import Any
 from urllib.parse import SplitResult, unquote, urlsplit
 
+import h11
+
 from minisft import __version__
 from minisft.probes.isalive.common import (
     CheckFailed,
@@ -33,8 +39,8 @@ from minisft.probes.isalive.common import (
 from minisft.probes.isalive.tls import ContextCache, certificate_verdict, connect
 
 MAX_BODY = 1 << 20  # body_match looks at the first MiB
-MAX_HEADERS = 200
-_STATUS_RE = re.compile(rb"HTTP/\d(?:\.\d)? +(\d{3})(?: +([^\r\n]*))?")
+MAX_HEAD = 64 << 10  # status line and headers of one response
+MAX_INTERIM = 5  # 1xx responses before the real one
 _USER_AGENT = f"MiniSFT-IsAlive/{__version__}"
 
 
@@ -72,17 +78,17 @@ class HttpCheck(TimedCheck):
                 # an expired certificate with verify_tls off: the user chose not to care
                 cert_warning = cert.warning if cert.ok else cert.detail
             progress.stage = "sending the request"
-            writer.write(self._request(parts, address))
+            conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
+            writer.write(self._request(conn, parts, address))
             await writer.drain()
             progress.stage = "waiting for the response"
-            status, reason, headers = await _read_head(reader)
+            status, reason, body = await _read_response(conn, reader, progress,
+                                                        want_body=self.body_re is not None)
             if status not in self.expect:
                 text = f"HTTP {status}{reason} (expected {self.expect_text}) in {ms(start)}"
                 return Verdict(False, text, cert_warning)
             if self.body_re is None:
                 return Verdict(True, f"HTTP {status} in {ms(start)}", cert_warning)
-            progress.stage = "reading the body"
-            body = b"" if status in (204, 304) else await _read_body(reader, headers)
             if not self.body_re.search(body.decode("utf-8", "replace")):
                 text = (f"HTTP {status} in {ms(start)} but the body does not match "
                         f"{self.body_re.pattern!r}")
@@ -91,7 +97,7 @@ class HttpCheck(TimedCheck):
         finally:
             await close_quietly(writer)
 
-    def _request(self, parts: SplitResult, address: str) -> bytes:
+    def _request(self, conn: h11.Connection, parts: SplitResult, address: str) -> bytes:
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         headers = {
             "Host": self.host_header or parts.netloc.rpartition("@")[2],
@@ -106,69 +112,61 @@ class HttpCheck(TimedCheck):
                 del headers[have]  # configured headers win over ours
             headers[name] = value.replace("{address}", address)
         headers["Connection"] = "close"
-        lines = [f"{self.method} {target} HTTP/1.1"]
-        lines += [f"{name}: {value}" for name, value in headers.items()]
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
+        try:
+            return conn.send(h11.Request(method=self.method, target=target,
+                                         headers=[(n.encode("utf-8"), v.encode("utf-8"))
+                                                  for n, v in headers.items()])) \
+                + conn.send(h11.EndOfMessage())
+        except h11.LocalProtocolError as exc:  # e.g. a space in the URL's path
+            raise CheckFailed(f"cannot send this request: {exc}") from None
 
 
-async def _readline(reader: asyncio.StreamReader) -> bytes:
-    try:
-        return await reader.readline()
-    except ValueError:  # longer than the stream limit (64 KiB)
-        raise CheckFailed("response line too long") from None
-
-
-async def _read_head(reader: asyncio.StreamReader) -> tuple[int, str, dict[str, str]]:
-    """Status, reason (with a leading space, or empty) and lower-cased headers."""
-    for _ in range(5):  # skip interim 1xx responses (103 Early Hints)
-        line = await _readline(reader)
-        if not line:
-            raise CheckFailed("connection closed before the response")
-        m = _STATUS_RE.match(line)
-        if m is None:
-            raise CheckFailed(f"not an HTTP response: {preview(line)}")
-        status = int(m.group(1))
-        reason = m.group(2).decode("latin-1").strip() if m.group(2) else ""
-        headers: dict[str, str] = {}
-        for _ in range(MAX_HEADERS):
-            line = await _readline(reader)
-            if line in (b"\r\n", b"\n", b""):
-                break
-            name, _, value = line.decode("latin-1").partition(":")
-            headers[name.strip().lower()] = value.strip()
-        else:
-            raise CheckFailed("too many response headers")
-        if not 100 <= status < 200 or status == 101:
-            return status, f" {reason}" if reason else "", headers
-    raise CheckFailed("too many interim responses")
-
-
-async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        body = bytearray()
-        while len(body) < MAX_BODY:
-            size_line = await _readline(reader)
-            try:
-                size = int(size_line.split(b";")[0].strip(), 16)
-            except ValueError:
-                raise CheckFailed("bad chunked encoding in the response") from None
-            if size == 0:
-                break
-            body += await reader.readexactly(min(size, MAX_BODY - len(body)))
-            if len(body) >= MAX_BODY:
-                break
-            await reader.readexactly(2)  # CRLF after the chunk
-        return bytes(body)
-    length = headers.get("content-length", "")
-    if length.isdigit():
-        return await reader.readexactly(min(int(length), MAX_BODY))
+async def _read_response(conn: h11.Connection, reader: asyncio.StreamReader,
+                         progress: Progress, *, want_body: bool) -> tuple[int, str, bytes]:
+    """Status, reason (with a leading space, or empty) and, if want_body, the first MAX_BODY
+    bytes of the body: h11 parses (status line, headers, chunked or sized or read-to-close
+    bodies, 1xx interim responses); this only moves bytes from the stream into it."""
+    received = bytearray()  # the start of the response, to quote it when it is not HTTP
+    status, reason, interim = 0, "", 0
     body = bytearray()
-    while len(body) < MAX_BODY:  # no length: the body ends with the connection
-        chunk = await reader.read(65536)
-        if not chunk:
-            break
-        body += chunk
-    return bytes(body[:MAX_BODY])
+    while True:
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            if not received:
+                raise CheckFailed("connection closed before the response") from None
+            if not received.startswith(b"HTTP/"):
+                first_line = bytes(received).splitlines()[0]
+                raise CheckFailed(f"not an HTTP response: {preview(first_line)}") from None
+            raise CheckFailed(f"bad HTTP response: {exc}") from None
+        if event is h11.NEED_DATA:
+            try:
+                data = await reader.read(65536)
+            except ConnectionError:
+                if not received:
+                    raise
+                data = b""  # a reset after a partial answer: judge what came (below)
+            if len(received) < 200:
+                received += data[:200 - len(received)]
+            conn.receive_data(data)  # b"": the server closed the connection
+        elif isinstance(event, h11.InformationalResponse):  # 103 Early Hints and such
+            interim += 1
+            if interim > MAX_INTERIM:
+                raise CheckFailed("too many interim responses")
+        elif isinstance(event, h11.Response):
+            status = event.status_code
+            reason = f" {event.reason.decode('latin-1')}" if event.reason else ""
+            if not want_body:
+                return status, reason, b""
+            progress.stage = "reading the body"
+        elif isinstance(event, h11.Data):
+            body += event.data
+            if len(body) >= MAX_BODY:
+                return status, reason, bytes(body[:MAX_BODY])
+        elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+            if not status:
+                raise CheckFailed("connection closed before the response")
+            return status, reason, bytes(body)
 
 
 def _strip_port(host: str) -> str:
