@@ -436,26 +436,36 @@ def test_nagios4_verifies(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Total Warnings: 0" in proc.stdout, proc.stdout
     assert "Total Errors:   0" in proc.stdout, proc.stdout
-    assert "Checked 4 services." in proc.stdout  # 2 example services x 2 hosts
+    assert "Checked 6 services." in proc.stdout  # 3 example services x 2 hosts
 
 
 def test_nagios4_rejects_a_broken_copy(tmp_path: Path) -> None:
     broken = tmp_path / "broken.cfg"
     text = (ALERTING / "nagios4" / "minisft.cfg").read_text()
-    broken.write_text(text.replace("check_command           check_minisft_daemon_nrpe",
-                                   "check_command           check_nope"))
+    broken.write_text(text.replace("check_command           check_minisft_nrpe!",
+                                   "check_command           check_nope!", 1))
     proc = _nagios4(tmp_path, broken)
     assert proc.returncode != 0
     assert "check_nope" in proc.stdout
 
 
 def test_nagios_and_nrpe_command_lines_use_real_options() -> None:
-    text = (ALERTING / "nagios4" / "minisft.cfg").read_text()
-    lines = [line for line in text.splitlines() if "check_minisft " in line]
+    nagios = (ALERTING / "nagios4" / "minisft.cfg").read_text()
+    nrpe = (ALERTING / "nrpe" / "minisft.cfg").read_text()
+    lines = [line for line in (nagios + nrpe).splitlines()
+             if "check_minisft " in line and not line.startswith("#")]
     assert lines
     used = {tok for line in lines for tok in re.findall(r"(?<=\s)(--?[a-z][\w-]*)", line)
             if "check_nrpe" not in line}
     assert used and used <= plugin_options(), used - plugin_options()
+    # Debian's NRPE takes no arguments: no -a, no $ARGn$ on the node
+    command_lines = [ln for ln in nagios.splitlines() if "check_nrpe" in ln and "#" not in ln]
+    assert command_lines and not any(" -a " in ln for ln in command_lines)
+    assert not any("$ARG" in ln for ln in nrpe.splitlines() if ln.startswith("command["))
+    # every NRPE command a Nagios service calls is defined in the NRPE file
+    defined = set(re.findall(r"^command\[(\w+)\]=", nrpe, re.M))
+    called = set(re.findall(r"check_minisft_nrpe!(\w+)", nagios))
+    assert called and called <= defined, called - defined
 
 
 # ------------------------------------------------------------------------------ snmptrapd
@@ -605,6 +615,7 @@ def test_all_shipped_files_are_covered() -> None:
     assert shipped == {
         "README.md", "snmptrapd.conf", "minisft-traphandler", "apprise.yml",
         "icinga2/minisft.conf", "icinga2/minisft-command.conf", "nagios4/minisft.cfg",
+        "nrpe/minisft.cfg",
         "prometheus/minisft-rules.yml", "prometheus/minisft-rules.test.yml",
     }
     assert os.access(ALERTING / "minisft-traphandler", os.X_OK)
