@@ -615,7 +615,7 @@ def test_all_shipped_files_are_covered() -> None:
     assert shipped == {
         "README.md", "snmptrapd.conf", "minisft-traphandler", "apprise.yml",
         "icinga2/minisft.conf", "icinga2/minisft-command.conf", "nagios4/minisft.cfg",
-        "nrpe/minisft.cfg", "grafana/minisft-dashboard.json",
+        "nrpe/minisft.cfg", "grafana/minisft-dashboard.json", "snmptt/minisft.conf",
         "prometheus/minisft-rules.yml", "prometheus/minisft-rules.test.yml",
     }
     assert os.access(ALERTING / "minisft-traphandler", os.X_OK)
