@@ -7,13 +7,15 @@ Mounts a tmpfs on /run/systemd and JOURNAL_DIR on /run/log (journald's volatile 
 so the test reads the journal files there), starts /lib/systemd/systemd-journald, connects
 stdout and stderr to its stream socket with the header systemd's service manager sends
 (level prefixes on), sets JOURNAL_STREAM to that socket's device:inode as systemd does,
-and execs COMMAND. journald stays in the caller's process group, so stopping the group
-stops it too.
+and execs COMMAND. journald is in the caller's process group, so stopping the group stops
+it, and it gets SIGTERM when COMMAND ends.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +24,15 @@ from pathlib import Path
 
 JOURNALD = "/lib/systemd/systemd-journald"
 RUN = Path("/run/systemd/journal")
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """journald gets SIGTERM when the command (this process, after exec) ends, even if
+    the command exits on its own and nobody signals the process group."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
 
 
 def main() -> None:
@@ -37,7 +48,7 @@ def main() -> None:
     if not os.path.ismount("/sys/fs/cgroup"):
         subprocess.run(["mount", "-t", "cgroup2", "none", "/sys/fs/cgroup"], check=True)
     subprocess.Popen([JOURNALD], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL)
+                     stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
     deadline = time.monotonic() + 10
     while True:  # the socket files appear before journald listens on them
         stream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
