@@ -8,8 +8,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,16 +27,6 @@ NRPE = "/usr/sbin/nrpe"
 CHECK_NRPE = "/usr/lib/nagios/plugins/check_nrpe"
 VIP = "192.0.2.10/24"
 
-
-@pytest.fixture
-def world_tmp() -> Iterator[Path]:
-    """pytest's tmp_path is root-only (0700): nagios must reach the status file."""
-    path = Path(tempfile.mkdtemp(prefix="minisft-nrpe-"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def nrpe_config(tmp: Path, listen: str, client: str) -> Path:
@@ -60,16 +48,16 @@ def nrpe_config(tmp: Path, listen: str, client: str) -> Path:
 
 
 def test_nrpe_commands_judge_the_running_daemon(installed_minisft: InstalledPackage,
-                                                world_tmp: Path) -> None:
+                                                service_tmp: Path) -> None:
     ensure_system_user("nagios")
     assert installed_minisft.nagios_plugin.exists()
-    with Cluster(world_tmp, ["alpha"]) as c:
+    with Cluster(service_tmp, ["alpha"]) as c:
         alpha = c.nodes["alpha"]
         alpha.configure([monitor_cfg("web", VIP, "primary")])
         alpha.root.chmod(0o755)
         alpha.start()
         alpha.wait_event("claimed", "web")
-        cfg = nrpe_config(world_tmp, alpha.host.ip, c.client.ip)
+        cfg = nrpe_config(service_tmp, alpha.host.ip, c.client.ip)
         # check_minisft reads the default /etc/minisft/minisft.yaml, as the shipped file
         # says: in NRPE's own mount namespace that is this daemon's config
         nrpe = alpha.host.popen(

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
-from collections.abc import Iterator
+import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from tests.integration.cluster import Cluster, monitor_cfg, wait_until
@@ -22,32 +20,22 @@ METRICS_PORT = 9523
 PROM_PORT = 9090
 
 
-@pytest.fixture
-def prom_dir() -> Iterator[Path]:
-    """A directory the prometheus user can write (pytest's tmp_path is root-only)."""
-    path = Path(tempfile.mkdtemp(prefix="minisft-prom-"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
 
 def test_prometheus_fires_service_dead_from_a_real_scrape(tmp_path: Path,
-                                                           prom_dir: Path) -> None:
-    storage = prom_dir / "data"
+                                                           service_tmp: Path) -> None:
+    storage = service_tmp / "data"
     storage.mkdir()
     shutil.chown(storage, "prometheus", "prometheus")
-    shutil.copy(RULES, prom_dir / "minisft-rules.yml")
+    shutil.copy(RULES, service_tmp / "minisft-rules.yml")
     with Cluster(tmp_path, ["alpha", "beta"]) as c:
         alpha, beta = c.nodes["alpha"], c.nodes["beta"]
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(prom_dir / "minisft-rules.yml")],
+            "rule_files": [str(service_tmp / "minisft-rules.yml")],
             "scrape_configs": [{"job_name": "minisft", "static_configs": [
                 {"targets": [f"{beta.host.ip}:{METRICS_PORT}"]}]}],
         }
-        (prom_dir / "prometheus.yml").write_text(yaml.safe_dump(config))
+        (service_tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
         # nothing listens on port 7 behind the address: the service is dead, ping is fine
         check = {"interval": "300ms", "retry": 2,
                  "check": {"type": "tcp", "port": 7, "timeout": "300ms"}}
@@ -57,11 +45,10 @@ def test_prometheus_fires_service_dead_from_a_real_scrape(tmp_path: Path,
         alpha.start()
         wait_until("alpha holds", lambda: alpha.holds(VIP))
         c.client.popen(["runuser", "-u", "prometheus", "--", "prometheus",
-                        f"--config.file={prom_dir / 'prometheus.yml'}",
+                        f"--config.file={service_tmp / 'prometheus.yml'}",
                         f"--storage.tsdb.path={storage}",
                         f"--web.listen-address={c.client.ip}:{PROM_PORT}"],
-                       stdout=(prom_dir / "prometheus.log").open("wb"),
-                       stderr=-2)  # STDOUT
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         beta.start()
         beta.wait_event("service_dead", "web", timeout=20)
 
