@@ -488,7 +488,7 @@ def test_snmptrapd_config_and_traphandler(tmp_path: Path) -> None:
     snmptrapd, snmptrap = tool("snmptrapd"), tool("snmptrap")
     conf_text = (ALERTING / "snmptrapd.conf").read_text()
     handler_log = tmp_path / "traps.log"
-    installed = "/usr/local/sbin/minisft-traphandler --log /var/log/minisft-traps.log"
+    installed = "/usr/sbin/minisft-traphandler --log /var/log/minisft/traps.log"
     assert installed in conf_text
     conf = tmp_path / "snmptrapd.conf"
     conf.write_text(conf_text.replace(
