@@ -13,7 +13,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.integration.cluster import Cluster, monitor_cfg, wait_until
+
+pytestmark = pytest.mark.netns
 
 ROOT = Path(__file__).resolve().parents[2]
 VIP = "192.0.2.10/24"

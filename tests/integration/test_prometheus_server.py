@@ -9,9 +9,12 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.integration.cluster import Cluster, monitor_cfg, wait_until
+
+pytestmark = pytest.mark.netns
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "alerting" / "prometheus" / "minisft-rules.yml"

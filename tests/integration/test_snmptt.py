@@ -9,7 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.integration.cluster import Cluster, monitor_cfg, wait_until
+
+pytestmark = pytest.mark.netns
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "alerting" / "snmptt" / "minisft.conf"
