@@ -217,10 +217,12 @@ def test_shipped_rule_unit_tests_use_exported_series() -> None:
 
 # ------------------------------------------------------------------------------ Icinga 2
 
-ICINGA_CONSTANTS = """\
+ICINGA_PLUGIN_DIRS = """\
 const PluginDir = "/usr/lib/nagios/plugins"
 const ManubulonPluginDir = "/usr/lib/nagios/plugins"
 const PluginContribDir = "/usr/lib/nagios/plugins"
+"""
+ICINGA_CONSTANTS = ICINGA_PLUGIN_DIRS + """\
 const NodeName = "{node}"
 const ZoneName = "{node}"
 include "zones.conf"

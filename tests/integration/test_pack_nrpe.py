@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.cluster import Cluster, monitor_cfg, wait_until
+from tests.integration.cluster import Cluster, wait_until
 from tests.support.package import InstalledPackage, ensure_system_user
 
 pytestmark = [
@@ -25,7 +25,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "alerting" / "nrpe" / "minisft.cfg"
 NRPE = "/usr/sbin/nrpe"
 CHECK_NRPE = "/usr/lib/nagios/plugins/check_nrpe"
-VIP = "192.0.2.10/24"
 
 
 
@@ -48,59 +47,56 @@ def nrpe_config(tmp: Path, listen: str, client: str) -> Path:
 
 
 def test_nrpe_commands_judge_the_running_daemon(installed_minisft: InstalledPackage,
-                                                service_tmp: Path) -> None:
+                                                service_tmp: Path,
+                                                node_holding_web: Cluster) -> None:
     ensure_system_user("nagios")
     assert installed_minisft.nagios_plugin.exists()
-    with Cluster(service_tmp, ["alpha"]) as c:
-        alpha = c.nodes["alpha"]
-        alpha.configure([monitor_cfg("web", VIP, "primary")])
-        alpha.root.chmod(0o755)
-        alpha.start()
-        alpha.wait_event("claimed", "web")
-        cfg = nrpe_config(service_tmp, alpha.host.ip, c.client.ip)
-        # check_minisft reads the default /etc/minisft/minisft.yaml, as the shipped file
-        # says: in NRPE's own mount namespace that is this daemon's config
-        nrpe = alpha.host.popen(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-             'mount --bind "$0" /etc/minisft && exec "$@"', str(alpha.root),
-             NRPE, "-c", str(cfg), "-f"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    c = node_holding_web
+    alpha = c.nodes["alpha"]
+    cfg = nrpe_config(service_tmp, alpha.host.ip, c.client.ip)
+    # check_minisft reads the default /etc/minisft/minisft.yaml, as the shipped file
+    # says: in NRPE's own mount namespace that is this daemon's config
+    nrpe = alpha.host.popen(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         'mount --bind "$0" /etc/minisft && exec "$@"', str(alpha.root),
+         NRPE, "-c", str(cfg), "-f"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
-        def check_nrpe(command: str) -> subprocess.CompletedProcess[str]:
-            return c.client.run("runuser", "-u", "nagios", "--", CHECK_NRPE, "-H",
-                                alpha.host.ip, "-t", "20", "-c", command, check=False)
+    def check_nrpe(command: str) -> subprocess.CompletedProcess[str]:
+        return c.client.run("runuser", "-u", "nagios", "--", CHECK_NRPE, "-H",
+                            alpha.host.ip, "-t", "20", "-c", command, check=False)
 
-        def nrpe_answers() -> subprocess.CompletedProcess[str] | None:
-            assert nrpe.poll() is None, nrpe.communicate()[0]
-            r = check_nrpe("check_minisft_daemon")
-            return r if "Connection refused" not in r.stdout + r.stderr else None
+    def nrpe_answers() -> subprocess.CompletedProcess[str] | None:
+        assert nrpe.poll() is None, nrpe.communicate()[0]
+        r = check_nrpe("check_minisft_daemon")
+        return r if "Connection refused" not in r.stdout + r.stderr else None
 
-        daemon = wait_until("NRPE to answer", nrpe_answers, timeout=20)
-        assert daemon.returncode == 0, daemon.stdout + daemon.stderr
-        assert daemon.stdout.startswith("MINISFT OK - alpha: daemon running"), daemon.stdout
-        # NRPE switched to nagios (its effective uid) before running the plugin
-        status = Path(f"/proc/{nrpe.pid}/status").read_text()
-        uid = status.split("\nUid:\t", 1)[1].split()[1]
-        assert int(uid) == int(subprocess.run(["id", "-u", "nagios"], capture_output=True,
-                                              text=True, check=True).stdout)
+    daemon = wait_until("NRPE to answer", nrpe_answers, timeout=20)
+    assert daemon.returncode == 0, daemon.stdout + daemon.stderr
+    assert daemon.stdout.startswith("MINISFT OK - alpha: daemon running"), daemon.stdout
+    # NRPE switched to nagios (its effective uid) before running the plugin
+    status = Path(f"/proc/{nrpe.pid}/status").read_text()
+    uid = status.split("\nUid:\t", 1)[1].split()[1]
+    assert int(uid) == int(subprocess.run(["id", "-u", "nagios"], capture_output=True,
+                                          text=True, check=True).stdout)
 
-        monitors = check_nrpe("check_minisft_monitors")
-        assert monitors.returncode == 0, monitors.stdout
-        assert "web" in monitors.stdout and "'web_takeovers'=" in monitors.stdout
+    monitors = check_nrpe("check_minisft_monitors")
+    assert monitors.returncode == 0, monitors.stdout
+    assert "web" in monitors.stdout and "'web_takeovers'=" in monitors.stdout
 
-        web = check_nrpe("check_minisft_web")
-        assert web.returncode == 0, web.stdout
-        assert web.stdout.startswith("MINISFT OK - alpha: 1 monitor as configured")
+    web = check_nrpe("check_minisft_web")
+    assert web.returncode == 0, web.stdout
+    assert web.stdout.startswith("MINISFT OK - alpha: 1 monitor as configured")
 
-        # what the admin does shows in the next check: a paused monitor is a WARNING
-        alpha.cli("pause", "web", check=True)
-        paused = wait_until("the paused monitor in the NRPE check", lambda: (
-            r if (r := check_nrpe("check_minisft_web")).returncode == 1 else None))
-        assert paused.stdout.startswith("MINISFT WARNING"), paused.stdout
-        assert "paused" in paused.stdout
+    # what the admin does shows in the next check: a paused monitor is a WARNING
+    alpha.cli("pause", "web", check=True)
+    paused = wait_until("the paused monitor in the NRPE check", lambda: (
+        r if (r := check_nrpe("check_minisft_web")).returncode == 1 else None))
+    assert paused.stdout.startswith("MINISFT WARNING"), paused.stdout
+    assert "paused" in paused.stdout
 
-        # what Debian's NRPE does with arguments: refused, which is why every command is fixed
-        with_args = c.client.run("runuser", "-u", "nagios", "--", CHECK_NRPE, "-H",
-                                 alpha.host.ip, "-c", "check_minisft_web", "-a", "x",
-                                 check=False)
-        assert with_args.returncode != 0
+    # what Debian's NRPE does with arguments: refused, which is why every command is fixed
+    with_args = c.client.run("runuser", "-u", "nagios", "--", CHECK_NRPE, "-H",
+                             alpha.host.ip, "-c", "check_minisft_web", "-a", "x",
+                             check=False)
+    assert with_args.returncode != 0
