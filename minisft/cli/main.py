@@ -138,14 +138,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from minisft.runtime.daemon import Daemon
     from minisft.runtime.heap import one_malloc_arena
+    from minisft.runtime.journald import configure_logging
+    from minisft.sinks.syslog import facility_code
 
     config = _load(args)
     one_malloc_arena()  # before the daemon starts its threads
     level = (args.log_level or config.logging.level).upper()
-    logging.basicConfig(level=getattr(logging, level, logging.INFO),
-                        format="%(asctime)s minisft[%(process)d] %(levelname)s %(message)s",
-                        stream=sys.stderr)
-    return asyncio.run(Daemon(config, config_path=args.config).run())
+    logs_to_journal = configure_logging(getattr(logging, level, logging.INFO),
+                                        facility=facility_code(config.logging.syslog_facility))
+    return asyncio.run(Daemon(config, config_path=args.config,
+                              logs_to_journal=logs_to_journal).run())
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -249,12 +249,18 @@ class Metric:
         self.minimum = minimum
         self.maximum = maximum
 
-    def perfdata(self) -> str:
-        # 'label'=value[UOM];[warn];[crit];[min];[max]; `U` when the value is unknown
+    def perfdata(self) -> str | None:
+        """'label'=value[UOM];[warn];[crit];[min];[max], or None when the value is unknown.
+
+        An unknown value is left out rather than written as `U`: Icinga 2 rejects `U`
+        ("Ignoring invalid perfdata") on every check, and graphers treat a missing point
+        as a gap anyway.
+        """
+        if self.value is None:
+            return None
         label = self.label.replace("'", "_").replace("=", "_")
-        value = "U" if self.value is None else _num(self.value) + self.uom
         fields = [
-            value,
+            _num(self.value) + self.uom,
             "" if self.warning is None else str(self.warning),
             "" if self.critical is None else str(self.critical),
             "" if self.minimum is None else _num(self.minimum),
@@ -533,7 +539,7 @@ def summarize(check: Check) -> str:
         bad = sorted((r for r in check.results if r.state is not State.OK),
                      key=lambda r: -r.state.code)
         text = f"{check.node}: " + "; ".join(str(r) for r in bad)
-    perf = " ".join(m.perfdata() for m in check.metrics)
+    perf = " ".join(item for item in (m.perfdata() for m in check.metrics) if item is not None)
     lines = [f"MINISFT {state.label} - {text}" + (f" | {perf}" if perf else "")]
     lines.extend(check.details)
     return "\n".join(lines)
@@ -575,7 +581,8 @@ thresholds (Monitoring Plugins range syntax, alert when the value is ...):
   watches the address held by the other node; --isalive-warning/--isalive-critical apply
   to the IsAlive check latency in ms.
 
-perfdata per monitor NAME: NAME_rtt (ms), NAME_isalive (ms, when IsAlive is configured),
+perfdata (a metric without a value, e.g. the RTT of an address held here, is left out)
+  per monitor NAME: NAME_rtt (ms), NAME_isalive (ms, when IsAlive is configured),
   NAME_takeovers, NAME_fallbacks, NAME_conflicts, NAME_service_alarms, NAME_lost (counters),
   NAME_since_change (s); per sink: sink_S_pending, sink_S_dropped, sink_S_failures;
   status_age (s).

@@ -30,6 +30,7 @@ from minisft.core.io import AddressVanished, Command, ConflictSeen, LinkChanged,
 from minisft.core.monitor import AlreadyDone, CommandRefused, Purpose, State
 from minisft.probes.looksalive import Pinger
 from minisft.runtime.control import ControlError, ControlServer
+from minisft.runtime.journald import EVENT_ATTR, is_journal_syslog_socket
 from minisft.runtime.monitor_runtime import MonitorRuntime
 
 log = logging.getLogger("minisft")
@@ -56,8 +57,11 @@ def _severity_to_logging(sev: Severity) -> int:
 class Daemon:
     def __init__(self, config: Config, *, config_path: Path | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time) -> None:
+                 wall: Callable[[], float] = time.time, logs_to_journal: bool = False) -> None:
         self.config = config
+        # the log goes natively into journald (minisft.runtime.journald): events are there
+        # already, so a syslog sink on journald's own socket would only duplicate them
+        self.logs_to_journal = logs_to_journal
         self.config_path = config_path or config.source
         self.clock = clock
         self.wall = wall
@@ -177,7 +181,9 @@ class Daemon:
     def _build_delivery(self, cfg: Config) -> Any:
         from minisft.runtime.delivery import DeliveryManager
 
-        return DeliveryManager(self.journal, build_sinks(cfg, self.status),
+        return DeliveryManager(self.journal,
+                               build_sinks(cfg, self.status,
+                                           logs_to_journal=self.logs_to_journal),
                                queue_size=cfg.alerting.queue_size,
                                max_backlog=cfg.alerting.max_backlog)
 
@@ -243,7 +249,8 @@ class Daemon:
             event: Event = self.journal.append(notice, node=node, time=now)
         else:
             event = Event.stamp(notice, seq=0, time=now, node=node)
-        event_log.log(_severity_to_logging(event.severity), "%s", event.summary())
+        event_log.log(_severity_to_logging(event.severity), "%s", event.summary(),
+                      extra={EVENT_ATTR: event})
         if self.delivery is not None:
             self.delivery.publish(event)
         self._status_dirty = True
@@ -537,11 +544,16 @@ class Daemon:
             self._lock_fd = None
 
 
-def build_sinks(cfg: Config, status: Callable[[], dict[str, Any]] | None = None) -> list[Any]:
+def build_sinks(cfg: Config, status: Callable[[], dict[str, Any]] | None = None, *,
+                logs_to_journal: bool = False) -> list[Any]:
     """One sink per destination; heavy libraries load only for configured sinks. `status`
     gives the live status document to the sinks that push check results."""
     sinks: list[Any] = []
-    if cfg.logging.syslog:
+    if cfg.logging.syslog and logs_to_journal and \
+            is_journal_syslog_socket(cfg.logging.syslog_socket):
+        log.info("syslog sink off: %s is journald's own socket and every event is already "
+                 "in the journal (journald forwards it to syslog)", cfg.logging.syslog_socket)
+    elif cfg.logging.syslog:
         from minisft.sinks.syslog import SyslogSink
 
         sinks.append(SyslogSink(cfg.logging))

@@ -219,7 +219,11 @@ def admin_string(text: str | None) -> bytes:
 
 
 def inet_address(text: str | None) -> tuple[int, bytes]:
-    """(InetAddressType, InetAddress) for an address string; (unknown, '') if none."""
+    """(InetAddressType, MinisftAddressText) for an address string; (unknown, '') if none.
+
+    The address goes as text (192.0.2.10, 2001:db8::10), not InetAddress octets: a
+    manager shows text as it is, while binary octets have no DISPLAY-HINT and show as
+    a hex string."""
     if not text:
         return oids.INET_ADDRESS_TYPE["unknown"], b""
     try:
@@ -227,7 +231,7 @@ def inet_address(text: str | None) -> tuple[int, bytes]:
     except ValueError:
         return oids.INET_ADDRESS_TYPE["unknown"], b""
     kind = "ipv4" if addr.version == 4 else "ipv6"
-    return oids.INET_ADDRESS_TYPE[kind], addr.packed
+    return oids.INET_ADDRESS_TYPE[kind], str(addr).encode("ascii")
 
 
 def mac_address(value: object) -> bytes:

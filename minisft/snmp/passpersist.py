@@ -151,9 +151,9 @@ def monitor_row(mon: dict[str, Any], updated: Any) -> dict[str, tuple[str, str]]
     """Column name -> (pass type, value) for one MonitorMachine.snapshot()."""
     try:
         addr = ipaddress.ip_address(str(mon.get("address", "")).split("%", 1)[0])
-        addr_type, addr_bytes = (1 if addr.version == 4 else 2), addr.packed
+        addr_type, addr_text = (1 if addr.version == 4 else 2), str(addr)
     except ValueError:
-        addr_type, addr_bytes = oids.INET_ADDRESS_TYPE["unknown"], b""
+        addr_type, addr_text = oids.INET_ADDRESS_TYPE["unknown"], ""
     looks = mon.get("looksalive") or {}
     isalive = mon.get("isalive") or {}
     peer = mon.get("peer") or {}
@@ -176,7 +176,7 @@ def monitor_row(mon: dict[str, Any], updated: Any) -> dict[str, tuple[str, str]]
     return {
         "minisftMonitorName": ("string", _text(mon.get("name"))),
         "minisftMonitorAddressType": ("integer", str(addr_type)),
-        "minisftMonitorAddress": ("octet", _octets(addr_bytes)),
+        "minisftMonitorAddress": ("string", addr_text),  # MinisftAddressText
         "minisftMonitorPrefixLength": ("gauge", str(_u32(mon.get("prefixlen")))),
         "minisftMonitorRole": ("integer", str(oids.ROLE.get(str(mon.get("role")), 1))),
         "minisftMonitorState": ("integer", str(oids.MONITOR_STATE.get(state, 0))),

@@ -186,43 +186,107 @@ def test_alert_rules_fire_on_rendered_metrics(tmp_path: Path) -> None:
     assert "SUCCESS" in proc.stdout
 
 
+def test_shipped_rule_unit_tests_pass() -> None:
+    """The rule unit tests an admin runs: `promtool test rules` on the shipped file."""
+    proc = sh(tool("promtool"), "test", "rules", "minisft-rules.test.yml",
+              cwd=ALERTING / "prometheus")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "SUCCESS" in proc.stdout
+
+
+def test_shipped_rule_unit_tests_use_exported_series() -> None:
+    """Every series in the shipped rule tests is one the daemon exports (or Prometheus'
+    own `up`), with the daemon's label names plus `job`/`instance`: a test written
+    against a made-up metric would pass while the rule never fires."""
+    exported: dict[str, set[str]] = {}
+    sample = re.compile(r"^(\w+)(?:\{(.*)\})? ")
+    for line in render_metrics(alarm_status(3)).decode().splitlines():
+        m = sample.match(line)
+        if m:
+            exported[m.group(1)] = set(re.findall(r'(\w+)="', m.group(2) or ""))
+    exported["up"] = set()
+    tests = yaml.safe_load((ALERTING / "prometheus" / "minisft-rules.test.yml").read_text())
+    seen = set()
+    for case in tests["tests"]:
+        for item in case["input_series"]:
+            m = re.match(r"^(\w+)\{(.*)\}$", item["series"])
+            assert m, item["series"]
+            name, labels = m.group(1), set(re.findall(r'(\w+)="', m.group(2)))
+            assert name in exported, f"{name} is not exported by the daemon"
+            assert labels == exported[name] | {"job", "instance"}, (name, labels)
+            seen.add(name)
+    rules = yaml.safe_load((ALERTING / "prometheus" / "minisft-rules.yml").read_text())
+    alerts = {r["alert"] for g in rules["groups"] for r in g["rules"]}
+    tested = {t["alertname"] for c in tests["tests"] for t in c["alert_rule_test"]}
+    assert tested == alerts
+
+
 # ------------------------------------------------------------------------------ Icinga 2
 
-ICINGA_MAIN = """\
+ICINGA_PLUGIN_DIRS = """\
 const PluginDir = "/usr/lib/nagios/plugins"
 const ManubulonPluginDir = "/usr/lib/nagios/plugins"
 const PluginContribDir = "/usr/lib/nagios/plugins"
-const NodeName = "validator"
-const ZoneName = "validator"
+"""
+ICINGA_CONSTANTS = ICINGA_PLUGIN_DIRS + """\
+const NodeName = "{node}"
+const ZoneName = "{node}"
+include "zones.conf"
 include <itl>
 include <plugins>
-include "{conf}"
-object Host "lb-alpha" {{
+"""
+# the zone layout the header of minisft.conf tells the admin to write
+ICINGA_ZONES = """\
+object Endpoint "master.example.org" { }
+object Zone "master" { endpoints = [ "master.example.org" ] }
+object Endpoint "lb-alpha" { host = "192.0.2.21" }
+object Zone "lb-alpha" { endpoints = [ "lb-alpha" ]; parent = "master" }
+object Zone "global-templates" { global = true }
+"""
+ICINGA_HOSTS = """\
+object Host "lb-alpha" {
   check_command = "dummy"
-  address = "127.0.0.1"
+  address = "192.0.2.21"
   vars.minisft_monitors = [ "web", "db" ]
   vars.minisft_warning = "5"
-}}
-object Host "unrelated" {{
+  vars.minisft_agent_endpoint = "lb-alpha"
+}
+object Host "unrelated" {
   check_command = "dummy"
-}}
+}
 """
 
 
-def _icinga2(tmp_path: Path, conf: Path) -> tuple[subprocess.CompletedProcess[str], Path]:
-    """`icinga2 daemon -C` on a throw-away tree: the directory constants point into
-    tmp_path (the state, objects and vars files derive from them), so nothing under
-    /var/lib, /var/cache, /var/log or /run is touched, and root need not become nagios."""
+def _icinga2(tree: Path, node: str,
+             extra: str = "") -> tuple[subprocess.CompletedProcess[str], Path]:
+    """`icinga2 daemon -C` as node `node` on a throw-away tree under `tree`: etc/ holds
+    icinga2.conf, zones.conf and zones.d/; the directory constants point into `tree`, so
+    nothing under /etc, /var/lib, /var/cache, /var/log or /run is touched."""
+    etc = tree / "etc"
     for sub in ("data", "log", "cache", "spool", "run"):
-        (tmp_path / sub).mkdir(exist_ok=True)
-    main = tmp_path / "icinga2.conf"
-    main.write_text(ICINGA_MAIN.format(conf=conf))
-    d = tmp_path
-    proc = sh(tool("icinga2"), "daemon", "-C", "-c", str(main),
+        (tree / sub).mkdir(parents=True, exist_ok=True)
+    (etc / "icinga2.conf").write_text(ICINGA_CONSTANTS.format(node=node) + extra)
+    (etc / "zones.conf").write_text(ICINGA_ZONES)
+    d = tree
+    proc = sh(tool("icinga2"), "daemon", "-C", "-c", str(etc / "icinga2.conf"),
+              f"-DConfigDir={etc}", f"-DZonesDir={etc}/zones.d",
               f"-DDataDir={d}/data", f"-DLogDir={d}/log", f"-DCacheDir={d}/cache",
               f"-DSpoolDir={d}/spool", f"-DInitRunDir={d}/run",
               "-DRunAsUser=root", "-DRunAsGroup=root")
     return proc, d / "cache" / "icinga2.debug"
+
+
+def _icinga_master(tree: Path, rules: Path) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """The master, with the files where the header says: zones.d/master/minisft.conf,
+    zones.d/global-templates/minisft-command.conf, and the header's host example."""
+    master = tree / "etc" / "zones.d" / "master"
+    templates = tree / "etc" / "zones.d" / "global-templates"
+    master.mkdir(parents=True)
+    templates.mkdir(parents=True)
+    shutil.copy(rules, master / "minisft.conf")
+    shutil.copy(ALERTING / "icinga2" / "minisft-command.conf", templates)
+    (master / "hosts.conf").write_text(ICINGA_HOSTS)
+    return _icinga2(tree, "master.example.org")
 
 
 def _icinga_objects(path: Path) -> list[dict[str, Any]]:
@@ -236,8 +300,8 @@ def _icinga_objects(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def test_icinga2_validates_and_applies(tmp_path: Path) -> None:
-    proc, objects_path = _icinga2(tmp_path, ALERTING / "icinga2" / "minisft.conf")
+def test_icinga2_master_and_agent_zones_validate_and_apply(tmp_path: Path) -> None:
+    proc, objects_path = _icinga_master(tmp_path, ALERTING / "icinga2" / "minisft.conf")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "Finished validating the configuration file(s)" in out
@@ -251,13 +315,45 @@ def test_icinga2_validates_and_applies(tmp_path: Path) -> None:
     assert services["lb-alpha!minisft-web"]["vars"] == {"minisft_monitor": "web",
                                                        "minisft_no_sinks": True}
     assert services["lb-alpha!minisft-daemon"]["vars"] == {"minisft_no_monitors": True}
-    assert all(s["check_command"] == "minisft" for s in services.values())
+    for service in services.values():
+        assert service["check_command"] == "minisft"
+        assert service["command_endpoint"] == "lb-alpha"  # runs on the node's agent
+        assert service["zone"] == "master"
 
     # every argument the CheckCommand passes is an option check_minisft accepts
     command = next(o["properties"] for o in objects
                    if o["type"] == "CheckCommand" and o["name"] == "minisft")
-    assert command["command"] == ["/usr/local/bin/check_minisft"]
+    assert command["zone"] == "global-templates"  # synced to the agents
+    assert command["command"] == ["/usr/lib/nagios/plugins/check_minisft"]
     assert set(command["arguments"]) <= plugin_options(), set(command["arguments"])
+
+
+def test_icinga2_agent_knows_the_command_from_the_global_zone(tmp_path: Path) -> None:
+    """The agent lb-alpha, with the global zone as the master's config sync leaves it
+    (DataDir/api/zones/global-templates/_etc/), has the CheckCommand it must execute."""
+    synced = tmp_path / "data" / "api" / "zones" / "global-templates" / "_etc"
+    synced.mkdir(parents=True)
+    shutil.copy(ALERTING / "icinga2" / "minisft-command.conf", synced)
+    (tmp_path / "etc" / "zones.d").mkdir(parents=True)
+    proc, objects_path = _icinga2(tmp_path, "lb-alpha")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert any(o["type"] == "CheckCommand" and o["name"] == "minisft"
+               for o in _icinga_objects(objects_path)), out
+
+
+def test_icinga2_endpoint_outside_a_zone_is_rejected(tmp_path: Path) -> None:
+    """The layout the old header described (rules in conf.d/, no zone) is what Icinga
+    refuses; the test above would catch a regression to it."""
+    etc = tmp_path / "etc"
+    (etc / "conf.d").mkdir(parents=True)
+    (etc / "zones.d").mkdir()
+    for name in ("minisft.conf", "minisft-command.conf"):
+        shutil.copy(ALERTING / "icinga2" / name, etc / "conf.d")
+    (etc / "conf.d" / "hosts.conf").write_text(ICINGA_HOSTS)
+    proc, _ = _icinga2(tmp_path, "master.example.org", 'include_recursive "conf.d"\n')
+    assert proc.returncode != 0
+    assert "command endpoint requires a zone" in proc.stdout + proc.stderr
 
 
 def test_icinga2_rejects_a_broken_copy(tmp_path: Path) -> None:
@@ -265,7 +361,7 @@ def test_icinga2_rejects_a_broken_copy(tmp_path: Path) -> None:
     broken = tmp_path / "broken.conf"
     text = (ALERTING / "icinga2" / "minisft.conf").read_text()
     broken.write_text(text.replace('check_command = "minisft"', 'check_command = "nope"', 1))
-    proc, _ = _icinga2(tmp_path, broken)
+    proc, _ = _icinga_master(tmp_path / "tree", broken)
     assert proc.returncode != 0
     assert "nope" in proc.stdout + proc.stderr
 
@@ -348,26 +444,36 @@ def test_nagios4_verifies(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Total Warnings: 0" in proc.stdout, proc.stdout
     assert "Total Errors:   0" in proc.stdout, proc.stdout
-    assert "Checked 4 services." in proc.stdout  # 2 example services x 2 hosts
+    assert "Checked 6 services." in proc.stdout  # 3 example services x 2 hosts
 
 
 def test_nagios4_rejects_a_broken_copy(tmp_path: Path) -> None:
     broken = tmp_path / "broken.cfg"
     text = (ALERTING / "nagios4" / "minisft.cfg").read_text()
-    broken.write_text(text.replace("check_command           check_minisft_daemon_nrpe",
-                                   "check_command           check_nope"))
+    broken.write_text(text.replace("check_command           check_minisft_nrpe!",
+                                   "check_command           check_nope!", 1))
     proc = _nagios4(tmp_path, broken)
     assert proc.returncode != 0
     assert "check_nope" in proc.stdout
 
 
 def test_nagios_and_nrpe_command_lines_use_real_options() -> None:
-    text = (ALERTING / "nagios4" / "minisft.cfg").read_text()
-    lines = [line for line in text.splitlines() if "check_minisft " in line]
+    nagios = (ALERTING / "nagios4" / "minisft.cfg").read_text()
+    nrpe = (ALERTING / "nrpe" / "minisft.cfg").read_text()
+    lines = [line for line in (nagios + nrpe).splitlines()
+             if "check_minisft " in line and not line.startswith("#")]
     assert lines
     used = {tok for line in lines for tok in re.findall(r"(?<=\s)(--?[a-z][\w-]*)", line)
             if "check_nrpe" not in line}
     assert used and used <= plugin_options(), used - plugin_options()
+    # Debian's NRPE takes no arguments: no -a, no $ARGn$ on the node
+    command_lines = [ln for ln in nagios.splitlines() if "check_nrpe" in ln and "#" not in ln]
+    assert command_lines and not any(" -a " in ln for ln in command_lines)
+    assert not any("$ARG" in ln for ln in nrpe.splitlines() if ln.startswith("command["))
+    # every NRPE command a Nagios service calls is defined in the NRPE file
+    defined = set(re.findall(r"^command\[(\w+)\]=", nrpe, re.M))
+    called = set(re.findall(r"check_minisft_nrpe!(\w+)", nagios))
+    assert called and called <= defined, called - defined
 
 
 # ------------------------------------------------------------------------------ snmptrapd
@@ -390,7 +496,7 @@ def test_snmptrapd_config_and_traphandler(tmp_path: Path) -> None:
     snmptrapd, snmptrap = tool("snmptrapd"), tool("snmptrap")
     conf_text = (ALERTING / "snmptrapd.conf").read_text()
     handler_log = tmp_path / "traps.log"
-    installed = "/usr/local/sbin/minisft-traphandler --log /var/log/minisft-traps.log"
+    installed = "/usr/sbin/minisft-traphandler --log /var/log/minisft/traps.log"
     assert installed in conf_text
     conf = tmp_path / "snmptrapd.conf"
     conf.write_text(conf_text.replace(
@@ -516,7 +622,9 @@ def test_all_shipped_files_are_covered() -> None:
     shipped = {str(p.relative_to(ALERTING)) for p in ALERTING.rglob("*") if p.is_file()}
     assert shipped == {
         "README.md", "snmptrapd.conf", "minisft-traphandler", "apprise.yml",
-        "icinga2/minisft.conf", "nagios4/minisft.cfg", "prometheus/minisft-rules.yml",
+        "icinga2/minisft.conf", "icinga2/minisft-command.conf", "nagios4/minisft.cfg",
+        "nrpe/minisft.cfg", "grafana/minisft-dashboard.json", "snmptt/minisft.conf",
+        "prometheus/minisft-rules.yml", "prometheus/minisft-rules.test.yml",
         "nagios4/minisft-passive.cfg",  # run by the real nagios4 in test_nagios_push_e2e
         "icinga2/minisft-passive.conf",  # run by the real icinga2 in test_icinga2_push_e2e
     }

@@ -151,8 +151,7 @@ def test_protocol_ping_get_getnext_set(status_file: Path) -> None:
         assert helper.getnext(f"{NODE}.8.0") == [f"{ENTRY}.2.1", "string", "web"]
         assert helper.getnext(f"{ENTRY}.2.1") == [f"{ENTRY}.2.2", "string", "db6"]
         assert helper.getnext(f"{ENTRY}.2.3") == [f"{ENTRY}.3.1", "integer", "1"]
-        assert helper.get(f"{ENTRY}.4.2") == [f"{ENTRY}.4.2", "octet",
-                                              "20 01 0D B8 00 00 00 00 00 00 00 00 00 00 00 20"]
+        assert helper.get(f"{ENTRY}.4.2") == [f"{ENTRY}.4.2", "string", "2001:db8::20"]
         assert helper.getnext(f"{ENTRY}.20.3") == ["NONE"]  # the end of the MIB
         assert helper.ask("set", f"{NODE}.1.0", "string beta") == ["not-writable"]
         assert helper.ask("PING") == ["PONG"]  # still in step after a set
@@ -259,12 +258,13 @@ def test_snmpwalk_and_snmptable_show_every_monitor(tmp_path: Path, status_file: 
     assert "MINISFT-MIB::minisftNodeLastEventSeq.0 = Gauge32: 42" in walk
     assert "MINISFT-MIB::minisftNodeLinkUp.0 = INTEGER: true(1)" in walk
     for i, (name, state, addr) in enumerate([
-            ("web", "holding(5)", "C0 00 02 0A"),
-            ("db6", "watching(2)", "20 01 0D B8 00 00 00 00 00 00 00 00 00 00 00 20"),
-            ("mail", "probing(3)", "C6 33 64 07")], start=1):
+            ("web", "holding(5)", "192.0.2.10"),
+            ("db6", "watching(2)", "2001:db8::20"),
+            ("mail", "probing(3)", "198.51.100.7")], start=1):
         assert f"MINISFT-MIB::minisftMonitorName.{i} = STRING: {name}" in walk
         assert f"MINISFT-MIB::minisftMonitorState.{i} = INTEGER: {state}" in walk
-        assert f"MINISFT-MIB::minisftMonitorAddress.{i} = Hex-STRING: {addr}" in walk
+        # the address as an admin reads it, not a Hex-STRING
+        assert f"MINISFT-MIB::minisftMonitorAddress.{i} = STRING: {addr}" in walk
     assert "MINISFT-MIB::minisftMonitorAddressType.2 = INTEGER: ipv6(2)" in walk
     assert "MINISFT-MIB::minisftMonitorLooksAliveRtt.1 = Gauge32: 412 microseconds" in walk
     assert "MINISFT-MIB::minisftMonitorTakeovers.1 = Counter32: 2" in walk
@@ -280,6 +280,8 @@ def test_snmpwalk_and_snmptable_show_every_monitor(tmp_path: Path, status_file: 
     assert [r[col["minisftMonitorName"]] for r in body] == ["web", "db6", "mail"]
     assert [r[col["minisftMonitorState"]] for r in body] == ["holding", "watching", "probing"]
     assert [r[col["minisftMonitorAddressType"]] for r in body] == ["ipv4", "ipv6", "ipv4"]
+    assert [r[col["minisftMonitorAddress"]] for r in body] == \
+        ["192.0.2.10", "2001:db8::20", "198.51.100.7"]
     assert [r[col["minisftMonitorRole"]] for r in body] == ["backup", "primary", "backup"]
 
     assert "minisftNodeName.0 = STRING: alpha" in get

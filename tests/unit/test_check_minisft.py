@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 _NUM = r"-?\d+(?:\.\d+)?"
 _RANGE = rf"@?(?:~|{_NUM})?(?::(?:{_NUM})?)?"
 PERF_ITEM = re.compile(
-    rf"^'[^'=]+'=(?:U|{_NUM}(?:us|ms|s|%|B|KB|MB|TB|c)?)"
+    rf"^'[^'=]+'=(?:{_NUM}(?:us|ms|s|%|B|KB|MB|TB|c)?)"
     rf"(?:;(?:{_RANGE})?(?:;(?:{_RANGE})?(?:;(?:{_NUM})?(?:;(?:{_NUM})?)?)?)?)?$"
 )
 STATUS_LINE = re.compile(r"^MINISFT (OK|WARNING|CRITICAL|UNKNOWN) - [^|\n]+(?: \| (.+))?$")
@@ -312,11 +312,13 @@ def test_perfdata_follows_the_guidelines(tmp_path: Path,
     assert items, out
     for item in items:
         assert PERF_ITEM.match(item), f"bad perfdata item {item!r}"
-    assert "'web 2_rtt'=U;~:10;@50:100;0" in items
+    # no measured RTT yet: the metric is left out, never `U` (Icinga 2 rejects `U`)
+    assert not any(item.startswith("'web 2_rtt'=") for item in items), items
+    assert not any("=U" in item for item in items), items
     perf = out.splitlines()[0].split(" | ", 1)[1]
     # the watching monitor measured an RTT; the holder's RTT is undetermined
     assert "'db_rtt'=0.25ms;~:10;@50:100;0" in perf
-    assert "'web_rtt'=U;~:10;@50:100;0" in perf
+    assert "'web_rtt'=" not in perf
     assert "'web_isalive'=12.5ms;1000;;0" in perf
     assert "'web_takeovers'=3c" in perf and "'web_fallbacks'=2c" in perf
     assert "'web_lost'=1c" in perf

@@ -46,11 +46,9 @@ if 'mibBuilder' not in globals():
 
 # Import SMI symbols from the MIBs this MIB depends on
 
-(InetAddress,
- InetAddressPrefixLength,
+(InetAddressPrefixLength,
  InetAddressType) = mibBuilder.import_symbols(
     "INET-ADDRESS-MIB",
-    "InetAddress",
     "InetAddressPrefixLength",
     "InetAddressType")
 
@@ -122,7 +120,8 @@ minisftMIB = ModuleIdentity(
 )
 if mibBuilder.loadTexts:
     minisftMIB.setRevisions(
-        ("2025-01-15 00:00",)
+        ("2026-12-04 00:00",
+         "2025-01-15 00:00")
     )
 
 
@@ -130,6 +129,16 @@ if mibBuilder.loadTexts:
 
 
 # TEXTUAL-CONVENTIONS
+
+
+
+class MinisftAddressText(TextualConvention, OctetString):
+    status = "current"
+    displayHint = "45a"
+    subtypeSpec = OctetString.subtypeSpec
+    subtypeSpec += ConstraintsUnion(
+        ValueSizeConstraint(0, 45),
+    )
 
 
 
@@ -403,7 +412,7 @@ minisftMonitorAddressType = _MinisftMonitorAddressType_Object(
 minisftMonitorAddressType.setMaxAccess("read-only")
 if mibBuilder.loadTexts:
     minisftMonitorAddressType.setStatus("current")
-_MinisftMonitorAddress_Type = InetAddress
+_MinisftMonitorAddress_Type = MinisftAddressText
 _MinisftMonitorAddress_Object = MibTableColumn
 minisftMonitorAddress = _MinisftMonitorAddress_Object(
     (1, 3, 6, 1, 4, 1, 32473, 1, 2, 1, 4),
@@ -636,7 +645,7 @@ minisftEventAddressType = _MinisftEventAddressType_Object(
 minisftEventAddressType.setMaxAccess("accessible-for-notify")
 if mibBuilder.loadTexts:
     minisftEventAddressType.setStatus("current")
-_MinisftEventAddress_Type = InetAddress
+_MinisftEventAddress_Type = MinisftAddressText
 _MinisftEventAddress_Object = MibScalar
 minisftEventAddress = _MinisftEventAddress_Object(
     (1, 3, 6, 1, 4, 1, 32473, 1, 3, 9),
@@ -1478,7 +1487,8 @@ if mibBuilder.loadTexts:
 
 mibBuilder.export_symbols(
     "MINISFT-MIB",
-    **{"MinisftFailoverState": MinisftFailoverState,
+    **{"MinisftAddressText": MinisftAddressText,
+       "MinisftFailoverState": MinisftFailoverState,
        "MinisftHealth": MinisftHealth,
        "MinisftCheckResult": MinisftCheckResult,
        "MinisftRole": MinisftRole,
