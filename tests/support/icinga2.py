@@ -3,7 +3,7 @@
 
 TLS as `icinga2 api setup` lays it out (DataDir/certs/<NodeName>.crt|.key and ca.crt), made
 with openssl so nothing under /var/lib/icinga2 is touched; the server certificate names
-the listening address. Objects: the shipped minisft.conf and minisft-passive.conf, the
+the listening address. Objects: the shipped minisft-command.conf, minisft.conf and minisft-passive.conf, the
 host lb-beta with vars.minisft_pushed_monitors, and two ApiUsers: `minisft` (only
 actions/process-check-result, what the daemon gets) and `observer` (queries, for the
 test). No CheckerComponent: only pushed results change a state here.
@@ -51,6 +51,7 @@ object ApiUser "{observer}" {{
   password = "{observer_password}"
   permissions = [ "objects/query/*" ]
 }}
+include "minisft-command.conf"
 include "minisft.conf"
 include "minisft-passive.conf"
 object Host "lb-beta" {{
@@ -100,8 +101,8 @@ class IcingaServer:
                  "ca.key", "-CAcreateserial", "-out", str(certs / f"{NODE}.crt"), "-days",
                  "2", "-extfile", "san.ext", cwd=d)
         (d / "ca.key").unlink()
-        shutil.copy(ALERTING / "icinga2" / "minisft.conf", d / "minisft.conf")
-        shutil.copy(ALERTING / "icinga2" / "minisft-passive.conf", d / "minisft-passive.conf")
+        for shipped in ("minisft-command.conf", "minisft.conf", "minisft-passive.conf"):
+            shutil.copy(ALERTING / "icinga2" / shipped, d / shipped)
         (d / "icinga2.conf").write_text(MAIN.format(
             node=NODE, ip=self.ip, port=PORT, push_user=PUSH_USER,
             push_password=PUSH_PASSWORD, observer=OBSERVER,
