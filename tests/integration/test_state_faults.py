@@ -513,3 +513,32 @@ def test_fault_in_every_state(baseline: Pair, state: str, fault: str) -> None:
                              f"{node.log()[marks[node.name]:][-6000:]}\n")
         p.close()  # the next case starts from a new lab, whatever this one left behind
         raise
+
+
+def test_sighup_as_the_daemon_comes_up_neither_kills_it_nor_is_lost(tmp_path: Path) -> None:
+    """`systemctl reload` (ExecReload: kill -HUP) as soon as the daemon answers on its
+    control socket: the daemon must survive it and apply the config it was asked to."""
+    with Cluster(tmp_path, ["alpha"], ipv6=False) as c:
+        alpha = c.nodes["alpha"]
+        cfg = monitor_cfg("web", VIP, "primary", probe=dict(PROBE))
+        alpha.configure([cfg])
+        t = Timings.of(alpha.config_path)  # no peer: no hold-down to wait for
+        alpha.start(wait=False)
+        deadline = time.monotonic() + START_UP
+        while not alpha.socket.exists():  # the moment an admin can first reach it
+            assert time.monotonic() < deadline, "the control socket never appeared"
+            time.sleep(0.001)
+        cfg["announce"]["refresh"] = REFRESHES[1]
+        alpha.configure([cfg])
+        alpha.send_signal(signal.SIGHUP)
+        bound = START_UP + t.probe + SLACK
+
+        def holding() -> bool:
+            assert alpha.running, "SIGHUP killed the daemon (exit " \
+                f"{alpha.proc and alpha.proc.returncode}), it logged: {alpha.log()[-300:]!r}"
+            return state_of(alpha) == "holding" and alpha.holds(VIP)
+
+        until(bound, "alpha to hold its address", holding)
+        reloaded = alpha.wait_event("config_reloaded", timeout=bound)
+        assert "updated web" in reloaded.reason, reloaded.reason
+        assert alpha.running
