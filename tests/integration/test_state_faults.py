@@ -38,7 +38,7 @@ import pytest
 
 from minisft.config.loader import load_config
 from minisft.core.monitor import MonitorMachine
-from tests.integration.cluster import Cluster, Node, monitor_cfg
+from tests.integration.cluster import Cluster, Node, monitor_cfg, wait_until
 from tests.integration.test_faults import check_journal
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
@@ -165,18 +165,8 @@ class Pair:
 
 
 def until(bound: float, what: str, predicate: Callable[[], Any],
-          describe: Callable[[], str] = lambda: "") -> Any:
-    """Wait for `predicate`, at most `bound` seconds; say what was last seen if not."""
-    deadline = time.monotonic() + bound
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            seen = describe()
-            raise AssertionError(f"not within {bound:.1f}s: {what}"
-                                 + (f"; last seen: {seen}" if seen else ""))
-        time.sleep(POLL)
+          describe: Callable[[], str] | None = None) -> Any:
+    return wait_until(what, predicate, timeout=bound, step=POLL, describe=describe)
 
 
 def _soon(bound: float, predicate: Callable[[], bool]) -> bool:
