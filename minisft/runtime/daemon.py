@@ -88,6 +88,11 @@ class Daemon:
     # ================================================================= start-up
 
     async def run(self) -> int:
+        # The control socket is up, so the daemon looks alive to an admin and to systemd's
+        # ExecReload (kill -HUP), well before start-up is done; SIGHUP's default action
+        # would end the process then. Catch it from the first moment and reload once up.
+        reload_asked = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_asked.set)
         try:
             await self._start()
         except StartupError as exc:
@@ -99,6 +104,8 @@ class Daemon:
             loop.add_signal_handler(sig, self.request_stop, why)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         _sd_notify("READY=1\nSTATUS=watching " + ", ".join(self.runtimes) or "no monitors")
+        if reload_asked.is_set():  # a SIGHUP that came during start-up
+            await self.reload()
         await self._stop.wait()
         await self._shutdown()
         return 0

@@ -27,14 +27,18 @@ FAST_LOOKSALIVE = {"interval": "200ms", "retry": 3, "timeout": "100ms"}
 
 
 def wait_until(what: str, predicate: Callable[[], Any], timeout: float = 20.0,
-               step: float = 0.05) -> Any:
+               step: float = 0.05, *, describe: Callable[[], str] | None = None) -> Any:
+    """`predicate`'s first true value within `timeout` seconds; else AssertionError, with
+    `describe()` (what was last seen) when given."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for: {what}")
+            seen = describe() if describe is not None else ""
+            raise AssertionError(f"timed out after {timeout:.1f}s waiting for: {what}"
+                                 + (f"; last seen: {seen}" if seen else ""))
         time.sleep(step)
 
 

@@ -115,12 +115,18 @@ def check_journal(node: Node, *, kills: int = 0) -> list[dict[str, Any]]:
 def check_holding_story(node: Node, recs: list[dict[str, Any]]) -> None:
     """Acquire (takeover, claimed, adopted) and drop (yielded, released, ...) events of the
     monitor alternate, and the last one agrees with `ip addr` on the node. A restart
-    makes the story unknown until the next acquire or drop (adopted, say)."""
+    makes the story unknown until the next acquire or drop (adopted, say). A re-probe after
+    a link outage that nobody answered re-asserts (claimed, phase reprobe) what it held."""
     held: bool | None = False
     for r in recs:
         kind = r["kind"]
         if kind == "daemon_started":
             held = None if held else False  # SIGKILL leaves the address: adopted next
+        elif kind == "claimed" and r["monitor"] == "web" and \
+                r["details"].get("phase") == "reprobe":
+            # the address stayed bound through a link outage; nobody took it meanwhile
+            assert held is not False, f"{node.name}: re-asserted (seq {r['seq']}) nothing"
+            held = True
         elif kind in ACQUIRE and r["monitor"] == "web":
             assert held is not True, f"{node.name}: {kind} (seq {r['seq']}) while holding"
             held = True
