@@ -11,10 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from minisft.config.model import Role
 from minisft.core import monitor
 from minisft.core.edges import IllegalTransition, mermaid
 from minisft.core.events import EventKind
-from minisft.core.monitor import MonitorMachine, State
+from minisft.core.io import CancelProbe, Command, LinkChanged, PingResult, Release, StartProbe, Verb
+from minisft.core.io import Started as MonitorStarted
+from minisft.core.monitor import MonitorMachine, Purpose, State
 from minisft.pools import machine as pool_machine
 from minisft.pools.actions import Emit, Started, Tick
 from minisft.pools.machine import Phase, PoolMachine
@@ -70,9 +73,37 @@ def test_a_pool_member_that_starts_alone_goes_from_joining_to_isolated() -> None
     # quorum, says so, and takes nothing over.
     m = PoolMachine(make_pool(["a", "b", "c"]), "a", now=0.0)
     m.handle(Started(), 0.0)
-    assert m.phase is Phase.JOINING
+    joined = m.phase
     actions = m.handle(Tick(), m.detection_time + 0.1)
-    assert m.phase is Phase.ISOLATED
+    assert (joined, m.phase) == (Phase.JOINING, Phase.ISOLATED)
     kinds = [a.notice.kind for a in actions if isinstance(a, Emit)]
     assert EventKind.ISOLATED in kinds
     assert m.held == []
+
+
+# The two monitor edges only the hypothesis histories took before: each gets a plain case.
+
+def test_a_claim_during_a_takeover_probe_restarts_it_as_the_admin_s_probe() -> None:
+    # PROBING -> PROBING
+    m = MonitorMachine(make_config(startup_grace=0.0), now=0.0)
+    m.handle(MonitorStarted(address_bound=False), 0.0)
+    for t in (1.0, 2.0, 3.0):  # the holder stops answering; no probe result yet
+        m.handle(PingResult(ok=False), t)
+    assert (m.state, m.purpose) == (State.PROBING, Purpose.TAKEOVER)
+    actions = m.handle(Command(Verb.CLAIM, by="admin"), 3.5)
+    assert (m.state, m.purpose) == (State.PROBING, Purpose.CLAIM)
+    assert [type(a) for a in actions] == [CancelProbe, StartProbe]
+
+
+def test_link_lost_again_during_the_re_probe_keeps_the_address_bound() -> None:
+    # PROBING -> HOLDING
+    m = MonitorMachine(make_config(Role.PRIMARY), now=0.0)
+    m.handle(MonitorStarted(address_bound=True), 0.0)
+    m.handle(LinkChanged(up=False), 1.0)
+    m.handle(LinkChanged(up=True), 2.0)
+    assert (m.state, m.purpose) == (State.PROBING, Purpose.REPROBE)
+    actions = m.handle(LinkChanged(up=False), 2.1)
+    assert m.state is State.HOLDING
+    assert m.reason == "link down again before the re-probe finished"
+    assert any(isinstance(a, CancelProbe) for a in actions)
+    assert not any(isinstance(a, Release) for a in actions)
