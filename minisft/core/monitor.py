@@ -13,7 +13,9 @@ States (what this node does about the address):
     HOLDING   -- the address is bound here
 
 Which input is legal in which state is the table `TRANSITIONS`; anything else raises
-`IllegalInput`. Admin commands that do not apply raise `CommandRefused` with a reason the
+`IllegalInput`. Which state may follow which is the table `EDGES`; a handler that tries
+another change raises `IllegalTransition` (docs/design.md draws the diagram).
+Admin commands that do not apply raise `CommandRefused` with a reason the
 CLI shows; a command whose end state already holds raises `AlreadyDone` (success, nothing
 changed), so every admin command is idempotent. The rules that decide, each with the
 reason string its event carries:
@@ -57,6 +59,7 @@ from enum import StrEnum
 from typing import Any
 
 from minisft.config.model import FallbackMode, MonitorConfig, Role
+from minisft.core.edges import check_edge
 from minisft.core.events import EventKind, Notice
 from minisft.core.io import (
     Action,
@@ -358,6 +361,7 @@ class MonitorMachine:
     # ------------------------------------------------------------------ helpers
 
     def _go(self, state: State, reason: str, purpose: Purpose | None = None) -> None:
+        check_edge(EDGES, self.name, self.state, state)
         if state is not self.state:
             self.last_change = self.now
         self.state = state
@@ -937,4 +941,17 @@ TRANSITIONS: dict[State, dict[type, Handler]] = {
         ConflictSeen: MonitorMachine._on_conflict,
         AddressVanished: MonitorMachine._on_vanished,
     },
+}
+
+# The states each state may go to (`_go` checks; docs/design.md draws it). WATCHING and
+# PROBING go to themselves: losing the link while watching resets the watch, a claim
+# during a takeover probe restarts it as the admin's probe.
+EDGES: dict[State, frozenset[State]] = {
+    State.STARTING: frozenset({State.WATCHING, State.PROBING, State.HOLDING}),  # adopted
+    # BINDING without PROBING: a probe round while watching already found nobody
+    State.WATCHING: frozenset({State.WATCHING, State.PROBING, State.BINDING}),
+    # HOLDING: the link went down again during the re-probe; the address is still bound
+    State.PROBING: frozenset({State.WATCHING, State.PROBING, State.BINDING, State.HOLDING}),
+    State.BINDING: frozenset({State.WATCHING, State.HOLDING}),  # WATCHING: the bind failed
+    State.HOLDING: frozenset({State.WATCHING, State.PROBING}),  # PROBING: link back
 }

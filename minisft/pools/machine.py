@@ -73,6 +73,7 @@ from enum import StrEnum
 from typing import Any
 
 from minisft.config.model import AnnounceConfig, FallbackMode, PoolConfig, ProbeConfig
+from minisft.core.edges import check_edge
 from minisft.core.events import EventKind, Notice, Severity
 from minisft.pools.actions import (
     Action,
@@ -307,6 +308,7 @@ class PoolMachine:
         return self._token
 
     def _go(self, phase: Phase, reason: str) -> None:
+        check_edge(EDGES, f"pool {self.pool.name}", self.phase, phase)
         if phase is not self.phase:
             self.last_change = self.now
         self.phase = phase
@@ -724,4 +726,13 @@ TRANSITIONS: dict[Phase, dict[type, Handler]] = {
     Phase.JOINING: dict(_RUNNING),
     Phase.ACTIVE: dict(_RUNNING),
     Phase.ISOLATED: dict(_RUNNING),
+}
+
+# The phases each phase may go to (`_go` checks; docs/design.md draws it). A member never
+# goes back to JOINING: a restart is a new machine.
+EDGES: dict[Phase, frozenset[Phase]] = {
+    Phase.STARTING: frozenset({Phase.JOINING}),
+    Phase.JOINING: frozenset({Phase.ACTIVE, Phase.ISOLATED}),  # after one detection time
+    Phase.ACTIVE: frozenset({Phase.ISOLATED}),
+    Phase.ISOLATED: frozenset({Phase.ACTIVE}),
 }
