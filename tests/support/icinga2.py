@@ -3,10 +3,10 @@
 
 TLS as `icinga2 api setup` lays it out (DataDir/certs/<NodeName>.crt|.key and ca.crt), made
 with openssl so nothing under /var/lib/icinga2 is touched; the server certificate names
-the listening address. Objects: the shipped minisft-command.conf, minisft.conf and minisft-passive.conf, the
-host lb-beta with vars.minisft_pushed_monitors, and two ApiUsers: `minisft` (only
-actions/process-check-result, what the daemon gets) and `observer` (queries, for the
-test). No CheckerComponent: only pushed results change a state here.
+the listening address. Objects: the shipped minisft-command.conf, minisft.conf and
+minisft-passive.conf, the host lb-beta with vars.minisft_pushed_monitors, and two
+ApiUsers: `minisft` (only actions/process-check-result, what the daemon gets) and
+`observer` (queries, for the test). No CheckerComponent: only pushed results change a state here.
 """
 
 from __future__ import annotations
