@@ -18,6 +18,9 @@ EXIT_FAILED = 1
 EXIT_CONFIG = 2
 EXIT_NO_DAEMON = 3
 
+TEST_ALERT_REPLY_MARGIN = 3.0  # s over the slowest sink's bound: the daemon's own work
+TEST_ALERT_FALLBACK_WAIT = 300.0  # s, when the config on disk does not load
+
 DESCRIPTION = """\
 MiniSFT keeps service IP addresses alive across servers. A node watches an address it does
 not hold with LooksAlive (ICMP ping, backed by ARP/NDP) and IsAlive (a real service check);
@@ -206,12 +209,16 @@ def _top_level_line(path: Path, key: str) -> str | None:
     return m.group(2) if m and m.group(2) else None
 
 
-def _request(args: argparse.Namespace, payload: dict[str, Any]) -> dict[str, Any]:
+def _request(args: argparse.Namespace, payload: dict[str, Any],
+             timeout: float | None = None) -> dict[str, Any]:
     from minisft.config.model import DEFAULT_CONTROL_SOCKET
     from minisft.runtime.control import ControlError, request
 
+    socket_path = _locate(args, "control_socket", DEFAULT_CONTROL_SOCKET)
     try:
-        return request(_locate(args, "control_socket", DEFAULT_CONTROL_SOCKET), payload)
+        if timeout is None:
+            return request(socket_path, payload)
+        return request(socket_path, payload, timeout=timeout)
     except ControlError as exc:
         print(f"minisft: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_NO_DAEMON) from None
@@ -284,6 +291,8 @@ def format_status(st: dict[str, Any]) -> str:
         parts = []
         for s in sinks:
             text = f"{s['name']} {s.get('state', '?')} ({s.get('delivered', 0)} delivered"
+            if s.get("sent_unconfirmed"):
+                text += f", {s['sent_unconfirmed']} sent unconfirmed"
             if s.get("pending"):
                 text += f", {s['pending']} pending"
             if s.get("dropped"):
@@ -368,8 +377,23 @@ def cmd_reload(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _test_alert_wait(args: argparse.Namespace) -> float:
+    """How long the daemon may take to answer test-alert: the slowest configured sink's
+    bound plus a margin. A config that does not load (the daemon runs an older one):
+    a wait no configured sink can exceed."""
+    from minisft.config.loader import load_config
+    from minisft.runtime.daemon import build_sinks
+    from minisft.runtime.delivery import alert_test_bound
+
+    try:
+        sinks = build_sinks(load_config(Path(args.config)))
+    except Exception:  # whatever is wrong with the file, reload reports it; not this
+        return TEST_ALERT_FALLBACK_WAIT
+    return max((alert_test_bound(s) for s in sinks), default=0.0) + TEST_ALERT_REPLY_MARGIN
+
+
 def cmd_test_alert(args: argparse.Namespace) -> int:
-    answer = _request(args, {"cmd": "test-alert"})
+    answer = _request(args, {"cmd": "test-alert"}, timeout=_test_alert_wait(args))
     results: dict[str, str | None] = answer.get("results", {})
     if not results:
         print("no sinks configured (events go to the journal only)")

@@ -243,7 +243,10 @@ def _render_monitors(monitors: Iterable[dict[str, Any]],
 def _render_sinks(sinks: Iterable[dict[str, Any]],
                   family: Callable[[str, str, str], _Family]) -> None:
     delivered = family("minisft_sink_delivered_total", "counter",
-                       "Events delivered by the alert sink.")
+                       "Events the alert sink's endpoint confirmed (informs, HTTP, syslog).")
+    unconfirmed = family("minisft_sink_sent_unconfirmed_total", "counter",
+                         "Events sent by a fire-and-forget alert sink (SNMP traps): they left "
+                         "this node, no endpoint confirms them.")
     pending = family("minisft_sink_pending_events", "gauge",
                      "Events waiting for delivery by the alert sink.")
     dropped = family("minisft_sink_dropped_total", "counter",
@@ -256,6 +259,7 @@ def _render_sinks(sinks: Iterable[dict[str, Any]],
     for sink in sinks:
         s = str(sink.get("name", ""))
         delivered.add(_num(sink.get("delivered")), sink=s)
+        unconfirmed.add(_num(sink.get("sent_unconfirmed")), sink=s)
         pending.add(_num(sink.get("pending")), sink=s)
         dropped.add(_num(sink.get("dropped")), sink=s)
         failures.add(_num(sink.get("failures")), sink=s)

@@ -512,7 +512,8 @@ def _details(status: dict[str, Any], check: Check, verbose: int) -> list[str]:
         bad = evaluate_sink(sink)
         lines.append(_clean(
             f"[{'WARNING' if bad else 'OK'}] sink {sink.get('name')} state={sink.get('state')} "
-            f"delivered={sink.get('delivered')} pending={sink.get('pending')} "
+            f"delivered={sink.get('delivered')} "
+            f"sent_unconfirmed={sink.get('sent_unconfirmed', 0)} pending={sink.get('pending')} "
             f"dropped={sink.get('dropped')} failures={sink.get('failures')}"
             + (f" last_error={sink.get('last_error')}" if sink.get("last_error") else "")))
     if verbose >= 3:

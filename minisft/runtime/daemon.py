@@ -136,6 +136,8 @@ class Daemon:
         except OSError as exc:  # unwritable state_dir: run anyway, say so loudly
             log.error("event journal unavailable (%s): events still reach the sinks but are "
                       "not kept across restarts", exc)
+        # known before the sinks start: traps are held while it is down
+        self._link_up = await self._in_netlink(self.netlink.link_up, self.iface)
         self.delivery = self._build_delivery(cfg)
         await self.delivery.start()
         self.control = ControlServer(cfg.control_socket, self._handle_request)
@@ -149,7 +151,6 @@ class Daemon:
         except OSError as exc:
             raise StartupError(f"cannot open raw sockets on {self.iface.name} "
                                f"(CAP_NET_RAW needed): {exc}") from None
-        self._link_up = await self._in_netlink(self.netlink.link_up, self.iface)
         self.emit(Notice(EventKind.DAEMON_STARTED,
                          f"minisft {__version__} started on {self.iface.name} "
                          f"({cfg.node.local_ip}) with {len(cfg.monitors)} monitor(s)",
@@ -188,11 +189,13 @@ class Daemon:
     def _build_delivery(self, cfg: Config) -> Any:
         from minisft.runtime.delivery import DeliveryManager
 
-        return DeliveryManager(self.journal,
-                               build_sinks(cfg, self.status,
-                                           logs_to_journal=self.logs_to_journal),
-                               queue_size=cfg.alerting.queue_size,
-                               max_backlog=cfg.alerting.max_backlog)
+        delivery = DeliveryManager(self.journal,
+                                   build_sinks(cfg, self.status,
+                                               logs_to_journal=self.logs_to_journal),
+                                   queue_size=cfg.alerting.queue_size,
+                                   max_backlog=cfg.alerting.max_backlog)
+        delivery.set_link(self._link_up, self.iface.name)
+        return delivery
 
     async def _add_monitor(self, mcfg: MonitorConfig) -> MonitorRuntime:
         rt = self._make_runtime(mcfg)
@@ -287,6 +290,8 @@ class Daemon:
                 continue
             if up != self._link_up:
                 self._link_up = up
+                if self.delivery is not None:  # first: the link_down events are held too
+                    self.delivery.set_link(up, self.iface.name)
                 for rt in list(self.runtimes.values()):
                     rt.feed(LinkChanged(up))
             if up and self.clock() >= next_address_check:

@@ -18,6 +18,13 @@ Delivery is at-least-once per endpoint, and exactly once in practice: the one wi
 between an endpoint accepting an event and the cursor being saved (a crash, or a stop that
 cancels an in-flight delivery, there), after which the event is delivered again on restart.
 
+Fire-and-forget sinks (`Sink.confirms_delivery` False: SNMP traps) get no answer from
+the endpoint, so a send is never counted as "delivered" but as "sent_unconfirmed". While
+this node's link is down (`set_link(False)`, fed by the daemon's link watch) such a sink
+holds its events (state "held", cursor unchanged) instead of sending them into a dead
+link, and sends them in order once the link is back. The window left is the daemon's link
+poll interval: a trap sent after the link died but before the poll saw it is lost.
+
 Overflow policy: when a sink's backlog (journal.last_seq - cursor) exceeds `max_backlog`,
 the oldest undelivered events are skipped (the cursor jumps forward), counted in the sink's
 `dropped`, and a warning is logged once per episode. The skipped events stay readable in
@@ -44,7 +51,8 @@ from minisft.sinks.base import DeliveryError, Sink
 log = logging.getLogger("minisft.delivery")
 
 CATCH_UP_BATCH = 512
-TEST_TIMEOUT = 30.0
+TEST_TIMEOUT = 30.0  # for a sink with no configured bound of its own (Sink.attempt_timeout)
+TEST_MARGIN = 1.0  # s on top of a sink's own bound: timer ticks, a busy event loop
 
 _URL_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^\s/@]+@")
 _SECRET_PARAMS = re.compile(r"((?:pass(?:word)?|secret|token|key|apikey)=)[^&\s]+",
@@ -72,6 +80,8 @@ class _SinkState:
         self.started = False
         self.busy = False
         self.delivered = 0
+        self.unconfirmed = 0  # fire-and-forget sends: left this host, no acknowledgement
+        self.held = False  # fire and forget, holding its events while the link is down
         self.dropped = 0
         self.failures = 0
         self.consecutive = 0
@@ -95,6 +105,11 @@ class DeliveryManager:
         self._states: list[_SinkState] = []
         self._running = False
         self._publish_failing = False
+        # set while this node's link is up (or its state is unknown): fire-and-forget
+        # sinks wait for it before every send
+        self._link_ok = asyncio.Event()
+        self._link_ok.set()
+        self._link_down_reason = ""
         seen: set[str] = set()
         for sink in sinks:
             name = sink.name
@@ -150,6 +165,19 @@ class DeliveryManager:
                     self._publish_failing = True
                     log.exception("sink %s: publish failed", st.name)
 
+    def set_link(self, up: bool | None, iface: str = "") -> None:
+        """This node's link state (None: unknown, treated as up: never hold for good on a
+        failed link query). Called by the daemon whenever it changes."""
+        if up is False:
+            self._link_down_reason = f"link {iface or 'of this node'} is down"
+            self._link_ok.clear()
+        else:
+            self._link_ok.set()
+
+    @property
+    def link_up(self) -> bool:
+        return self._link_ok.is_set()
+
     async def stop(self, timeout: float = 5.0) -> None:
         """Give healthy sinks up to `timeout` to drain, then cancel; cursors are saved."""
         loop = asyncio.get_running_loop()
@@ -173,7 +201,7 @@ class DeliveryManager:
                     log.warning("sink %s: close failed: %s", st.name, redact(str(exc)))
 
     def _draining(self, st: _SinkState) -> bool:
-        if st.task is None or st.task.done() or st.consecutive > 0:
+        if st.task is None or st.task.done() or st.consecutive > 0 or st.held:
             return False  # a failing sink gets no grace: its events wait in the journal
         return bool(st.queue) or st.missed or st.busy
 
@@ -185,10 +213,11 @@ class DeliveryManager:
         for st in self._states:
             pending = max(0, max(last, st.latest) - st.cursor)
             # "ok" whether idle or delivering: monitoring treats anything else as a problem
-            state = "retrying" if st.consecutive > 0 else "ok"
+            state = "held" if st.held else "retrying" if st.consecutive > 0 else "ok"
             entry: dict[str, Any] = {
                 "name": st.name,
                 "delivered": st.delivered,
+                "sent_unconfirmed": st.unconfirmed,
                 "pending": pending,
                 "queued": len(st.queue),
                 "dropped": st.dropped,
@@ -198,6 +227,8 @@ class DeliveryManager:
                 "cursor": st.cursor,
                 "state": state,
             }
+            if st.held:
+                entry["held_reason"] = self._link_down_reason
             if st.retry_at is not None and st.consecutive > 0:
                 entry["retry_in"] = round(max(0.0, st.retry_at - self.clock()), 3)
             stats = getattr(st.sink, "stats", None)
@@ -207,13 +238,19 @@ class DeliveryManager:
         return out
 
     async def test_all(self, event: Event) -> dict[str, str | None]:
-        """Deliver one event straight to every sink (no journal, no cursor, no retry)."""
+        """Deliver one event straight to every sink (no journal, no cursor, no retry).
+
+        Each sink gets its own configured bound (`alert_test_bound`): a sink that does not
+        answer within it is reported failed, the others are not kept waiting."""
 
         async def one(st: _SinkState) -> str | None:
+            if not st.sink.confirms_delivery and not self.link_up:
+                return f"not sent: {self._link_down_reason} (a trap would go nowhere)"
+            bound = alert_test_bound(st.sink)
             try:
-                await asyncio.wait_for(self._try_one(st, event), TEST_TIMEOUT)
+                await asyncio.wait_for(self._try_one(st, event), bound)
             except TimeoutError:
-                return f"no answer within {TEST_TIMEOUT:.0f} s"
+                return f"no answer within {bound:g} s"
             except DeliveryError as exc:
                 return str(exc) or type(exc).__name__
             except Exception as exc:
@@ -320,6 +357,9 @@ class DeliveryManager:
         while True:
             if self._enforce_backlog(st) and 0 < event.seq <= st.cursor:
                 return
+            if not st.sink.confirms_delivery and not self._link_ok.is_set():
+                await self._hold(st)
+                continue  # the backlog limit may have skipped this event meanwhile
             st.busy = True
             try:
                 await self._try_one(st, event)
@@ -335,7 +375,10 @@ class DeliveryManager:
                 if event.seq > 0:
                     st.cursor = max(st.cursor, event.seq)
                     self._save_cursor(st)
-                st.delivered += 1
+                if st.sink.confirms_delivery:
+                    st.delivered += 1
+                else:
+                    st.unconfirmed += 1
                 st.last_delivery_time = time.time()
                 if st.consecutive:
                     log.warning("sink %s: delivering again after %d failed attempt(s)",
@@ -356,6 +399,17 @@ class DeliveryManager:
             await asyncio.sleep(pause)
             delay = min(delay * 2, self.backoff_max)
 
+    async def _hold(self, st: _SinkState) -> None:
+        """Wait, without sending, until this node's link is up again."""
+        st.held = True
+        log.warning("sink %s: %s; holding its events until it is back (a trap sent now "
+                    "would go nowhere)", st.name, self._link_down_reason)
+        try:
+            await self._link_ok.wait()
+        finally:
+            st.held = False
+        log.info("sink %s: link back; sending the held events", st.name)
+
     def _enforce_backlog(self, st: _SinkState) -> bool:
         floor = max(self.journal.last_seq, st.latest) - self.max_backlog
         if st.cursor >= floor:
@@ -373,3 +427,10 @@ class DeliveryManager:
         if st.cursor != st.saved_cursor:
             self.journal.set_cursor(st.name, st.cursor)
             st.saved_cursor = st.cursor
+
+
+def alert_test_bound(sink: Sink) -> float:
+    """How long `test_all` waits for one sink: its configured bound plus a margin."""
+    if sink.attempt_timeout is None:
+        return TEST_TIMEOUT
+    return sink.attempt_timeout + TEST_MARGIN

@@ -37,6 +37,15 @@ class Sink(abc.ABC):
 
     name: str = "sink"
     filter: EventFilter = EventFilter()
+    # True: a successful `deliver` means the endpoint accepted the event (an inform's
+    # acknowledgement, an HTTP answer, the local syslog socket). False (fire and forget: an
+    # SNMP trap): it only left this host, and goes nowhere while this node's link is down.
+    # The runtime then holds such a sink's events while the link is down and counts its
+    # sends as "sent_unconfirmed", never as "delivered".
+    confirms_delivery: bool = True
+    # Seconds one `deliver` may take at most by the sink's own configuration (its
+    # timeouts and retries); None: no configured bound (the runtime applies its own).
+    attempt_timeout: float | None = None
 
     def accepts(self, event: Event) -> bool:
         return self.filter.accepts(event)

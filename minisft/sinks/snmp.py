@@ -17,7 +17,11 @@ retries; this class only turns one `Event` into one notification and sends it.
   150 s below T with the same boots (RFC 3414 timeliness), which is what a restart with a
   constant boots value looks like.
 * An inform that is not acknowledged raises DeliveryError (the runtime retries it). A
-  trap has no acknowledgement: it is delivered when it is sent.
+  trap has no acknowledgement (`confirms_delivery` False): the runtime counts it as
+  sent, unconfirmed, and holds traps while this node's link is down.
+* One send takes at most `attempt_bound(target)` (timeout x (retries + 1) for an inform,
+  the v3 engine-ID discovery included), enforced here as well, so a test alert to a dead
+  target is reported failed within the configured time.
 * Secrets (community, keys) never appear in logs, exception texts or `repr`.
 * pysnmp is imported in `start()`, so a daemon without SNMP targets never loads it, and
   in a worker thread, so its ~100 ms of imports never stall the event loop. cryptography
@@ -55,6 +59,7 @@ ENGINE_ID_FILE = "snmp-engine-id"
 ENGINE_BOOTS_FILE = "snmp-engine-boots"
 SNMP_TRAP_OID = (1, 3, 6, 1, 6, 3, 1, 1, 4, 1, 0)  # SNMPv2-MIB::snmpTrapOID.0
 MAX_TEXT = 255  # SnmpAdminString (SIZE (0..255))
+SEND_MARGIN = 0.5  # s over the configured bound: pysnmp checks its timeouts per 0.5 s tick
 MAX_BOOTS = 2147483646  # RFC 3414: 2147483647 means "latched", never send it
 
 # pysnmp protocol constant names (looked up in start(), after the lazy import).
@@ -125,6 +130,12 @@ def _enable_privacy() -> None:
 _boots_cache: dict[Path, int] = {}
 # Engines are set up in worker threads (start()); one at a time.
 _setup_lock = threading.Lock()
+
+
+def attempt_bound(target: SnmpTargetConfig) -> float:
+    """Seconds one notification may take by the target's configuration: an inform waits
+    `timeout` for each of its 1 + `retries` attempts; a trap is sent once."""
+    return target.timeout * (target.retries + 1 if target.type == "inform" else 1)
 
 
 def sink_name(target: SnmpTargetConfig) -> str:
@@ -302,6 +313,8 @@ class SnmpSink(Sink):
         self.state_dir = Path(state_dir)
         self.node = node
         self.name = sink_name(target)
+        self.confirms_delivery = target.type == "inform"
+        self.attempt_timeout = attempt_bound(target)
         self.filter = EventFilter(kinds=frozenset(target.kinds),
                                   min_severity=Severity.parse(target.min_severity))
         self.engine_id: bytes | None = None
@@ -312,6 +325,8 @@ class SnmpSink(Sink):
         self._transport: Any = None
         self._context: Any = None
         self._send: Any = None
+        self._in_flight = 0  # sends awaiting pysnmp on the current engine
+        self._stale = False  # v3: rebuild the engine once no send is in flight
         self._object_type: Any = None
         self._object_identity: Any = None
         self._oid_type: Any = None
@@ -437,6 +452,7 @@ class SnmpSink(Sink):
         return transport
 
     async def close(self) -> None:
+        self._stale = False
         engine, self._engine, self._transport = self._engine, None, None
         if engine is not None:
             with contextlib.suppress(Exception):
@@ -455,6 +471,8 @@ class SnmpSink(Sink):
         return out
 
     async def deliver(self, event: Event) -> None:
+        if self._stale and not self._in_flight:
+            await self.close()
         if self._engine is None or self._transport is None:
             await self.start()
         try:
@@ -462,22 +480,31 @@ class SnmpSink(Sink):
         except Exception as exc:  # a value the MIB rejects: a bug, but never leak secrets
             raise DeliveryError(self._scrub(f"{self.name}: cannot encode event "
                                             f"{event.seq}: {exc}")) from None
+        # pysnmp keeps its own timers; this bound (plus a tick) holds whatever it does
+        bound = attempt_bound(self.target) + SEND_MARGIN
+        error: str | None = None
+        self._in_flight += 1
         try:
-            error_indication, error_status, error_index, _ = await self._send(
-                self._engine, self._auth, self._transport, self._context, self.target.type,
-                *varbinds)
+            error_indication, error_status, error_index, _ = await asyncio.wait_for(
+                self._send(self._engine, self._auth, self._transport, self._context,
+                           self.target.type, *varbinds), bound)
+        except TimeoutError:
+            error = f"{self.name}: no answer within {bound:g} s"
         except Exception as exc:
+            error = f"{self.name}: {type(exc).__name__}: {exc}"
+        else:
+            if error_indication:
+                what = "inform not acknowledged" if self.target.type == "inform" \
+                    else "not sent"
+                error = f"{self.name}: {what}: {error_indication}"
+            elif error_status and int(error_status):
+                error = (f"{self.name}: receiver answered {error_status.prettyPrint()} "
+                         f"at {error_index}")
+        finally:
+            self._in_flight -= 1
+        if error is not None:
             await self._failed()
-            raise DeliveryError(self._scrub(f"{self.name}: {type(exc).__name__}: {exc}")) \
-                from None
-        if error_indication:
-            await self._failed()
-            what = "inform not acknowledged" if self.target.type == "inform" else "not sent"
-            raise DeliveryError(self._scrub(f"{self.name}: {what}: {error_indication}"))
-        if error_status and int(error_status):
-            await self._failed()
-            raise DeliveryError(self._scrub(f"{self.name}: receiver answered "
-                                            f"{error_status.prettyPrint()} at {error_index}"))
+            raise DeliveryError(self._scrub(error))
         self.stats["sent"] += 1
 
     async def _failed(self) -> None:
@@ -485,8 +512,12 @@ class SnmpSink(Sink):
         if self.target.version == "3":
             # pysnmp keeps the receiver's engine boots/time it discovered and does not
             # recover when the receiver restarts (its informs then time out forever): the
-            # retry starts from a fresh engine, which rediscovers them.
-            await self.close()
+            # retry starts from a fresh engine, which rediscovers them. Not under another
+            # send (a test alert beside the runtime's retry): closing the engine then
+            # leaves that send waiting forever, so the next send when idle rebuilds it.
+            self._stale = True
+            if not self._in_flight:
+                await self.close()
 
     def _scrub(self, text: str) -> str:
         """Belt and braces: no secret in an error text, whatever pysnmp put there."""

@@ -34,6 +34,7 @@ FACILITIES: dict[str, int] = {
     **{f"local{i}": 16 + i for i in range(8)},
 }
 
+STREAM_TIMEOUT = 2.0  # s per step on a stream /dev/log
 MAX_MESSAGE = 8000  # bytes; rsyslog's default maximum message size is 8 KiB
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
@@ -65,6 +66,7 @@ def format_message(event: Event) -> str:
 
 class SyslogSink(Sink):
     name = "syslog"
+    attempt_timeout = 2 * STREAM_TIMEOUT  # connect, then send (a stream /dev/log)
 
     def __init__(self, config: LoggingConfig, *, ident: str = "minisft") -> None:
         self.socket_path = Path(config.syslog_socket)
@@ -110,7 +112,7 @@ class SyslogSink(Sink):
     def _send_stream(self, data: bytes) -> bool:
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                s.settimeout(2.0)
+                s.settimeout(STREAM_TIMEOUT)
                 s.connect(str(self.socket_path))
                 s.sendall(data + b"\n")  # LF-framed, as rsyslog/syslog-ng accept
         except OSError as exc:

@@ -9,6 +9,7 @@ snmptrapd runs in the foreground with a temporary config (tests/support/snmptrap
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import os
@@ -269,6 +270,38 @@ def test_inform_to_stopped_receiver_raises_delivery_error(
     text = "\n".join(errors) + caplog.text
     for secret in (COMMUNITY, AUTH_KEY, PRIV_KEY):
         assert secret not in text
+
+
+def test_v3_inform_failing_beside_another_send_does_not_strand_it(state_dir: Path) -> None:
+    """A test alert sent while the runtime's own retry to the same dead v3 target is in
+    flight (issue 13: test-alert took 30 s with timeout 500 ms x 3): the retry failing
+    must not leave the other send waiting forever; each fails within its own bound."""
+    target = dataclasses.replace(v3(free_udp_port(), "inform"), timeout=0.5, retries=2)
+    sink = SnmpSink(target, state_dir=state_dir, node="alpha")
+    bound = 0.5 * 3
+
+    async def one(delay: float) -> tuple[str, float]:
+        await asyncio.sleep(delay)
+        t0 = time.monotonic()
+        try:
+            await asyncio.wait_for(sink.deliver(event()), 10 * bound)
+        except DeliveryError as exc:
+            return str(exc), time.monotonic() - t0
+        except TimeoutError:
+            return "no outcome", time.monotonic() - t0
+        return "delivered", time.monotonic() - t0
+
+    async def go() -> list[tuple[str, float]]:
+        await sink.start()
+        try:
+            # the second starts while the first is waiting, and is waiting when it fails
+            return list(await asyncio.gather(one(0.0), one(bound / 2)))
+        finally:
+            await sink.close()
+
+    for text, took in asyncio.run(go()):
+        assert "not acknowledged" in text or "no answer" in text, text
+        assert took < bound + 1.0, f"{text}: took {took:.1f} s"
 
 
 def test_inform_delivered_after_receiver_comes_back(tmp_path: Path, state_dir: Path) -> None:

@@ -508,3 +508,43 @@ def test_syslog_without_a_syslog_daemon_delivers_nowhere_and_counts(
 def test_syslog_rejects_an_unknown_facility() -> None:
     with pytest.raises(ValueError, match="unknown syslog facility"):
         SyslogSink(LoggingConfig(syslog_facility="local9"))
+
+
+class TrapLikeSink(RecordingSink):
+    """Fire and forget: a send is not a confirmed delivery."""
+
+    confirms_delivery = False
+
+
+def test_fire_and_forget_sink_holds_while_the_link_is_down(tmp_path: Path) -> None:
+    async def go() -> None:
+        journal = _journal(tmp_path)
+        trap, inform = TrapLikeSink("trap"), RecordingSink("inform")
+        mgr = DeliveryManager(journal, [trap, inform])
+        await mgr.start()
+        _emit(journal, mgr, 1)
+        await _until("first sent", lambda: trap.seqs == [1] and inform.seqs == [1])
+        mgr.set_link(False, "eth0")
+        for i in range(2, 7):
+            _emit(journal, mgr, i)
+        await _until("the confirmed sink goes on", lambda: inform.seqs == [1, 2, 3, 4, 5, 6])
+        held = _status(mgr, "trap")
+        assert trap.seqs == [1], "nothing sent into the dead link"
+        assert held["state"] == "held" and held["pending"] == 5, held
+        assert held["held_reason"] == "link eth0 is down", held
+        results = await mgr.test_all(Event.stamp(Notice(EventKind.TEST_ALERT, "t"), seq=0,
+                                                 time=time.time(), node="alpha"))
+        assert results["inform"] is None
+        assert results["trap"] is not None and "link eth0 is down" in results["trap"]
+        mgr.set_link(True, "eth0")
+        await _until("held ones sent", lambda: trap.seqs == [1, 2, 3, 4, 5, 6])
+        st = _status(mgr, "trap")
+        assert st["state"] == "ok" and st["delivered"] == 0 and st["sent_unconfirmed"] == 6
+        assert _status(mgr, "inform")["delivered"] == 6
+        mgr.set_link(False, "eth0")
+        _emit(journal, mgr, 7)
+        await _until("held", lambda: _status(mgr, "trap")["state"] == "held")
+        await mgr.stop(timeout=0.5)  # a held sink gets no drain grace: it waits on disk
+        assert journal.cursor("trap") == 6
+
+    _run(go)
