@@ -34,11 +34,14 @@ class ControlServer:
         self.path = path
         self._handler = handler
         self._server: asyncio.AbstractServer | None = None
+        # (st_dev, st_ino) of the socket file this server created: close() removes that
+        # file only, never one a refused start found in place (another daemon's live socket)
+        self._created: tuple[int, int] | None = None
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if self.path.exists() or self.path.is_symlink():
-            if _socket_alive(self.path):
+            if not _socket_stale(self.path):
                 raise ControlError(f"another daemon already listens on {self.path}")
             self.path.unlink()
         # umask so the socket is never world-accessible, even for an instant
@@ -49,14 +52,21 @@ class ControlServer:
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)
+        st = self.path.stat()
+        self._created = (st.st_dev, st.st_ino)
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2)
+        if self._created is None:
+            return
         with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+            st = self.path.stat()
+            if (st.st_dev, st.st_ino) == self._created:
+                self.path.unlink()
+        self._created = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -106,14 +116,21 @@ def _peer_uid(sock: socket.socket) -> int:
     return int(uid)
 
 
-def _socket_alive(path: Path) -> bool:
+def _socket_stale(path: Path) -> bool:
+    """True only when nothing can be listening on ``path``: connect is refused.
+
+    A busy daemon (full listen backlog: EAGAIN or a timeout) or any other doubt counts as
+    alive, so a second daemon never steals a live socket.
+    """
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(1.0)
         try:
             s.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            return True
         except OSError:
             return False
-        return True
+        return False
 
 
 def request(path: Path, payload: dict[str, Any], timeout: float = 15.0) -> dict[str, Any]:

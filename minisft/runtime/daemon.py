@@ -162,16 +162,28 @@ class Daemon:
         ]
 
     def _take_lock(self, path: Path) -> None:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        # The lock is an flock on the state_dir itself, a file nobody removes by accident:
+        # a lock on minisft.pid was lost when the pid file was deleted, and a second daemon
+        # then ran on the same state_dir. The pid file only says who holds the lock.
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            other = os.read(fd, 32).decode(errors="replace").strip()
             os.close(fd)
+            try:
+                other = path.read_text(errors="replace").strip()[:32]
+            except OSError:
+                other = ""
             raise StartupError(f"another minisft daemon (pid {other or '?'}) uses state_dir "
                                f"{path.parent}") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            tmp = path.with_suffix(".pid.tmp")
+            tmp.write_text(f"{os.getpid()}\n")
+            tmp.chmod(0o644)
+            tmp.replace(path)
+        except OSError:
+            os.close(fd)
+            raise
         self._lock_fd = fd
 
     def _build_delivery(self, cfg: Config) -> Any:

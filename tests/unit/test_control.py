@@ -88,3 +88,34 @@ def test_malformed_requests_get_an_error_not_a_crash(tmp_path: Path) -> None:
 
     lines = _serve(path, client)
     assert [json.loads(x)["ok"] for x in lines] == [False, False, True]
+
+
+def test_a_refused_second_server_leaves_the_live_socket_alone(tmp_path: Path) -> None:
+    # a second `minisft run` (own state_dir, same control_socket) is refused: its teardown
+    # must not delete the live daemon's socket, or status/release/claim say "no daemon"
+    path = tmp_path / "ctl.sock"
+
+    async def main() -> Any:
+        live = ControlServer(path, _echo)
+        await live.start()
+        try:
+            second = ControlServer(path, _echo)
+            with pytest.raises(ControlError, match="already listens"):
+                await second.start()
+            await second.close()
+            return await asyncio.to_thread(request, path, {"cmd": "status"})
+        finally:
+            await live.close()
+
+    assert asyncio.run(main()) == {"ok": True, "echo": {"cmd": "status"}}
+    assert not path.exists()
+
+
+def test_a_stale_socket_file_is_replaced(tmp_path: Path) -> None:
+    import socket
+
+    path = tmp_path / "ctl.sock"
+    with socket.socket(socket.AF_UNIX) as dead:  # bound, never listening: refused
+        dead.bind(str(path))
+    assert _serve(path, lambda: request(path, {"cmd": "x"})) == {"ok": True,
+                                                                  "echo": {"cmd": "x"}}
