@@ -278,7 +278,27 @@ def _compose(text: str, source: str) -> tuple[Any, dict[str, int]]:
 # ====================================================================== validation context
 
 
-def _got(value: Any) -> str:
+# Sections where any value may be a secret (an apprise URL with a password, an SNMP
+# community, an etcd password, a key file name) and key names that say so anywhere: an
+# error there describes the value's shape and never quotes it.
+_SECRET_SECTIONS = ("alerting", "pools")
+_SECRET_WORDS = ("key", "password", "community", "secret", "token", "auth", "url", "header")
+
+
+def _may_be_secret(path: str) -> bool:
+    if path.endswith("_file"):  # a file name (key_file, urls_file): shown, to be fixed
+        return False
+    section = re.split(r"[.\[]", path, maxsplit=1)[0]
+    return section in _SECRET_SECTIONS or any(w in path.lower() for w in _SECRET_WORDS)
+
+
+def _got(value: Any, path: str = "") -> str:
+    """What was found, for an error message: the value itself only where it cannot be a
+    secret (see `_may_be_secret`), its shape otherwise."""
+    if path and _may_be_secret(path) and isinstance(value, str | int | float) \
+            and not isinstance(value, bool):
+        shape = "a string" if isinstance(value, str) else "a number"
+        return f"{shape} (not shown: a value here may be a secret)"
     if value is None:
         return "nothing"
     if isinstance(value, bool):
@@ -352,6 +372,16 @@ class _Ctx:
 Converter = Callable[[str, Any], T]
 
 
+def _scrub(message: str, value: Any, path: str) -> str:
+    """The last guard for messages from shared parsers (durations...) that quote what they
+    were given: where a secret may stand, a message holding the value is replaced."""
+    text = value.strip() if isinstance(value, str) else None
+    # quoted, as repr() shows it, maybe cut short: not a name that merely contains it
+    if text and _may_be_secret(path) and repr(text)[:12].rstrip("'") in message:
+        return "not a valid value here (not shown: a value here may be a secret)"
+    return message
+
+
 class _Map:
     """One YAML mapping under `path`: unknown keys are recorded as errors at once."""
 
@@ -365,8 +395,8 @@ class _Map:
         if not isinstance(value, dict):
             if not path:
                 ctx.fail(path, f"the file must be a mapping of keys (node:, monitors:, ...), "
-                               f"got {_got(value)}")
-            ctx.fail(path, f"expected {what or 'a mapping of keys'} here, got {_got(value)}")
+                               f"got {_got(value, path)}")
+            ctx.fail(path, f"expected {what or 'a mapping of keys'} here, got {_got(value, path)}")
         self.data: dict[str, Any] = value
         self.misspelt: set[str] = set()  # keys an unknown key probably meant
         if allowed is not None:
@@ -397,7 +427,7 @@ class _Map:
         except _Skip:
             pass
         except ValueError as exc:
-            self.ctx.add(path, str(exc))
+            self.ctx.add(path, _scrub(str(exc), self.data[name], path))
         self.failed = True
         return None
 
@@ -431,20 +461,20 @@ class _Map:
 
 def _str(path: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"expected a non-empty string, got {_got(value)}")
+        raise ValueError(f"expected a non-empty string, got {_got(value, path)}")
     return value.strip()
 
 
 def _text(path: str, value: Any) -> str:
     if not isinstance(value, str):
-        raise ValueError(f"expected a string, got {_got(value)}")
+        raise ValueError(f"expected a string, got {_got(value, path)}")
     return value
 
 
 def _name(path: str, value: Any) -> str:
     if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
         raise ValueError("expected a name of letters, digits, '.', '_' and '-' (at most 63, "
-                         f"starting with a letter or digit), got {_got(value)}")
+                         f"starting with a letter or digit), got {_got(value, path)}")
     return value
 
 
@@ -453,7 +483,7 @@ def _bool(path: str, value: Any) -> bool:
         return value
     if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no"):
         return value.strip().lower() in ("true", "yes")
-    raise ValueError(f"expected true or false, got {_got(value)}")
+    raise ValueError(f"expected true or false, got {_got(value, path)}")
 
 
 def _int(lo: int, hi: int | None = None) -> Converter[int]:
@@ -462,10 +492,10 @@ def _int(lo: int, hi: int | None = None) -> Converter[int]:
             value = int(value.strip())
         # bool is an int in Python, but "retry: yes" is not 1
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"expected a whole number, got {_got(value)}")
+            raise ValueError(f"expected a whole number, got {_got(value, path)}")
         if value < lo or (hi is not None and value > hi):
             bound = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
-            raise ValueError(f"must be {bound}, got {value}")
+            raise ValueError(f"must be {bound}, got {_got(value, path)}")
         return value
 
     return convert
@@ -475,9 +505,9 @@ def _duration(*, zero: bool = False) -> Converter[float]:
     def convert(path: str, value: Any) -> float:
         seconds = parse_duration(value)  # ValueError names the problem
         if seconds == 0 and not zero:
-            raise ValueError(f"must be more than 0, got {_got(value)}")
+            raise ValueError(f"must be more than 0, got {_got(value, path)}")
         if seconds > MAX_DURATION:
-            raise ValueError(f"must be at most 24h, got {_got(value)}")
+            raise ValueError(f"must be at most 24h, got {_got(value, path)}")
         return seconds
 
     return convert
@@ -495,7 +525,7 @@ def _choice(options: Iterable[str], aliases: dict[str, str] | None = None) -> Co
             if text in options:
                 return text
         shown = _hint(str(value), options) if isinstance(value, str) else ""
-        raise ValueError(f"expected one of {', '.join(options)}, got {_got(value)}{shown}")
+        raise ValueError(f"expected one of {', '.join(options)}, got {_got(value, path)}{shown}")
 
     return convert
 
@@ -510,14 +540,14 @@ def _enum(cls: type[E]) -> Converter[E]:
 
 def _ip(path: str, value: Any) -> IPAddress:
     if not isinstance(value, str):
-        raise ValueError(f"expected an IPv4 or IPv6 address, got {_got(value)}")
+        raise ValueError(f"expected an IPv4 or IPv6 address, got {_got(value, path)}")
     if "%" in value:
         raise ValueError("IPv6 zone indexes (%eth0) are not supported: the interface is the "
                          "one that holds node.local_ip")
     try:
         return ipaddress.ip_address(value.strip())
     except ValueError:
-        raise ValueError(f"expected an IPv4 or IPv6 address, got {_got(value)}") from None
+        raise ValueError(f"expected an IPv4 or IPv6 address, got {_got(value, path)}") from None
 
 
 def _service_ip(path: str, value: Any) -> IPAddress:
@@ -532,11 +562,11 @@ def _mask(path: str, value: Any) -> tuple[int, bool]:
     """(prefix length, written as a dotted mask) from 24, "24", "/24" or "255.255.255.0"."""
     hint = "expected a prefix length such as 24 or /24, or a mask such as 255.255.255.0"
     if isinstance(value, bool):
-        raise ValueError(f"{hint}, got {_got(value)}")
+        raise ValueError(f"{hint}, got {_got(value, path)}")
     if isinstance(value, int):
         return value, False
     if not isinstance(value, str):
-        raise ValueError(f"{hint}, got {_got(value)}")
+        raise ValueError(f"{hint}, got {_got(value, path)}")
     text = value.strip().removeprefix("/")
     if text.isdigit():
         return int(text), False
@@ -545,7 +575,7 @@ def _mask(path: str, value: Any) -> tuple[int, bool]:
     except ValueError:
         if ":" in text:
             raise ValueError("IPv6 takes a prefix length (such as 64), not a mask") from None
-        raise ValueError(f"{hint}, got {_got(value)}") from None
+        raise ValueError(f"{hint}, got {_got(value, path)}") from None
     bits = int(mask)
     inverted = ~bits & 0xFFFFFFFF
     if inverted & (inverted + 1):  # ones then zeros means ~mask is 2**k - 1
@@ -557,12 +587,12 @@ def _mask(path: str, value: Any) -> tuple[int, bool]:
 def _interface(path: str, value: Any) -> IPInterface:
     if not isinstance(value, str) or "/" not in value:
         raise ValueError(f"expected an address with its prefix such as 192.0.2.101/24 or "
-                         f"2001:db8::101/64, got {_got(value)}")
+                         f"2001:db8::101/64, got {_got(value, path)}")
     try:
         iface = ipaddress.ip_interface(value.strip())
     except ValueError:
         raise ValueError(f"expected an address with its prefix such as 192.0.2.101/24, got "
-                         f"{_got(value)}") from None
+                         f"{_got(value, path)}") from None
     _service_ip(path, str(iface.ip))
     _not_network_or_broadcast(iface)
     return iface
@@ -598,7 +628,7 @@ def _socket_path(ctx: _Ctx) -> Converter[Path]:
 def _kinds(path: str, value: Any) -> tuple[str, ...]:
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list):
-        raise ValueError(f"expected a list of event kinds, got {_got(value)}")
+        raise ValueError(f"expected a list of event kinds, got {_got(value, path)}")
     known = [k.value for k in EventKind]
     out: list[str] = []
     for i, item in enumerate(items):
@@ -606,7 +636,7 @@ def _kinds(path: str, value: Any) -> tuple[str, ...]:
         name = item.strip().lower() if isinstance(item, str) else None
         if name not in known:
             hint = _hint(item, known) if isinstance(item, str) else ""
-            raise ConfigError(sub, f"unknown event kind {_got(item)}"
+            raise ConfigError(sub, f"not a known event kind, got {_got(item, sub)}"
                               f"{hint or ' (one of: ' + ', '.join(known) + ')'}")
         if name not in out:
             out.append(name)
@@ -685,7 +715,7 @@ def _secret(m: _Map, name: str, *, min_len: int = 1) -> str | None:
 
     def from_env(path: str, value: Any) -> str:
         if not isinstance(value, str) or not _ENV_RE.fullmatch(value.strip()):
-            raise ValueError(f"expected an environment variable name, got {_got(value)}")
+            raise ValueError(f"expected an environment variable name, got {_got(value, path)}")
         var = value.strip()
         if var not in os.environ:
             raise ValueError(f"environment variable {var} is not set")
@@ -795,7 +825,7 @@ def _list(ctx: _Ctx, parent: _Map, key: str, what: str) -> list[Any]:
     if not isinstance(value, list):
         parent.failed = True
         ctx.add(parent.key(key), f"expected a list of {what} (lines starting with '- '), got "
-                                 f"{_got(value)}")
+                                 f"{_got(value, parent.key(key))}")
         return []
     return value
 
@@ -1023,7 +1053,7 @@ def _listen(path: str, value: Any) -> str:
         ok = bool(sep) and ":" not in host and (not host or _HOST_RE.fullmatch(host) is not None)
     if not ok or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ValueError(f"expected host:port, [IPv6]:port or :port (port 1-65535), got "
-                         f"{_got(value)}")
+                         f"{_got(value, path)}")
     return text
 
 
@@ -1036,7 +1066,7 @@ def _snmp_version(path: str, value: Any) -> str:
         return "3"
     if text == "1":
         raise ValueError("SNMP version 1 is not supported: use 2c or 3")
-    raise ValueError(f"expected 2c or 3, got {_got(value)}")
+    raise ValueError(f"expected 2c or 3, got {_got(value, path)}")
 
 
 def _host(path: str, value: Any) -> str:
@@ -1045,7 +1075,8 @@ def _host(path: str, value: Any) -> str:
         return str(ipaddress.ip_address(text))
     except ValueError:
         if len(text) > 253 or not _HOST_RE.fullmatch(text):
-            raise ValueError(f"expected a host name or IP address, got {_got(value)}") from None
+            raise ValueError("expected a host name or IP address, got "
+                             f"{_got(value, path)}") from None
         return text
 
 
@@ -1150,7 +1181,7 @@ _URL_HINT = "expected an apprise URL such as mailto://... (the value is not show
 def _apprise_urls(ctx: _Ctx, path: str, value: Any) -> tuple[str | dict[str, Any], ...]:
     items = [value] if isinstance(value, str | dict) else value
     if not isinstance(items, list):
-        raise ValueError(f"expected a list of apprise URLs, got {_got(value)}")
+        raise ValueError(f"expected a list of apprise URLs, got {_got(value, path)}")
     out: list[str | dict[str, Any]] = []
     for i, item in enumerate(items):
         sub = f"{path}[{i}]" if isinstance(value, list) else path
@@ -1161,7 +1192,7 @@ def _apprise_urls(ctx: _Ctx, path: str, value: Any) -> tuple[str | dict[str, Any
             continue
         if not isinstance(item, dict):
             raise ConfigError(sub, f"expected a URL or a mapping {{url, kinds, min_severity, "
-                                   f"tag}}, got {_got(item)}", line=ctx.line(sub),
+                                   f"tag}}, got {_got(item, sub)}", line=ctx.line(sub),
                               source=ctx.source)
         e = _Map(ctx, sub, item, _APPRISE_URL_KEYS)
         url = e.req("url", lambda p, v: _secret_url(p, v))
@@ -1187,7 +1218,7 @@ def _secret_url(path: str, value: Any) -> str:
 def _tags(path: str, value: Any) -> list[str]:
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not all(isinstance(t, str) and t for t in items):
-        raise ValueError(f"expected a tag or a list of tags, got {_got(value)}")
+        raise ValueError(f"expected a tag or a list of tags, got {_got(value, path)}")
     return [str(t) for t in items]
 
 
@@ -1349,12 +1380,12 @@ def _etcd_endpoints(path: str, value: Any) -> tuple[str, ...]:
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not items:
         raise ValueError(f"expected a list of URLs such as http://192.0.2.250:2379, got "
-                         f"{_got(value)}")
+                         f"{_got(value, path)}")
     out: list[str] = []
     for i, item in enumerate(items):
         sub = f"{path}[{i}]" if isinstance(value, list) else path
         try:
-            url = _etcd_url(item)
+            url = _etcd_url(sub, item)
         except ValueError as exc:
             raise ConfigError(sub, str(exc)) from None
         if url in out:
@@ -1363,23 +1394,23 @@ def _etcd_endpoints(path: str, value: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _etcd_url(value: Any) -> str:
+def _etcd_url(path: str, value: Any) -> str:
     from urllib.parse import urlsplit
 
     hint = "expected a URL such as http://192.0.2.250:2379 or https://etcd1.example:2379"
     if not isinstance(value, str) or "://" not in value:
-        raise ValueError(f"{hint}, got {_got(value)}")
+        raise ValueError(f"{hint}, got {_got(value, path)}")
     try:
         url = urlsplit(value.strip())
         port = url.port or 2379
     except ValueError:
-        raise ValueError(f"{hint}, got {_got(value)}") from None
+        raise ValueError(f"{hint}, got {_got(value, path)}") from None
     host = url.hostname
     if url.scheme not in ("http", "https"):
         raise ValueError(f"the scheme must be http or https, got {url.scheme!r}")
     if not host or url.username or url.password or url.query or url.fragment or \
             url.path not in ("", "/"):
-        raise ValueError(f"{hint} (no path, user or query), got {_got(value)}")
+        raise ValueError(f"{hint} (no path, user or query), got {_got(value, path)}")
     try:
         ip = ipaddress.ip_address(host)
         host = f"[{ip}]" if ip.version == 6 else str(ip)
@@ -1392,11 +1423,11 @@ def _etcd_url(value: Any) -> str:
 def _etcd_ttl(path: str, value: Any) -> int:
     seconds = parse_duration(value)
     if seconds != int(seconds):
-        raise ValueError(f"etcd leases are whole seconds, got {_got(value)}")
+        raise ValueError(f"etcd leases are whole seconds, got {_got(value, path)}")
     if not ETCD_MIN_TTL <= seconds <= ETCD_MAX_TTL:
         raise ValueError(f"must be between {ETCD_MIN_TTL}s and {ETCD_MAX_TTL}s (etcd raises "
                          "shorter leases to 1.5 election timeouts), got "
-                         f"{_got(value)}")
+                         f"{_got(value, path)}")
     return int(seconds)
 
 
@@ -1404,7 +1435,8 @@ def _etcd_prefix(path: str, value: Any) -> str:
     text = value.strip().rstrip("/") if isinstance(value, str) else None
     if text is None or not _PREFIX_RE.fullmatch(text):
         raise ValueError("expected a key prefix such as /minisft (a '/' then letters, digits, "
-                         f"'.', '_', '-', more '/'-separated parts allowed), got {_got(value)}")
+                         "'.', '_', '-', more '/'-separated parts allowed), got "
+                         f"{_got(value, path)}")
     return text
 
 
@@ -1436,7 +1468,7 @@ def _etcd_tls(ctx: _Ctx, path: str, value: Any) -> EtcdTLSConfig:
 def _members(ctx: _Ctx, path: str, value: Any) -> tuple[PoolMemberConfig, ...]:
     if not isinstance(value, list) or len(value) < 2:
         raise ValueError(f"expected a list of at least two members ({{name, ip, weight}}), "
-                         f"got {_got(value) if not isinstance(value, list) else len(value)}")
+                         f"got {_got(value, path) if not isinstance(value, list) else len(value)}")
     out: list[PoolMemberConfig] = []
     failed = False
     for i, item in enumerate(value):
@@ -1463,7 +1495,7 @@ def _members(ctx: _Ctx, path: str, value: Any) -> tuple[PoolMemberConfig, ...]:
 def _pool_addresses(ctx: _Ctx, path: str, value: Any) -> tuple[IPInterface, ...]:
     if not isinstance(value, list) or not value:
         raise ValueError(f"expected a list of addresses with prefix such as 192.0.2.101/24, "
-                         f"got {_got(value)}")
+                         f"got {_got(value, path)}")
     out: list[IPInterface] = []
     for i, item in enumerate(value):
         sub = f"{path}[{i}]"
@@ -1489,7 +1521,7 @@ def _pool_key(ctx: _Ctx, path: str, value: Any) -> bytes:
 def _preferred(ctx: _Ctx, path: str, value: Any, members: tuple[PoolMemberConfig, ...],
                addresses: tuple[IPInterface, ...]) -> dict[str, str]:
     if not isinstance(value, dict):
-        raise ValueError(f"expected a mapping of address: member, got {_got(value)}")
+        raise ValueError(f"expected a mapping of address: member, got {_got(value, path)}")
     by_ip = {a.ip: a for a in addresses}
     member_names = [mb.name for mb in members]
     out: dict[str, str] = {}
@@ -1500,10 +1532,10 @@ def _preferred(ctx: _Ctx, path: str, value: Any, members: tuple[PoolMemberConfig
         except ValueError:
             ip = None
         if ip is None or ip not in by_ip:
-            ctx.fail(sub, f"{raw!r} is not one of this pool's addresses")
+            ctx.fail(sub, "this key is not one of this pool's addresses")
         if not isinstance(member, str) or member not in member_names:
             hint = _hint(member, member_names) if isinstance(member, str) else ""
-            ctx.fail(sub, f"{_got(member)} is not a member of this pool{hint}")
+            ctx.fail(sub, f"expected a member of this pool, got {_got(member, sub)}{hint}")
         out[str(ip)] = member
     return out
 
