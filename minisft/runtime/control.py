@@ -91,6 +91,10 @@ class ControlServer:
                 except ValueError as exc:
                     await _send(writer, {"ok": False, "error": f"bad request: {exc}"})
                     continue
+                except RecursionError:  # "[[[[...": a request is one flat object
+                    await _send(writer, {"ok": False, "error": "bad request: nested too "
+                                         "deeply"})
+                    continue
                 try:
                     answer = await self._handler(request)
                 except Exception as exc:  # a bug must not kill the daemon, but must show
@@ -160,7 +164,7 @@ def request(path: Path, payload: dict[str, Any], timeout: float = 15.0) -> dict[
         raise ControlError(f"cannot talk to the daemon on {path}: {exc}") from None
     try:
         answer = json.loads(buf)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ControlError("the daemon sent a malformed answer") from None
     if not isinstance(answer, dict):
         raise ControlError("the daemon sent a malformed answer")

@@ -90,6 +90,27 @@ def test_malformed_requests_get_an_error_not_a_crash(tmp_path: Path) -> None:
     assert [json.loads(x)["ok"] for x in lines] == [False, False, True]
 
 
+def test_deeply_nested_json_is_a_bad_request_and_the_connection_still_serves(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "ctl.sock"
+    deep = b"[" * 30_000 + b"]" * 30_000 + b"\n"
+
+    def client() -> list[dict[str, Any]]:
+        import socket
+
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(10)
+            s.connect(str(path))
+            s.sendall(deep + b'{"cmd": "x"}\n')
+            f = s.makefile()
+            return [json.loads(f.readline() or "null") for _ in range(2)]
+
+    first, second = _serve(path, client)
+    assert first == {"ok": False, "error": "bad request: nested too deeply"}
+    assert second == {"ok": True, "echo": {"cmd": "x"}}
+    assert "Traceback" not in caplog.text and "RecursionError" not in caplog.text
+
+
 def test_a_refused_second_server_leaves_the_live_socket_alone(tmp_path: Path) -> None:
     # a second `minisft run` (own state_dir, same control_socket) is refused: its teardown
     # must not delete the live daemon's socket, or status/release/claim say "no daemon"
