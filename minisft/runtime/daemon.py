@@ -69,6 +69,7 @@ class Daemon:
         self._netlink_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
         self._status_dirty = True
         self._lock_fd: int | None = None
+        self._status_failing = False  # status.json cannot be written: log once
         self._tasks: list[asyncio.Task[Any]] = []
         self._link_up: bool | None = None
         self._reloading = asyncio.Lock()
@@ -121,7 +122,7 @@ class Daemon:
             raise StartupError(str(exc)) from None
         self.journal = EventJournal(cfg.state_dir / "journal")
         try:
-            self.journal.open()
+            self.journal.open(floor=_last_seq_in_status(cfg.state_dir / "status.json"))
         except OSError as exc:  # unwritable state_dir: run anyway, say so loudly
             log.error("event journal unavailable (%s): events still reach the sinks but are "
                       "not kept across restarts", exc)
@@ -349,7 +350,25 @@ class Daemon:
             os.chmod(tmp, 0o644)  # readable by monitoring users: holds no secrets
             os.replace(tmp, path)
         except OSError as exc:
-            log.debug("cannot write %s: %s", path, exc)
+            self._status_failed(path, tmp, exc)
+        else:
+            if self._status_failing:
+                self._status_failing = False
+                log.warning("%s is written again", path)
+
+    def _status_failed(self, path: Path, tmp: Path, exc: OSError) -> None:
+        # A status.json left in place would keep telling check_minisft (and snmpd) the
+        # state of the moment it was last written: "OK web watching" while this node
+        # holds the address. Removed, it makes them say UNKNOWN at once (when even the
+        # unlink fails, the file goes stale and check_minisft says so after --max-age).
+        for stale in (tmp, path):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+        if not self._status_failing:
+            self._status_failing = True
+            log.error("cannot write %s (%s): monitoring that reads it (check_minisft, "
+                      "snmpd) sees no current state until this is fixed", path,
+                      exc.strerror or exc)
 
     # ================================================================= control
 
@@ -566,6 +585,16 @@ def build_sinks(cfg: Config) -> list[Any]:
         if n:
             sink.name = f"{sink.name}-{n + 1}"
     return sinks
+
+
+def _last_seq_in_status(path: Path) -> int:
+    """The last event seq the previous daemon published: seqs never go back, even when
+    the journal directory was deleted."""
+    try:
+        seq = json.loads(path.read_bytes()).get("last_event_seq")
+    except (OSError, ValueError, RecursionError, AttributeError):
+        return 0
+    return seq if isinstance(seq, int) and seq > 0 else 0
 
 
 def _sd_notify(message: str) -> None:

@@ -12,7 +12,9 @@ Layout of `state_dir/journal/`:
 Guarantees and their limits:
 
 * seq is strictly increasing across restarts: `open()` recovers the last seq from the newest
-  segment and from the cursor files (so wiping segments never makes seqs go backwards).
+  segment, the cursor files and a floor the daemon reads from status.json (so wiping
+  segments, or the whole directory, never makes seqs go backwards). A segment deleted
+  while open is noticed at the next append, which starts a new one.
 * A crash can leave a torn last line; `open()` truncates it away (it was never complete,
   so it was never delivered from disk) and readers ignore an incomplete last line.
 * Lines are written with one `write(2)` each and not fsynced per event: a daemon crash loses
@@ -97,6 +99,7 @@ class EventJournal:
             "torn_lines": 0,        # incomplete lines removed at open
             "segments_pruned": 0,
             "cursor_errors": 0,
+            "journal_recreated": 0,  # the open segment was deleted under us
         }
         self._last_seq = 0
         self._fd: int | None = None
@@ -108,9 +111,13 @@ class EventJournal:
 
     # ------------------------------------------------------------------ writer
 
-    def open(self) -> None:
+    def open(self, *, floor: int = 0) -> None:
         """Create the directory and recover the last seq. Raises OSError when the directory
-        cannot be used; the journal then still works in memory (append keeps stamping)."""
+        cannot be used; the journal then still works in memory (append keeps stamping).
+
+        `floor`: a seq already used, known from elsewhere (status.json): seqs continue
+        after it even if the whole journal directory was deleted."""
+        self._last_seq = max(self._last_seq, floor)
         try:
             self.directory.mkdir(parents=True, exist_ok=True, mode=0o755)
             segments = self._segments()
@@ -157,6 +164,7 @@ class EventJournal:
         event = Event.stamp(notice, seq=self._last_seq, time=time, node=node)
         line = (event.to_json() + "\n").encode()
         try:
+            self._drop_deleted_segment()
             self._write(event.seq, line)
         except OSError as exc:
             self._close_fd()
@@ -167,6 +175,18 @@ class EventJournal:
                 self._failing = False
                 log.warning("event journal %s is writable again", self.directory)
         return event
+
+    def _drop_deleted_segment(self) -> None:
+        """An open segment that was deleted (`rm -rf journal/` under a running daemon)
+        would swallow every later event: start a new one (and the directory) instead."""
+        if self._fd is None or os.fstat(self._fd).st_nlink > 0:
+            return
+        self._close_fd()
+        self._segment = None
+        self.stats["journal_recreated"] += 1
+        log.error("event journal %s: the segment being written was deleted; writing to a "
+                  "new one (events from before are gone; sinks catch up from here)",
+                  self.directory)
 
     def sync(self) -> None:
         if self._fd is not None:

@@ -297,3 +297,33 @@ def test_seq_does_not_collide_with_disk_when_open_failed_at_first(tmp_path: Path
     e = j2.append(_notice(1), node="alpha", time=0.0)
     assert e.seq == 11, "continues after what is on disk"
     assert [x.seq for x in EventJournal(d).read()] == list(range(1, 12))
+
+
+def test_rm_rf_of_the_journal_under_a_running_daemon_loses_nothing_after(
+        tmp_path: Path) -> None:
+    import shutil
+
+    journal = EventJournal(tmp_path / "journal")
+    journal.open()
+    _fill(journal, 3)
+    shutil.rmtree(tmp_path / "journal")  # an admin "cleaning up" under the daemon
+    later = _fill(journal, 2, start=3)
+    on_disk = list(EventJournal(tmp_path / "journal").read(0))
+    assert [e.seq for e in on_disk] == [4, 5] == [e.seq for e in later]
+    assert journal.stats["journal_recreated"] == 1
+
+
+def test_seq_continues_after_the_status_floor_when_the_journal_was_deleted(
+        tmp_path: Path) -> None:
+    import shutil
+
+    from minisft.runtime.daemon import _last_seq_in_status
+
+    journal = EventJournal(tmp_path / "journal")
+    journal.open()
+    _fill(journal, 5)
+    (tmp_path / "status.json").write_text(json.dumps({"last_event_seq": journal.last_seq}))
+    shutil.rmtree(tmp_path / "journal")
+    restarted = EventJournal(tmp_path / "journal")
+    restarted.open(floor=_last_seq_in_status(tmp_path / "status.json"))
+    assert _fill(restarted, 1)[0].seq == 6
