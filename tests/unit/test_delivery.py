@@ -508,3 +508,44 @@ def test_syslog_without_a_syslog_daemon_delivers_nowhere_and_counts(
 def test_syslog_rejects_an_unknown_facility() -> None:
     with pytest.raises(ValueError, match="unknown syslog facility"):
         SyslogSink(LoggingConfig(syslog_facility="local9"))
+
+
+def test_test_alert_keeps_the_snmp_sinks_configured_timeouts(tmp_path: Path) -> None:
+    # a v3 inform target at 500 ms x (1 + 2 retries) that never completes the exchange
+    # (here: the send itself hangs, as name resolution or a wedged engine can): test-alert
+    # must answer within the configured budget, not the 30 s catch-all, or the CLI gives
+    # up with "cannot talk to the daemon"
+    from minisft.config.loader import parse_config
+    from minisft.sinks.snmp import SnmpSink
+
+    cfg = parse_config(f"""
+node: {{name: a, local_ip: 192.0.2.1}}
+state_dir: {tmp_path}
+monitors: []
+alerting:
+  snmp:
+    targets:
+      - {{host: 127.0.0.1, port: 16299, version: 3, type: inform, user: u,
+         auth_protocol: sha256, auth_key: abcdefghij, timeout: 500ms, retries: 2}}
+""")
+    sink = SnmpSink(cfg.alerting.snmp_targets[0], state_dir=tmp_path, node="a")
+    assert sink.deadline is not None and sink.deadline <= 4.0
+
+    async def main() -> tuple[dict[str, str | None], float]:
+        await sink.start()
+
+        async def hang(*_args: object) -> None:
+            await asyncio.sleep(3600)
+
+        sink._send = hang
+        mgr = DeliveryManager(_journal(tmp_path), [sink])
+        event = Event.stamp(Notice(EventKind.TEST_ALERT, "test"), seq=0, time=time.time(),
+                            node="a")
+        start = time.monotonic()
+        results = await mgr.test_all(event)
+        await sink.close()
+        return results, time.monotonic() - start
+
+    results, took = asyncio.run(main())
+    assert took < sink.deadline + 1.0, took
+    assert "no answer within 4 s" in (results[sink.name] or "")
