@@ -50,6 +50,7 @@ from minisft.config.model import (
     IPAddress,
     IPInterface,
     IsAliveConfig,
+    JournalConfig,
     LoggingConfig,
     LooksAliveConfig,
     MonitorConfig,
@@ -742,7 +743,9 @@ def _secret(m: _Map, name: str, *, min_len: int = 1) -> str | None:
 
 # ====================================================================== sections
 
-_TOP_KEYS = ("node", "control_socket", "state_dir", "logging", "monitors", "alerting", "pools")
+_TOP_KEYS = ("node", "control_socket", "state_dir", "logging", "monitors", "alerting", "pools",
+             "journal")
+_JOURNAL_KEYS = ("max_bytes", "max_age")
 _NODE_KEYS = ("name", "local_ip", "release_on_stop")
 _LOGGING_KEYS = ("level", "syslog", "syslog_socket", "syslog_facility")
 _MONITOR_KEYS = ("name", "monitor_ip", "monitor_subnet", "role", "peer_ip", "looksalive",
@@ -787,13 +790,14 @@ def _build(data: Any, ctx: _Ctx, source_path: Path | None) -> Config:
     state_dir = top.get("state_dir", _path(ctx), DEFAULT_STATE_DIR)
     logging_cfg = ctx.section(LoggingConfig(), _logging, ctx, top)
     alerting = ctx.section(AlertingConfig(), _alerting, ctx, top)
+    journal = ctx.section(JournalConfig(), _journal, ctx, top)
     if node is None and not top.has("node"):
         ctx.add("node", "required (node: {name: ..., local_ip: ...})")
     if ctx.errors or node is None:
         raise _Skip
     return Config(node=node, monitors=tuple(m for _, m in monitors), pools=pools,
                   control_socket=control_socket, state_dir=state_dir, logging=logging_cfg,
-                  alerting=alerting, source=source_path)
+                  alerting=alerting, journal=journal, source=source_path)
 
 
 def _node(ctx: _Ctx, top: _Map) -> NodeConfig | None:
@@ -821,6 +825,43 @@ def _logging(ctx: _Ctx, top: _Map) -> LoggingConfig:
         syslog_facility=m.get("syslog_facility", _choice(SYSLOG_FACILITIES),
                               d.syslog_facility),
     )
+    m.check()
+    return cfg
+
+
+MIN_JOURNAL_BYTES = 1 << 20
+MAX_JOURNAL_AGE = 366 * 86400.0
+_SIZE_RE = re.compile(r"(\d+)\s*([KMG]i?B?|B)?", re.ASCII | re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def _size(path: str, value: Any) -> int:
+    """Bytes from 268435456, "256MiB", "256M" or "1G" (binary units)."""
+    m = _SIZE_RE.fullmatch(value.strip()) if isinstance(value, str) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif m:
+        size = int(m.group(1)) * _SIZE_UNITS[(m.group(2) or "")[:1].lower()]
+    else:
+        raise ValueError(f"expected a size such as 256MiB, 1GiB or a number of bytes, got "
+                         f"{_got(value, path)}")
+    if size < MIN_JOURNAL_BYTES:
+        raise ValueError(f"must be at least 1MiB, got {size} bytes")
+    return size
+
+
+def _journal(ctx: _Ctx, top: _Map) -> JournalConfig:
+    m = _Map(ctx, "journal", top.data.get("journal"), _JOURNAL_KEYS)
+    d = JournalConfig()
+
+    def age(path: str, value: Any) -> float:
+        seconds = parse_duration(value)
+        if not 3600 <= seconds <= MAX_JOURNAL_AGE:
+            raise ValueError(f"must be between 1h and 366d, got {_got(value, path)}")
+        return seconds
+
+    cfg = JournalConfig(max_bytes=m.get("max_bytes", _size, d.max_bytes),
+                        max_age=m.get("max_age", age, d.max_age))
     m.check()
     return cfg
 

@@ -143,6 +143,17 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class JournalConfig:
+    """The event journal in state_dir/journal: how much history it keeps.
+
+    Defaults: 213 bytes an event, so 256 MiB holds about 1.2 million events: a link
+    flapping every second (two events) for a week."""
+
+    max_bytes: int = 256 << 20  # oldest segments go first beyond this, delivered or not
+    max_age: float = 7 * 86400.0  # segments older than this go once every sink has them
+
+
+@dataclass(frozen=True)
 class SnmpTargetConfig:
     host: str
     port: int = 162
@@ -247,6 +258,7 @@ class Config:
     state_dir: Path = DEFAULT_STATE_DIR
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     alerting: AlertingConfig = field(default_factory=AlertingConfig)
+    journal: JournalConfig = field(default_factory=JournalConfig)
     source: Path | None = None  # the file this was loaded from
 
     def monitor(self, name: str) -> MonitorConfig:

@@ -120,7 +120,8 @@ class Daemon:
             self.iface = await self._in_netlink(self.netlink.interface_for, cfg.node.local_ip)
         except LinkError as exc:
             raise StartupError(str(exc)) from None
-        self.journal = EventJournal(cfg.state_dir / "journal")
+        self.journal = EventJournal(cfg.state_dir / "journal", retention=cfg.journal.max_age,
+                                    max_bytes=cfg.journal.max_bytes)
         try:
             self.journal.open(floor=_last_seq_in_status(cfg.state_dir / "status.json"))
         except OSError as exc:  # unwritable state_dir: run anyway, say so loudly
@@ -499,6 +500,10 @@ class Daemon:
         for name in set(old_pools) - {p.name for p in new.pools}:
             await self.pools.pop(name).stop(release=True)
             changes.append(f"pool {name} removed (its addresses released)")
+        if old.journal != new.journal and self.journal is not None:
+            self.journal.retention = new.journal.max_age
+            self.journal.max_bytes = new.journal.max_bytes  # applied at the next rotation
+            changes.append("journal limits updated")
         if old.alerting != new.alerting or old.logging != new.logging:
             await self.delivery.stop()
             self.delivery = self._build_delivery(new)

@@ -416,7 +416,7 @@ def test_monitors_must_be_a_list() -> None:
     ("isalive: {interval: 0s}", "isalive.interval", "must be more than 0"),
     ("probe: {interval: 0ms}", "probe.interval", "must be more than 0"),
     ("announce: {interval: 0}", "announce.interval", "must be more than 0"),
-    ("fallback: {hold_down: 2d}", "fallback.hold_down", "expected a duration"),
+    ("fallback: {hold_down: 2d}", "fallback.hold_down", "must be at most 24h"),
     ("fallback: {hold_down: 25h}", "fallback.hold_down", "at most 24h"),
     ("fallback: {mode: sometimes}", "fallback.mode", "expected one of manual, auto"),
     ("isalive: {on_holder: maybe}", "isalive.on_holder", "expected true or false"),
