@@ -743,8 +743,8 @@ def _secret(m: _Map, name: str, *, min_len: int = 1) -> str | None:
 
 # ====================================================================== sections
 
-_TOP_KEYS = ("node", "control_socket", "state_dir", "logging", "monitors", "alerting", "pools",
-             "journal")
+_TOP_KEYS = ("node", "control_socket", "control_max_connections", "state_dir", "logging",
+             "monitors", "alerting", "pools", "journal")
 _JOURNAL_KEYS = ("max_bytes", "max_age")
 _NODE_KEYS = ("name", "local_ip", "release_on_stop")
 _LOGGING_KEYS = ("level", "syslog", "syslog_socket", "syslog_facility")
@@ -763,7 +763,7 @@ _SNMP_TARGET_KEYS = ("host", "port", "version", "type", "community", "community_
                      "priv_key_env", "kinds", "min_severity", "timeout", "retries")
 _APPRISE_KEYS = ("urls", "urls_file", "config", "kinds", "min_severity", "title", "body")
 _APPRISE_URL_KEYS = ("url", "tag", "tags", "kinds", "min_severity")
-_PROMETHEUS_KEYS = ("listen",)
+_PROMETHEUS_KEYS = ("listen", "max_connections")
 _POOL_KEYS = ("name", "members", "addresses", "key_file", "looksalive", "watch", "preferred",
               "fallback", "witness", "port", "coordination")
 _COORDINATION_KEYS = ("backend", "endpoints", "ttl", "prefix", "tls", "username",
@@ -787,6 +787,8 @@ def _build(data: Any, ctx: _Ctx, source_path: Path | None) -> Config:
     monitors = _monitors(ctx, top, local_ip)
     pools = _pools(ctx, top, node, monitors)
     control_socket = top.get("control_socket", _socket_path(ctx), DEFAULT_CONTROL_SOCKET)
+    control_max = top.get("control_max_connections", _int(1, 4096),
+                          Config.control_max_connections)
     state_dir = top.get("state_dir", _path(ctx), DEFAULT_STATE_DIR)
     logging_cfg = ctx.section(LoggingConfig(), _logging, ctx, top)
     alerting = ctx.section(AlertingConfig(), _alerting, ctx, top)
@@ -797,7 +799,8 @@ def _build(data: Any, ctx: _Ctx, source_path: Path | None) -> Config:
         raise _Skip
     return Config(node=node, monitors=tuple(m for _, m in monitors), pools=pools,
                   control_socket=control_socket, state_dir=state_dir, logging=logging_cfg,
-                  alerting=alerting, journal=journal, source=source_path)
+                  alerting=alerting, journal=journal, control_max_connections=control_max,
+                  source=source_path)
 
 
 def _node(ctx: _Ctx, top: _Map) -> NodeConfig | None:
@@ -1075,10 +1078,14 @@ def _alerting(ctx: _Ctx, top: _Map) -> AlertingConfig:
         m.failed = m.failed or snmp.failed
     apprise = m.opt("apprise", lambda p, v: _apprise(ctx, p, v))
     listen = None
+    prom_max = d.prometheus_max_connections
     if m.has("prometheus"):
         prom = _Map(ctx, "alerting.prometheus", m.data["prometheus"], _PROMETHEUS_KEYS)
         listen = prom.req("listen", _listen, " (host:port, such as 127.0.0.1:9523)")
+        prom_max = prom.get("max_connections", _int(1, 512), prom_max)
+        m.failed = m.failed or prom.failed
     cfg = AlertingConfig(snmp_targets=targets, apprise=apprise, prometheus_listen=listen,
+                         prometheus_max_connections=prom_max,
                          queue_size=m.get("queue_size", _int(1, 1_000_000), d.queue_size),
                          max_backlog=m.get("max_backlog", _int(1), d.max_backlog))
     m.check()

@@ -190,6 +190,7 @@ class AlertingConfig:
     snmp_targets: tuple[SnmpTargetConfig, ...] = ()
     apprise: AppriseConfig | None = None
     prometheus_listen: str | None = None  # "127.0.0.1:9523"
+    prometheus_max_connections: int = 16  # at once; beyond, closed unanswered
     queue_size: int = 1000  # per sink, in memory; the journal is the durable spool
     max_backlog: int = 100_000  # per sink; older undelivered events are skipped and counted
 
@@ -255,6 +256,7 @@ class Config:
     monitors: tuple[MonitorConfig, ...] = ()
     pools: tuple[PoolConfig, ...] = ()
     control_socket: Path = DEFAULT_CONTROL_SOCKET
+    control_max_connections: int = 256  # CLI connections open at once; beyond, closed
     state_dir: Path = DEFAULT_STATE_DIR
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     alerting: AlertingConfig = field(default_factory=AlertingConfig)

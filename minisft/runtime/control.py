@@ -19,10 +19,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from minisft.runtime.connlimit import ConnectionLimit
+
 log = logging.getLogger("minisft.control")
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 MAX_REQUEST = 64 * 1024
+DEFAULT_MAX_CONNECTIONS = 256  # control_max_connections: one fd each
 
 
 class ControlError(Exception):
@@ -30,9 +33,11 @@ class ControlError(Exception):
 
 
 class ControlServer:
-    def __init__(self, path: Path, handler: Handler) -> None:
+    def __init__(self, path: Path, handler: Handler, *,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
         self.path = path
         self._handler = handler
+        self.limit = ConnectionLimit(f"control socket {path}", max_connections)
         self._server: asyncio.AbstractServer | None = None
         # (st_dev, st_ino) of the socket file this server created: close() removes that
         # file only, never one a refused start found in place (another daemon's live socket)
@@ -47,8 +52,10 @@ class ControlServer:
         # umask so the socket is never world-accessible, even for an instant
         old = os.umask(0o177)
         try:
+            # a deep backlog: 200 CLI clients at once all connect (at 100, 49 failed);
+            # the kernel caps it at net.core.somaxconn
             self._server = await asyncio.start_unix_server(self._serve, path=str(self.path),
-                                                           limit=MAX_REQUEST)
+                                                           limit=MAX_REQUEST, backlog=1024)
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)
@@ -69,6 +76,16 @@ class ControlServer:
         self._created = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.limit.enter():
+            writer.close()  # no answer: writing could block on a client that never reads
+            return
+        try:
+            await self._serve_one(reader, writer)
+        finally:
+            self.limit.leave()
+
+    async def _serve_one(self, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> None:
         try:
             sock = writer.get_extra_info("socket")
             uid = _peer_uid(sock) if sock is not None else -1

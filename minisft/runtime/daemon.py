@@ -129,7 +129,8 @@ class Daemon:
                       "not kept across restarts", exc)
         self.delivery = self._build_delivery(cfg)
         await self.delivery.start()
-        self.control = ControlServer(cfg.control_socket, self._handle_request)
+        self.control = ControlServer(cfg.control_socket, self._handle_request,
+                                     max_connections=cfg.control_max_connections)
         try:
             await self.control.start()
         except (ControlError, OSError) as exc:
@@ -153,8 +154,9 @@ class Daemon:
             from minisft.monitoring.prometheus import serve_metrics
 
             try:
-                self._metrics_server = await serve_metrics(cfg.alerting.prometheus_listen,
-                                                           self.status)
+                self._metrics_server = await serve_metrics(
+                    cfg.alerting.prometheus_listen, self.status,
+                    max_connections=cfg.alerting.prometheus_max_connections)
             except OSError as exc:
                 log.error("prometheus listener %s: %s", cfg.alerting.prometheus_listen, exc)
         self._tasks = [

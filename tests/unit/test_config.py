@@ -338,7 +338,8 @@ def test_original_script_names_find_the_new_keys() -> None:
 
 def test_unknown_top_level_key_lists_the_known_ones() -> None:
     text = cfg("zzz: 1\n")
-    assert_error(text, "zzz", "zzz", r"unknown key \(known: alerting, control_socket")
+    assert_error(text, "zzz", "zzz",
+                 r"unknown key \(known: alerting, control_max_connections, control_socket")
 
 
 def test_misspelt_required_key_is_reported_once() -> None:
