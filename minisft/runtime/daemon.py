@@ -70,6 +70,8 @@ class Daemon:
         self._status_dirty = True
         self._lock_fd: int | None = None
         self._status_failing = False  # status.json cannot be written: log once
+        self._journal_failing = False  # reported the journal's failure episode
+        self._journal_recreated = 0
         self._tasks: list[asyncio.Task[Any]] = []
         self._link_up: bool | None = None
         self._reloading = asyncio.Lock()
@@ -264,7 +266,27 @@ class Daemon:
         if self.delivery is not None:
             self.delivery.publish(event)
         self._status_dirty = True
+        if self.journal is not None:
+            self._check_journal()  # after publishing: sinks get events in seq order
         return event
+
+    def _check_journal(self) -> None:
+        """A journal that stops being written, or is deleted under us, is said through the
+        sinks (which still work), not only in the log."""
+        journal = self.journal
+        if not journal.healthy and not self._journal_failing:
+            self._journal_failing = True
+            self.emit(Notice(EventKind.STATE_DIR_FAILING,
+                             f"the event journal in {journal.directory} cannot be written: "
+                             "events still reach the sinks but are not kept"))
+        elif journal.healthy:
+            self._journal_failing = False
+        recreated = journal.stats["journal_recreated"]
+        if recreated != self._journal_recreated:
+            self._journal_recreated = recreated
+            self.emit(Notice(EventKind.STATE_DIR_FAILING,
+                             f"the event journal in {journal.directory} was deleted under the "
+                             "running daemon: the history before this event is gone"))
 
     # ================================================================= loops
 
@@ -374,6 +396,9 @@ class Daemon:
             log.error("cannot write %s (%s): monitoring that reads it (check_minisft, "
                       "snmpd) sees no current state until this is fixed", path,
                       exc.strerror or exc)
+            self.emit(Notice(EventKind.STATE_DIR_FAILING,
+                             f"cannot write {path} ({exc.strerror or exc}): check_minisft "
+                             "and snmpd see no current state until this is fixed"))
 
     # ================================================================= control
 
