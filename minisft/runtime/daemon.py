@@ -144,7 +144,6 @@ class Daemon:
             raise StartupError(f"cannot open raw sockets on {self.iface.name} "
                                f"(CAP_NET_RAW needed): {exc}") from None
         self._link_up = await self._in_netlink(self.netlink.link_up, self.iface)
-        self.delivery.set_link(self._link_up)
         self.emit(Notice(EventKind.DAEMON_STARTED,
                          f"minisft {__version__} started on {self.iface.name} "
                          f"({cfg.node.local_ip}) with {len(cfg.monitors)} monitor(s)",
@@ -312,7 +311,6 @@ class Daemon:
                 continue
             if up != self._link_up:
                 self._link_up = up
-                self.delivery.set_link(up)
                 for rt in list(self.runtimes.values()):
                     rt.feed(LinkChanged(up))
             if up and self.clock() >= next_address_check:
@@ -536,7 +534,6 @@ class Daemon:
         if old.alerting != new.alerting or old.logging != new.logging:
             await self.delivery.stop()
             self.delivery = self._build_delivery(new)
-            self.delivery.set_link(self._link_up)
             await self.delivery.start()
             changes.append("alerting sinks rebuilt")
         return changes

@@ -95,8 +95,6 @@ class DeliveryManager:
         self._states: list[_SinkState] = []
         self._running = False
         self._publish_failing = False
-        self._link_up = asyncio.Event()  # cleared: unconfirmed sinks hold their events
-        self._link_up.set()
         seen: set[str] = set()
         for sink in sinks:
             name = sink.name
@@ -125,14 +123,6 @@ class DeliveryManager:
             st.missed = True  # catch up from the journal first
             st.task = asyncio.create_task(self._run(st), name=f"sink:{st.name}")
         self._running = True
-
-    def set_link(self, up: bool | None) -> None:
-        """This node's own link: while it is down, sinks that cannot confirm delivery
-        (SNMP traps) hold their events and send them, in order, once it is back."""
-        if up is False:
-            self._link_up.clear()
-        else:
-            self._link_up.set()
 
     def publish(self, event: Event) -> None:
         """Offer an event to every sink. Non-blocking, never raises."""
@@ -207,8 +197,6 @@ class DeliveryManager:
                 "last_delivery_time": st.last_delivery_time,
                 "cursor": st.cursor,
                 "state": state,
-                # fire-and-forget sink waiting for this node's link to come back
-                "held": not st.sink.confirmed and not self._link_up.is_set(),
             }
             if st.retry_at is not None and st.consecutive > 0:
                 entry["retry_in"] = round(max(0.0, st.retry_at - self.clock()), 3)
@@ -338,8 +326,6 @@ class DeliveryManager:
         skips it."""
         delay = self.backoff_initial
         while True:
-            if not st.sink.confirmed and not self._link_up.is_set():
-                await self._link_up.wait()  # a trap sent now would count, yet go nowhere
             if self._enforce_backlog(st) and 0 < event.seq <= st.cursor:
                 return
             st.busy = True

@@ -40,10 +40,6 @@ class Sink(abc.ABC):
     # The longest one delivery may take, from the sink's own configured timeouts; the
     # runtime gives up after it (a test-alert then answers in time). None: no own bound.
     deadline: float | None = None
-    # False for fire-and-forget sends (an SNMP trap): nothing tells whether the event
-    # arrived, so the runtime holds them while this node's own link is down (they would
-    # go nowhere yet count as delivered) and sends them when it is back.
-    confirmed: bool = True
 
     def accepts(self, event: Event) -> bool:
         return self.filter.accepts(event)

@@ -300,7 +300,6 @@ class SnmpSink(Sink):
         tries = target.retries + 1 if target.type == "inform" else 1
         rounds = 2 if target.version == "3" and target.type == "inform" else 1
         self.deadline = target.timeout * tries * rounds + 1.0
-        self.confirmed = target.type == "inform"  # a trap is never acknowledged
         self.state_dir = Path(state_dir)
         self.node = node
         self.name = sink_name(target)

@@ -549,27 +549,3 @@ alerting:
     results, took = asyncio.run(main())
     assert took < sink.deadline + 1.0, took
     assert "no answer within 4 s" in (results[sink.name] or "")
-
-
-def test_traps_wait_for_this_nodes_link_and_are_not_counted_delivered_meanwhile(
-        tmp_path: Path) -> None:
-    async def main() -> None:
-        j = _journal(tmp_path)
-        trap = RecordingSink("trap")
-        trap.confirmed = False  # fire-and-forget: nothing says it arrived
-        inform = RecordingSink("inform")
-        mgr = DeliveryManager(j, [trap, inform], backoff_initial=0.01)
-        await mgr.start()
-        mgr.set_link(False)  # this node's own link is down
-        sent = [_emit(j, mgr, i).seq for i in range(5)]
-        await _until("the confirmed sink got them", lambda: len(inform.got) == 5)
-        await asyncio.sleep(0.1)
-        st = _status(mgr, "trap")
-        assert trap.got == [] and st["delivered"] == 0 and st["pending"] == 5
-        assert st["held"] is True
-        mgr.set_link(True)
-        await _until("the traps went out", lambda: len(trap.got) == 5)
-        assert trap.seqs == sent and _status(mgr, "trap")["delivered"] == 5
-        await mgr.stop()
-
-    _run(main)
