@@ -211,14 +211,12 @@ def _top_level_line(text: str, key: str) -> str | None:
     return m.group(2) if m and m.group(2) else None
 
 
-def _request(args: argparse.Namespace, payload: dict[str, Any],
-             timeout: float = 15.0) -> dict[str, Any]:
+def _request(args: argparse.Namespace, payload: dict[str, Any]) -> dict[str, Any]:
     from minisft.config.model import DEFAULT_CONTROL_SOCKET
     from minisft.runtime.control import ControlError, request
 
     try:
-        return request(_locate(args, "control_socket", DEFAULT_CONTROL_SOCKET), payload,
-                       timeout)
+        return request(_locate(args, "control_socket", DEFAULT_CONTROL_SOCKET), payload)
     except ControlError as exc:
         print(f"minisft: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_NO_DAEMON) from None
@@ -374,10 +372,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 def cmd_test_alert(args: argparse.Namespace) -> int:
-    from minisft.runtime.delivery import TEST_TIMEOUT
-
-    # the daemon answers within TEST_TIMEOUT even if a sink does not: wait that long
-    answer = _request(args, {"cmd": "test-alert"}, timeout=TEST_TIMEOUT + 5)
+    answer = _request(args, {"cmd": "test-alert"})
     results: dict[str, str | None] = answer.get("results", {})
     if not results:
         print("no sinks configured (events go to the journal only)")

@@ -311,15 +311,7 @@ class DeliveryManager:
                 st.started = True
                 # a start loads the sink's library: its import garbage leaves the heap
                 release_free_heap()
-        deadline = st.sink.deadline
-        if deadline is None:
-            await st.sink.deliver(event)
-            return
-        try:
-            await asyncio.wait_for(st.sink.deliver(event), deadline)
-        except TimeoutError:
-            raise DeliveryError(f"{st.name}: no answer within {deadline:g} s (its configured "
-                                "timeout and retries)") from None
+        await st.sink.deliver(event)
 
     async def _deliver(self, st: _SinkState, event: Event) -> None:
         """Deliver one event, retrying it until it is delivered or the backlog limit

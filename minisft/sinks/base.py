@@ -37,9 +37,6 @@ class Sink(abc.ABC):
 
     name: str = "sink"
     filter: EventFilter = EventFilter()
-    # The longest one delivery may take, from the sink's own configured timeouts; the
-    # runtime gives up after it (a test-alert then answers in time). None: no own bound.
-    deadline: float | None = None
 
     def accepts(self, event: Event) -> bool:
         return self.filter.accepts(event)

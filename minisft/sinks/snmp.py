@@ -295,11 +295,6 @@ class SnmpSink(Sink):
                 raise ValueError(f"SNMP target {target.host}: unknown priv protocol "
                                  f"{target.priv_protocol!r}")
         self.target = target
-        # An inform is tried 1 + retries times; a v3 inform first discovers the
-        # receiver's engine id, tried as often. A trap is one send. 1 s for the rest.
-        tries = target.retries + 1 if target.type == "inform" else 1
-        rounds = 2 if target.version == "3" and target.type == "inform" else 1
-        self.deadline = target.timeout * tries * rounds + 1.0
         self.state_dir = Path(state_dir)
         self.node = node
         self.name = sink_name(target)
