@@ -178,32 +178,40 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def _locate(args: argparse.Namespace, key: str, default: Path) -> Path:
     """Find control_socket or state_dir WITHOUT validating the whole file: in an incident
     someone may have broken the config on disk, and status, release or reload (which
-    reports exactly what is wrong) must still reach the running daemon."""
+    reports exactly what is wrong) must still reach the running daemon. A file that is no
+    config at all (too large, too deeply nested, not text) is one clear line, exit 2."""
     import yaml
 
+    from minisft.config.loader import MAX_CONFIG_BYTES, YAML_LOADER
+
     try:
-        data = yaml.safe_load(Path(args.config).read_text())
+        with open(args.config, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
-        print(f"minisft: cannot read {args.config}: {exc.strerror}", file=sys.stderr)
+        print(f"minisft: cannot read {args.config}: {exc.strerror or exc}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
-    except yaml.YAMLError:
+    if len(raw) > MAX_CONFIG_BYTES:
+        print(f"minisft: {args.config}: larger than {MAX_CONFIG_BYTES // 1024} KiB: not a "
+              "config file", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG)
+    # a stray non-UTF-8 byte elsewhere must not hide the one line we need
+    text = raw.decode("utf-8-sig", errors="replace")
+    try:
+        data = yaml.load(text, Loader=YAML_LOADER)
+    except (yaml.YAMLError, RecursionError):
         data = None
     # Not YAML any more (half-edited, truncated): find a top-level `key: value` line.
-    value = data.get(key) if isinstance(data, dict) else _top_level_line(args.config, key)
+    value = data.get(key) if isinstance(data, dict) else _top_level_line(text, key)
     if not isinstance(value, str) or not value:
         return default
     path = Path(value)
     return path if path.is_absolute() else Path(args.config).resolve().parent / path
 
 
-def _top_level_line(path: Path, key: str) -> str | None:
+def _top_level_line(text: str, key: str) -> str | None:
     """`key: value` at the start of a line (quotes and a trailing comment stripped)."""
     import re
 
-    try:
-        text = Path(path).read_text(errors="replace")
-    except OSError:
-        return None
     m = re.search(rf"^{re.escape(key)}:[ \t]*(['\"]?)([^'\"#\n]*?)\1[ \t]*(?:#.*)?$", text,
                   re.MULTILINE)
     return m.group(2) if m and m.group(2) else None

@@ -1,4 +1,4 @@
-"""Durations as the config writes them: 0.5, 3, "100ms", "3s", "1m", "1h", "1m30s".
+"""Durations as the config writes them: 0.5, 3, "100ms", "3s", "1m", "1h", "7d", "1m30s".
 
 A bare number means seconds (the original script's settings were in seconds). Standard
 library only: the Nagios plugin and the CLI import this without paying for anything else.
@@ -15,10 +15,10 @@ DURATION_HINT = "a duration such as 0.5, 100ms, 3s or 1m"
 
 _NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
 _BARE = re.compile(rf"\s*({_NUMBER})\s*", re.ASCII)
-_PART = re.compile(rf"({_NUMBER})\s*(ms|s|m|h)", re.ASCII)
-_WHOLE = re.compile(rf"\s*(?:{_NUMBER}\s*(?:ms|s|m|h)\s*)+", re.ASCII)
+_PART = re.compile(rf"({_NUMBER})\s*(ms|s|m|h|d)", re.ASCII)
+_WHOLE = re.compile(rf"\s*(?:{_NUMBER}\s*(?:ms|s|m|h|d)\s*)+", re.ASCII)
 # multipliers; milliseconds divide so that "Nms" == N / 1000 exactly
-_SCALE = {"s": 1.0, "m": 60.0, "h": 3600.0}
+_SCALE = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def parse_duration(value: object) -> float:

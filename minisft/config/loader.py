@@ -54,6 +54,7 @@ from minisft.config.model import (
     IPAddress,
     IPInterface,
     IsAliveConfig,
+    JournalConfig,
     LoggingConfig,
     LooksAliveConfig,
     MonitorConfig,
@@ -68,11 +69,15 @@ from minisft.config.model import (
 )
 from minisft.core.events import EventKind, Severity
 
-__all__ = ["MAX_CONFIG_BYTES", "ConfigError", "collect_errors", "load_config", "parse_config"]
+__all__ = ["MAX_CONFIG_BYTES", "YAML_LOADER", "ConfigError", "collect_errors", "load_config",
+           "parse_config"]
 
 T = TypeVar("T")
 
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few KiB; more is a mistake or an attack
+# libyaml when PyYAML has it (Debian's python3-yaml does): a 1 MiB file composes in about
+# 1 s instead of 7, and it refuses deep flow nesting itself instead of recursing
+YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MAX_NODES = 50_000  # values after alias expansion: stops "billion laughs" documents
 MAX_DEPTH = 40
 MAX_SECRET_BYTES = 64 << 10
@@ -269,13 +274,16 @@ def _compose(text: str, source: str) -> tuple[Any, dict[str, int]]:
         raise ConfigError("", f"larger than {MAX_CONFIG_BYTES // 1024} KiB: not a config file",
                           source=source)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=YAML_LOADER)
     except yaml.MarkedYAMLError as exc:
         # never quote the snippet PyYAML attaches: the bad line may hold a secret
         problem = exc.problem or "syntax error"
-        if "'\\t'" in problem:
-            problem += " (indent with spaces, not tabs)"
         mark = exc.problem_mark or exc.context_mark
+        if "nesting depth" in problem:  # libyaml's own cap on flow nesting
+            problem = f"nested too deeply (more than {MAX_DEPTH} levels)"
+        elif "'\\t'" in problem or (mark is not None and text[mark.index:mark.index + 1]
+                                     == "\t"):
+            problem += " (indent with spaces, not tabs)"
         line = mark.line + 1 if mark is not None else None
         context = f" ({exc.context})" if exc.context else ""
         raise ConfigError("", f"not valid YAML: {problem}{context}", line=line,
@@ -296,7 +304,27 @@ def _compose(text: str, source: str) -> tuple[Any, dict[str, int]]:
 # ====================================================================== validation context
 
 
-def _got(value: Any) -> str:
+# Sections where any value may be a secret (an apprise URL with a password, an SNMP
+# community, an etcd password, a key file name) and key names that say so anywhere: an
+# error there describes the value's shape and never quotes it.
+_SECRET_SECTIONS = ("alerting", "pools")
+_SECRET_WORDS = ("key", "password", "community", "secret", "token", "auth", "url", "header")
+
+
+def _may_be_secret(path: str) -> bool:
+    if path.endswith("_file"):  # a file name (key_file, urls_file): shown, to be fixed
+        return False
+    section = re.split(r"[.\[]", path, maxsplit=1)[0]
+    return section in _SECRET_SECTIONS or any(w in path.lower() for w in _SECRET_WORDS)
+
+
+def _got(value: Any, path: str = "") -> str:
+    """What was found, for an error message: the value itself only where it cannot be a
+    secret (see `_may_be_secret`), its shape otherwise."""
+    if path and _may_be_secret(path) and isinstance(value, str | int | float) \
+            and not isinstance(value, bool):
+        shape = "a string" if isinstance(value, str) else "a number"
+        return f"{shape} (not shown: a value here may be a secret)"
     if value is None:
         return "nothing"
     if isinstance(value, bool):
@@ -370,6 +398,16 @@ class _Ctx:
 Converter = Callable[[str, Any], T]
 
 
+def _scrub(message: str, value: Any, path: str) -> str:
+    """The last guard for messages from shared parsers (durations...) that quote what they
+    were given: where a secret may stand, a message holding the value is replaced."""
+    text = value.strip() if isinstance(value, str) else None
+    # quoted, as repr() shows it, maybe cut short: not a name that merely contains it
+    if text and _may_be_secret(path) and repr(text)[:12].rstrip("'") in message:
+        return "not a valid value here (not shown: a value here may be a secret)"
+    return message
+
+
 class _Map:
     """One YAML mapping under `path`: unknown keys are recorded as errors at once."""
 
@@ -383,8 +421,8 @@ class _Map:
         if not isinstance(value, dict):
             if not path:
                 ctx.fail(path, f"the file must be a mapping of keys (node:, monitors:, ...), "
-                               f"got {_got(value)}")
-            ctx.fail(path, f"expected {what or 'a mapping of keys'} here, got {_got(value)}")
+                               f"got {_got(value, path)}")
+            ctx.fail(path, f"expected {what or 'a mapping of keys'} here, got {_got(value, path)}")
         self.data: dict[str, Any] = value
         self.misspelt: set[str] = set()  # keys an unknown key probably meant
         if allowed is not None:
@@ -415,7 +453,7 @@ class _Map:
         except _Skip:
             pass
         except ValueError as exc:
-            self.ctx.add(path, str(exc))
+            self.ctx.add(path, _scrub(str(exc), self.data[name], path))
         self.failed = True
         return None
 
@@ -449,20 +487,20 @@ class _Map:
 
 def _str(path: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"expected a non-empty string, got {_got(value)}")
+        raise ValueError(f"expected a non-empty string, got {_got(value, path)}")
     return value.strip()
 
 
 def _text(path: str, value: Any) -> str:
     if not isinstance(value, str):
-        raise ValueError(f"expected a string, got {_got(value)}")
+        raise ValueError(f"expected a string, got {_got(value, path)}")
     return value
 
 
 def _name(path: str, value: Any) -> str:
     if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
         raise ValueError("expected a name of letters, digits, '.', '_' and '-' (at most 63, "
-                         f"starting with a letter or digit), got {_got(value)}")
+                         f"starting with a letter or digit), got {_got(value, path)}")
     return value
 
 
@@ -471,7 +509,7 @@ def _bool(path: str, value: Any) -> bool:
         return value
     if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no"):
         return value.strip().lower() in ("true", "yes")
-    raise ValueError(f"expected true or false, got {_got(value)}")
+    raise ValueError(f"expected true or false, got {_got(value, path)}")
 
 
 def _int(lo: int, hi: int | None = None) -> Converter[int]:
@@ -480,10 +518,10 @@ def _int(lo: int, hi: int | None = None) -> Converter[int]:
             value = int(value.strip())
         # bool is an int in Python, but "retry: yes" is not 1
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"expected a whole number, got {_got(value)}")
+            raise ValueError(f"expected a whole number, got {_got(value, path)}")
         if value < lo or (hi is not None and value > hi):
             bound = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
-            raise ValueError(f"must be {bound}, got {value}")
+            raise ValueError(f"must be {bound}, got {_got(value, path)}")
         return value
 
     return convert
@@ -498,11 +536,11 @@ def _duration(*, least: float = 0.0, zero: bool = False) -> Converter[float]:
             return seconds
         if seconds < least:
             raise ValueError(f"must be at least {format_duration(least)} (lower bound), "
-                             f"got {_got(value)}")
+                             f"got {_got(value, path)}")
         if seconds == 0:
-            raise ValueError(f"must be more than 0, got {_got(value)}")
+            raise ValueError(f"must be more than 0, got {_got(value, path)}")
         if seconds > MAX_DURATION:
-            raise ValueError(f"must be at most 24h, got {_got(value)}")
+            raise ValueError(f"must be at most 24h, got {_got(value, path)}")
         return seconds
 
     return convert
@@ -520,7 +558,7 @@ def _choice(options: Iterable[str], aliases: dict[str, str] | None = None) -> Co
             if text in options:
                 return text
         shown = _hint(str(value), options) if isinstance(value, str) else ""
-        raise ValueError(f"expected one of {', '.join(options)}, got {_got(value)}{shown}")
+        raise ValueError(f"expected one of {', '.join(options)}, got {_got(value, path)}{shown}")
 
     return convert
 
@@ -535,14 +573,14 @@ def _enum(cls: type[E]) -> Converter[E]:
 
 def _ip(path: str, value: Any) -> IPAddress:
     if not isinstance(value, str):
-        raise ValueError(f"expected an IPv4 or IPv6 address, got {_got(value)}")
+        raise ValueError(f"expected an IPv4 or IPv6 address, got {_got(value, path)}")
     if "%" in value:
         raise ValueError("IPv6 zone indexes (%eth0) are not supported: the interface is the "
                          "one that holds node.local_ip")
     try:
         return ipaddress.ip_address(value.strip())
     except ValueError:
-        raise ValueError(f"expected an IPv4 or IPv6 address, got {_got(value)}") from None
+        raise ValueError(f"expected an IPv4 or IPv6 address, got {_got(value, path)}") from None
 
 
 def _service_ip(path: str, value: Any) -> IPAddress:
@@ -557,11 +595,11 @@ def _mask(path: str, value: Any) -> tuple[int, bool]:
     """(prefix length, written as a dotted mask) from 24, "24", "/24" or "255.255.255.0"."""
     hint = "expected a prefix length such as 24 or /24, or a mask such as 255.255.255.0"
     if isinstance(value, bool):
-        raise ValueError(f"{hint}, got {_got(value)}")
+        raise ValueError(f"{hint}, got {_got(value, path)}")
     if isinstance(value, int):
         return value, False
     if not isinstance(value, str):
-        raise ValueError(f"{hint}, got {_got(value)}")
+        raise ValueError(f"{hint}, got {_got(value, path)}")
     text = value.strip().removeprefix("/")
     if text.isdigit():
         return int(text), False
@@ -570,7 +608,7 @@ def _mask(path: str, value: Any) -> tuple[int, bool]:
     except ValueError:
         if ":" in text:
             raise ValueError("IPv6 takes a prefix length (such as 64), not a mask") from None
-        raise ValueError(f"{hint}, got {_got(value)}") from None
+        raise ValueError(f"{hint}, got {_got(value, path)}") from None
     bits = int(mask)
     inverted = ~bits & 0xFFFFFFFF
     if inverted & (inverted + 1):  # ones then zeros means ~mask is 2**k - 1
@@ -582,12 +620,12 @@ def _mask(path: str, value: Any) -> tuple[int, bool]:
 def _interface(path: str, value: Any) -> IPInterface:
     if not isinstance(value, str) or "/" not in value:
         raise ValueError(f"expected an address with its prefix such as 192.0.2.101/24 or "
-                         f"2001:db8::101/64, got {_got(value)}")
+                         f"2001:db8::101/64, got {_got(value, path)}")
     try:
         iface = ipaddress.ip_interface(value.strip())
     except ValueError:
         raise ValueError(f"expected an address with its prefix such as 192.0.2.101/24, got "
-                         f"{_got(value)}") from None
+                         f"{_got(value, path)}") from None
     _service_ip(path, str(iface.ip))
     _not_network_or_broadcast(iface)
     return iface
@@ -623,7 +661,7 @@ def _socket_path(ctx: _Ctx) -> Converter[Path]:
 def _kinds(path: str, value: Any) -> tuple[str, ...]:
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list):
-        raise ValueError(f"expected a list of event kinds, got {_got(value)}")
+        raise ValueError(f"expected a list of event kinds, got {_got(value, path)}")
     known = [k.value for k in EventKind]
     out: list[str] = []
     for i, item in enumerate(items):
@@ -631,7 +669,7 @@ def _kinds(path: str, value: Any) -> tuple[str, ...]:
         name = item.strip().lower() if isinstance(item, str) else None
         if name not in known:
             hint = _hint(item, known) if isinstance(item, str) else ""
-            raise ConfigError(sub, f"unknown event kind {_got(item)}"
+            raise ConfigError(sub, f"not a known event kind, got {_got(item, sub)}"
                               f"{hint or ' (one of: ' + ', '.join(known) + ')'}")
         if name not in out:
             out.append(name)
@@ -710,7 +748,7 @@ def _secret(m: _Map, name: str, *, min_len: int = 1) -> str | None:
 
     def from_env(path: str, value: Any) -> str:
         if not isinstance(value, str) or not _ENV_RE.fullmatch(value.strip()):
-            raise ValueError(f"expected an environment variable name, got {_got(value)}")
+            raise ValueError(f"expected an environment variable name, got {_got(value, path)}")
         var = value.strip()
         if var not in os.environ:
             raise ValueError(f"environment variable {var} is not set")
@@ -730,7 +768,9 @@ def _secret(m: _Map, name: str, *, min_len: int = 1) -> str | None:
 
 # ====================================================================== sections
 
-_TOP_KEYS = ("node", "control_socket", "state_dir", "logging", "monitors", "alerting", "pools")
+_TOP_KEYS = ("node", "control_socket", "control_max_connections", "state_dir", "logging",
+             "monitors", "alerting", "pools", "journal")
+_JOURNAL_KEYS = ("max_bytes", "max_age")
 _NODE_KEYS = ("name", "local_ip", "release_on_stop")
 _LOGGING_KEYS = ("level", "syslog", "syslog_socket", "syslog_facility")
 _MONITOR_KEYS = ("name", "monitor_ip", "monitor_subnet", "role", "peer_ip", "looksalive",
@@ -754,7 +794,7 @@ _SNMP_TARGET_KEYS = ("host", "port", "version", "type", "community", "community_
                      "priv_key_env", "kinds", "min_severity", "timeout", "retries")
 _APPRISE_KEYS = ("urls", "urls_file", "config", "kinds", "min_severity", "title", "body")
 _APPRISE_URL_KEYS = ("url", "tag", "tags", "kinds", "min_severity")
-_PROMETHEUS_KEYS = ("listen",)
+_PROMETHEUS_KEYS = ("listen", "max_connections")
 _POOL_KEYS = ("name", "members", "addresses", "key_file", "looksalive", "watch", "preferred",
               "fallback", "witness", "port", "coordination")
 _COORDINATION_KEYS = ("backend", "endpoints", "ttl", "prefix", "tls", "username",
@@ -778,16 +818,20 @@ def _build(data: Any, ctx: _Ctx, source_path: Path | None) -> Config:
     monitors = _monitors(ctx, top, local_ip)
     pools = _pools(ctx, top, node, monitors)
     control_socket = top.get("control_socket", _socket_path(ctx), DEFAULT_CONTROL_SOCKET)
+    control_max = top.get("control_max_connections", _int(1, 4096),
+                          Config.control_max_connections)
     state_dir = top.get("state_dir", _path(ctx), DEFAULT_STATE_DIR)
     logging_cfg = ctx.section(LoggingConfig(), _logging, ctx, top)
     alerting = ctx.section(AlertingConfig(), _alerting, ctx, top)
+    journal = ctx.section(JournalConfig(), _journal, ctx, top)
     if node is None and not top.has("node"):
         ctx.add("node", "required (node: {name: ..., local_ip: ...})")
     if ctx.errors or node is None:
         raise _Skip
     return Config(node=node, monitors=tuple(m for _, m in monitors), pools=pools,
                   control_socket=control_socket, state_dir=state_dir, logging=logging_cfg,
-                  alerting=alerting, source=source_path)
+                  alerting=alerting, journal=journal, control_max_connections=control_max,
+                  source=source_path)
 
 
 def _node(ctx: _Ctx, top: _Map) -> NodeConfig | None:
@@ -819,6 +863,43 @@ def _logging(ctx: _Ctx, top: _Map) -> LoggingConfig:
     return cfg
 
 
+MIN_JOURNAL_BYTES = 1 << 20
+MAX_JOURNAL_AGE = 366 * 86400.0
+_SIZE_RE = re.compile(r"(\d+)\s*([KMG]i?B?|B)?", re.ASCII | re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def _size(path: str, value: Any) -> int:
+    """Bytes from 268435456, "256MiB", "256M" or "1G" (binary units)."""
+    m = _SIZE_RE.fullmatch(value.strip()) if isinstance(value, str) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif m:
+        size = int(m.group(1)) * _SIZE_UNITS[(m.group(2) or "")[:1].lower()]
+    else:
+        raise ValueError(f"expected a size such as 256MiB, 1GiB or a number of bytes, got "
+                         f"{_got(value, path)}")
+    if size < MIN_JOURNAL_BYTES:
+        raise ValueError(f"must be at least 1MiB, got {size} bytes")
+    return size
+
+
+def _journal(ctx: _Ctx, top: _Map) -> JournalConfig:
+    m = _Map(ctx, "journal", top.data.get("journal"), _JOURNAL_KEYS)
+    d = JournalConfig()
+
+    def age(path: str, value: Any) -> float:
+        seconds = parse_duration(value)
+        if not 3600 <= seconds <= MAX_JOURNAL_AGE:
+            raise ValueError(f"must be between 1h and 366d, got {_got(value, path)}")
+        return seconds
+
+    cfg = JournalConfig(max_bytes=m.get("max_bytes", _size, d.max_bytes),
+                        max_age=m.get("max_age", age, d.max_age))
+    m.check()
+    return cfg
+
+
 def _list(ctx: _Ctx, parent: _Map, key: str, what: str) -> list[Any]:
     value = parent.data.get(key)
     if value is None:
@@ -826,7 +907,7 @@ def _list(ctx: _Ctx, parent: _Map, key: str, what: str) -> list[Any]:
     if not isinstance(value, list):
         parent.failed = True
         ctx.add(parent.key(key), f"expected a list of {what} (lines starting with '- '), got "
-                                 f"{_got(value)}")
+                                 f"{_got(value, parent.key(key))}")
         return []
     return value
 
@@ -1043,12 +1124,16 @@ def _alerting(ctx: _Ctx, top: _Map) -> AlertingConfig:
     icinga2 = m.opt("icinga2", lambda p, v: _icinga2(ctx, p, v))
     nsca = m.opt("nsca", lambda p, v: _nsca(ctx, p, v))
     listen = None
+    prom_max = d.prometheus_max_connections
     if m.has("prometheus"):
         prom = _Map(ctx, "alerting.prometheus", m.data["prometheus"], _PROMETHEUS_KEYS)
         listen = prom.req("listen", _listen, " (host:port, such as 127.0.0.1:9523)")
+        prom_max = prom.get("max_connections", _int(1, 512), prom_max)
+        m.failed = m.failed or prom.failed
     cfg = AlertingConfig(snmp_targets=targets, apprise=apprise, exec_hooks=exec_hooks,
                          nagios=nagios, icinga2=icinga2, nsca=nsca,
                          prometheus_listen=listen,
+                         prometheus_max_connections=prom_max,
                          queue_size=m.get("queue_size", _int(1, 1_000_000), d.queue_size),
                          max_backlog=m.get("max_backlog", _int(1), d.max_backlog))
     m.check()
@@ -1071,7 +1156,7 @@ def _listen(path: str, value: Any) -> str:
         ok = bool(sep) and ":" not in host and (not host or _HOST_RE.fullmatch(host) is not None)
     if not ok or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ValueError(f"expected host:port, [IPv6]:port or :port (port 1-65535), got "
-                         f"{_got(value)}")
+                         f"{_got(value, path)}")
     return text
 
 
@@ -1084,7 +1169,7 @@ def _snmp_version(path: str, value: Any) -> str:
         return "3"
     if text == "1":
         raise ValueError("SNMP version 1 is not supported: use 2c or 3")
-    raise ValueError(f"expected 2c or 3, got {_got(value)}")
+    raise ValueError(f"expected 2c or 3, got {_got(value, path)}")
 
 
 def _host(path: str, value: Any) -> str:
@@ -1093,7 +1178,8 @@ def _host(path: str, value: Any) -> str:
         return str(ipaddress.ip_address(text))
     except ValueError:
         if len(text) > 253 or not _HOST_RE.fullmatch(text):
-            raise ValueError(f"expected a host name or IP address, got {_got(value)}") from None
+            raise ValueError("expected a host name or IP address, got "
+                             f"{_got(value, path)}") from None
         return text
 
 
@@ -1211,7 +1297,7 @@ def _icinga2_url(path: str, value: Any) -> str:
     scheme, sep, rest = text.partition("://")
     if scheme.lower() != "https" or not sep or not rest or "@" in rest:
         raise ValueError(f"expected https://HOST[:PORT] (TLS, no credentials: use user and "
-                         f"password_file), got {_got(value) if '@' not in text else 'a URL'}")
+                         f"password_file), got {_got(value, path) if '@' not in text else 'a URL'}")
     return text
 
 
@@ -1249,7 +1335,7 @@ def _nagios_text(convert: Converter[str]) -> Converter[str]:
     def checked(path: str, value: Any) -> str:
         text = convert(path, value)
         if any(c in text for c in ";\n\r"):
-            raise ValueError(f"must not contain ';' or a line break, got {_got(value)}")
+            raise ValueError(f"must not contain ';' or a line break, got {_got(value, path)}")
         return text
 
     return checked
@@ -1294,12 +1380,13 @@ def _command(ctx: _Ctx, path: str, value: Any) -> tuple[str, ...]:
     up in the hooks' PATH (the daemon's own PATH is not used: hooks get a clean
     environment), a relative path is relative to the config file."""
     if isinstance(value, str):
+        # the string itself is not quoted back: a command line may carry a password
         raise ValueError("expected a list: the program and its arguments, one item each "
-                         f"(no shell parsing), such as [{value.split()[0]!r}, ...]"
+                         "(no shell parsing), such as [/usr/local/bin/notify, --to, ops]"
                          if value.split() else "expected a non-empty list")
     if not isinstance(value, list) or not value:
         raise ValueError(f"expected a non-empty list (the program and its arguments), got "
-                         f"{_got(value)}")
+                         f"{_got(value, path)}")
     argv: list[str] = []
     for i, item in enumerate(value):
         if isinstance(item, int | float) and not isinstance(item, bool):
@@ -1344,7 +1431,7 @@ _URL_HINT = "expected an apprise URL such as mailto://... (the value is not show
 def _apprise_urls(ctx: _Ctx, path: str, value: Any) -> tuple[str | dict[str, Any], ...]:
     items = [value] if isinstance(value, str | dict) else value
     if not isinstance(items, list):
-        raise ValueError(f"expected a list of apprise URLs, got {_got(value)}")
+        raise ValueError(f"expected a list of apprise URLs, got {_got(value, path)}")
     out: list[str | dict[str, Any]] = []
     for i, item in enumerate(items):
         sub = f"{path}[{i}]" if isinstance(value, list) else path
@@ -1355,7 +1442,7 @@ def _apprise_urls(ctx: _Ctx, path: str, value: Any) -> tuple[str | dict[str, Any
             continue
         if not isinstance(item, dict):
             raise ConfigError(sub, f"expected a URL or a mapping {{url, kinds, min_severity, "
-                                   f"tag}}, got {_got(item)}", line=ctx.line(sub),
+                                   f"tag}}, got {_got(item, sub)}", line=ctx.line(sub),
                               source=ctx.source)
         e = _Map(ctx, sub, item, _APPRISE_URL_KEYS)
         url = e.req("url", lambda p, v: _secret_url(p, v))
@@ -1381,7 +1468,7 @@ def _secret_url(path: str, value: Any) -> str:
 def _tags(path: str, value: Any) -> list[str]:
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not all(isinstance(t, str) and t for t in items):
-        raise ValueError(f"expected a tag or a list of tags, got {_got(value)}")
+        raise ValueError(f"expected a tag or a list of tags, got {_got(value, path)}")
     return [str(t) for t in items]
 
 
@@ -1549,12 +1636,12 @@ def _etcd_endpoints(path: str, value: Any) -> tuple[str, ...]:
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not items:
         raise ValueError(f"expected a list of URLs such as http://192.0.2.250:2379, got "
-                         f"{_got(value)}")
+                         f"{_got(value, path)}")
     out: list[str] = []
     for i, item in enumerate(items):
         sub = f"{path}[{i}]" if isinstance(value, list) else path
         try:
-            url = _etcd_url(item)
+            url = _etcd_url(sub, item)
         except ValueError as exc:
             raise ConfigError(sub, str(exc)) from None
         if url in out:
@@ -1563,23 +1650,23 @@ def _etcd_endpoints(path: str, value: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _etcd_url(value: Any) -> str:
+def _etcd_url(path: str, value: Any) -> str:
     from urllib.parse import urlsplit
 
     hint = "expected a URL such as http://192.0.2.250:2379 or https://etcd1.example:2379"
     if not isinstance(value, str) or "://" not in value:
-        raise ValueError(f"{hint}, got {_got(value)}")
+        raise ValueError(f"{hint}, got {_got(value, path)}")
     try:
         url = urlsplit(value.strip())
         port = url.port or 2379
     except ValueError:
-        raise ValueError(f"{hint}, got {_got(value)}") from None
+        raise ValueError(f"{hint}, got {_got(value, path)}") from None
     host = url.hostname
     if url.scheme not in ("http", "https"):
         raise ValueError(f"the scheme must be http or https, got {url.scheme!r}")
     if not host or url.username or url.password or url.query or url.fragment or \
             url.path not in ("", "/"):
-        raise ValueError(f"{hint} (no path, user or query), got {_got(value)}")
+        raise ValueError(f"{hint} (no path, user or query), got {_got(value, path)}")
     try:
         ip = ipaddress.ip_address(host)
         host = f"[{ip}]" if ip.version == 6 else str(ip)
@@ -1592,11 +1679,11 @@ def _etcd_url(value: Any) -> str:
 def _etcd_ttl(path: str, value: Any) -> int:
     seconds = parse_duration(value)
     if seconds != int(seconds):
-        raise ValueError(f"etcd leases are whole seconds, got {_got(value)}")
+        raise ValueError(f"etcd leases are whole seconds, got {_got(value, path)}")
     if not ETCD_MIN_TTL <= seconds <= ETCD_MAX_TTL:
         raise ValueError(f"must be between {ETCD_MIN_TTL}s and {ETCD_MAX_TTL}s (etcd raises "
                          "shorter leases to 1.5 election timeouts), got "
-                         f"{_got(value)}")
+                         f"{_got(value, path)}")
     return int(seconds)
 
 
@@ -1604,7 +1691,8 @@ def _etcd_prefix(path: str, value: Any) -> str:
     text = value.strip().rstrip("/") if isinstance(value, str) else None
     if text is None or not _PREFIX_RE.fullmatch(text):
         raise ValueError("expected a key prefix such as /minisft (a '/' then letters, digits, "
-                         f"'.', '_', '-', more '/'-separated parts allowed), got {_got(value)}")
+                         "'.', '_', '-', more '/'-separated parts allowed), got "
+                         f"{_got(value, path)}")
     return text
 
 
@@ -1636,7 +1724,7 @@ def _etcd_tls(ctx: _Ctx, path: str, value: Any) -> EtcdTLSConfig:
 def _members(ctx: _Ctx, path: str, value: Any) -> tuple[PoolMemberConfig, ...]:
     if not isinstance(value, list) or len(value) < 2:
         raise ValueError(f"expected a list of at least two members ({{name, ip, weight}}), "
-                         f"got {_got(value) if not isinstance(value, list) else len(value)}")
+                         f"got {_got(value, path) if not isinstance(value, list) else len(value)}")
     out: list[PoolMemberConfig] = []
     failed = False
     for i, item in enumerate(value):
@@ -1663,7 +1751,7 @@ def _members(ctx: _Ctx, path: str, value: Any) -> tuple[PoolMemberConfig, ...]:
 def _pool_addresses(ctx: _Ctx, path: str, value: Any) -> tuple[IPInterface, ...]:
     if not isinstance(value, list) or not value:
         raise ValueError(f"expected a list of addresses with prefix such as 192.0.2.101/24, "
-                         f"got {_got(value)}")
+                         f"got {_got(value, path)}")
     out: list[IPInterface] = []
     for i, item in enumerate(value):
         sub = f"{path}[{i}]"
@@ -1689,7 +1777,7 @@ def _pool_key(ctx: _Ctx, path: str, value: Any) -> bytes:
 def _preferred(ctx: _Ctx, path: str, value: Any, members: tuple[PoolMemberConfig, ...],
                addresses: tuple[IPInterface, ...]) -> dict[str, str]:
     if not isinstance(value, dict):
-        raise ValueError(f"expected a mapping of address: member, got {_got(value)}")
+        raise ValueError(f"expected a mapping of address: member, got {_got(value, path)}")
     by_ip = {a.ip: a for a in addresses}
     member_names = [mb.name for mb in members]
     out: dict[str, str] = {}
@@ -1700,10 +1788,10 @@ def _preferred(ctx: _Ctx, path: str, value: Any, members: tuple[PoolMemberConfig
         except ValueError:
             ip = None
         if ip is None or ip not in by_ip:
-            ctx.fail(sub, f"{raw!r} is not one of this pool's addresses")
+            ctx.fail(sub, "this key is not one of this pool's addresses")
         if not isinstance(member, str) or member not in member_names:
             hint = _hint(member, member_names) if isinstance(member, str) else ""
-            ctx.fail(sub, f"{_got(member)} is not a member of this pool{hint}")
+            ctx.fail(sub, f"expected a member of this pool, got {_got(member, sub)}{hint}")
         out[str(ip)] = member
     return out
 

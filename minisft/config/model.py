@@ -163,6 +163,17 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class JournalConfig:
+    """The event journal in state_dir/journal: how much history it keeps.
+
+    Defaults: 213 bytes an event, so 256 MiB holds about 1.2 million events: a link
+    flapping every second (two events) for a week."""
+
+    max_bytes: int = 256 << 20  # oldest segments go first beyond this, delivered or not
+    max_age: float = 7 * 86400.0  # segments older than this go once every sink has them
+
+
+@dataclass(frozen=True)
 class SnmpTargetConfig:
     host: str
     port: int = 162
@@ -256,6 +267,7 @@ class AlertingConfig:
     icinga2: Icinga2Config | None = None
     nsca: NscaConfig | None = None
     prometheus_listen: str | None = None  # "127.0.0.1:9523"
+    prometheus_max_connections: int = 16  # at once; beyond, closed unanswered
     queue_size: int = 1000  # per sink, in memory; the journal is the durable spool
     max_backlog: int = 100_000  # per sink; older undelivered events are skipped and counted
 
@@ -321,9 +333,11 @@ class Config:
     monitors: tuple[MonitorConfig, ...] = ()
     pools: tuple[PoolConfig, ...] = ()
     control_socket: Path = DEFAULT_CONTROL_SOCKET
+    control_max_connections: int = 256  # CLI connections open at once; beyond, closed
     state_dir: Path = DEFAULT_STATE_DIR
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     alerting: AlertingConfig = field(default_factory=AlertingConfig)
+    journal: JournalConfig = field(default_factory=JournalConfig)
     source: Path | None = None  # the file this was loaded from
 
     def monitor(self, name: str) -> MonitorConfig:

@@ -84,6 +84,8 @@ class EventKind(StrEnum):
     ISOLATED = "isolated"
     REJOINED = "rejoined"
     LEASE_LOST = "lease_lost"
+    # the daemon's own storage
+    STATE_DIR_FAILING = "state_dir_failing"
 
     @property
     def default_severity(self) -> Severity:
@@ -125,6 +127,7 @@ _SEVERITY: dict[EventKind, Severity] = {
     EventKind.ISOLATED: Severity.CRITICAL,
     EventKind.REJOINED: Severity.NOTICE,
     EventKind.LEASE_LOST: Severity.CRITICAL,
+    EventKind.STATE_DIR_FAILING: Severity.WARNING,
 }
 assert set(_SEVERITY) == set(EventKind), "every event kind needs a default severity"
 

@@ -291,18 +291,30 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
-async def serve_metrics(listen: str,
-                        get_status: Callable[[], dict[str, Any]]) -> asyncio.AbstractServer:
-    """Serve `GET /metrics` on `listen`; each scrape renders `get_status()` afresh."""
+DEFAULT_MAX_CONNECTIONS = 16  # alerting.prometheus.max_connections: scrapers are few
+
+
+async def serve_metrics(listen: str, get_status: Callable[[], dict[str, Any]], *,
+                        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                        ) -> asyncio.AbstractServer:
+    """Serve `GET /metrics` on `listen`; each scrape renders `get_status()` afresh. At most
+    `max_connections` at once: beyond, a connection is closed unanswered."""
+    from minisft.runtime.connlimit import ConnectionLimit
+
     host, port = parse_listen(listen)
+    limit = ConnectionLimit(f"prometheus listener {listen}", max_connections)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not limit.enter():
+            writer.close()
+            return
         try:
             await _respond(reader, writer, get_status)
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
                 TimeoutError):
             pass  # the client went away or dawdled: nothing to answer
         finally:
+            limit.leave()
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()

@@ -73,6 +73,9 @@ class Daemon:
         self._netlink_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
         self._status_dirty = True
         self._lock_fd: int | None = None
+        self._status_failing = False  # status.json cannot be written: log once
+        self._journal_failing = False  # reported the journal's failure episode
+        self._journal_recreated = 0
         self._tasks: list[asyncio.Task[Any]] = []
         self._link_up: bool | None = None
         self._reloading = asyncio.Lock()
@@ -130,9 +133,10 @@ class Daemon:
             self.iface = await self._in_netlink(self.netlink.interface_for, cfg.node.local_ip)
         except LinkError as exc:
             raise StartupError(str(exc)) from None
-        self.journal = EventJournal(cfg.state_dir / "journal")
+        self.journal = EventJournal(cfg.state_dir / "journal", retention=cfg.journal.max_age,
+                                    max_bytes=cfg.journal.max_bytes)
         try:
-            self.journal.open()
+            self.journal.open(floor=_last_seq_in_status(cfg.state_dir / "status.json"))
         except OSError as exc:  # unwritable state_dir: run anyway, say so loudly
             log.error("event journal unavailable (%s): events still reach the sinks but are "
                       "not kept across restarts", exc)
@@ -140,7 +144,8 @@ class Daemon:
         self._link_up = await self._in_netlink(self.netlink.link_up, self.iface)
         self.delivery = self._build_delivery(cfg)
         await self.delivery.start()
-        self.control = ControlServer(cfg.control_socket, self._handle_request)
+        self.control = ControlServer(cfg.control_socket, self._handle_request,
+                                     max_connections=cfg.control_max_connections)
         try:
             await self.control.start()
         except (ControlError, OSError) as exc:
@@ -163,8 +168,9 @@ class Daemon:
             from minisft.monitoring.prometheus import serve_metrics
 
             try:
-                self._metrics_server = await serve_metrics(cfg.alerting.prometheus_listen,
-                                                           self.status)
+                self._metrics_server = await serve_metrics(
+                    cfg.alerting.prometheus_listen, self.status,
+                    max_connections=cfg.alerting.prometheus_max_connections)
             except OSError as exc:
                 log.error("prometheus listener %s: %s", cfg.alerting.prometheus_listen, exc)
         self._tasks = [
@@ -174,16 +180,28 @@ class Daemon:
         ]
 
     def _take_lock(self, path: Path) -> None:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        # The lock is an flock on the state_dir itself, a file nobody removes by accident:
+        # a lock on minisft.pid was lost when the pid file was deleted, and a second daemon
+        # then ran on the same state_dir. The pid file only says who holds the lock.
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            other = os.read(fd, 32).decode(errors="replace").strip()
             os.close(fd)
+            try:
+                other = path.read_text(errors="replace").strip()[:32]
+            except OSError:
+                other = ""
             raise StartupError(f"another minisft daemon (pid {other or '?'}) uses state_dir "
                                f"{path.parent}") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            tmp = path.with_suffix(".pid.tmp")
+            tmp.write_text(f"{os.getpid()}\n")
+            tmp.chmod(0o644)
+            tmp.replace(path)
+        except OSError:
+            os.close(fd)
+            raise
         self._lock_fd = fd
 
     def _build_delivery(self, cfg: Config) -> Any:
@@ -264,7 +282,27 @@ class Daemon:
         if self.delivery is not None:
             self.delivery.publish(event)
         self._status_dirty = True
+        if self.journal is not None:
+            self._check_journal()  # after publishing: sinks get events in seq order
         return event
+
+    def _check_journal(self) -> None:
+        """A journal that stops being written, or is deleted under us, is said through the
+        sinks (which still work), not only in the log."""
+        journal = self.journal
+        if not journal.healthy and not self._journal_failing:
+            self._journal_failing = True
+            self.emit(Notice(EventKind.STATE_DIR_FAILING,
+                             f"the event journal in {journal.directory} cannot be written: "
+                             "events still reach the sinks but are not kept"))
+        elif journal.healthy:
+            self._journal_failing = False
+        recreated = journal.stats["journal_recreated"]
+        if recreated != self._journal_recreated:
+            self._journal_recreated = recreated
+            self.emit(Notice(EventKind.STATE_DIR_FAILING,
+                             f"the event journal in {journal.directory} was deleted under the "
+                             "running daemon: the history before this event is gone"))
 
     # ================================================================= loops
 
@@ -356,7 +394,28 @@ class Daemon:
             os.chmod(tmp, 0o644)  # readable by monitoring users: holds no secrets
             os.replace(tmp, path)
         except OSError as exc:
-            log.debug("cannot write %s: %s", path, exc)
+            self._status_failed(path, tmp, exc)
+        else:
+            if self._status_failing:
+                self._status_failing = False
+                log.warning("%s is written again", path)
+
+    def _status_failed(self, path: Path, tmp: Path, exc: OSError) -> None:
+        # A status.json left in place would keep telling check_minisft (and snmpd) the
+        # state of the moment it was last written: "OK web watching" while this node
+        # holds the address. Removed, it makes them say UNKNOWN at once (when even the
+        # unlink fails, the file goes stale and check_minisft says so after --max-age).
+        for stale in (tmp, path):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+        if not self._status_failing:
+            self._status_failing = True
+            log.error("cannot write %s (%s): monitoring that reads it (check_minisft, "
+                      "snmpd) sees no current state until this is fixed", path,
+                      exc.strerror or exc)
+            self.emit(Notice(EventKind.STATE_DIR_FAILING,
+                             f"cannot write {path} ({exc.strerror or exc}): check_minisft "
+                             "and snmpd see no current state until this is fixed"))
 
     # ================================================================= control
 
@@ -489,6 +548,10 @@ class Daemon:
         for name in set(old_pools) - {p.name for p in new.pools}:
             await self.pools.pop(name).stop(release=True)
             changes.append(f"pool {name} removed (its addresses released)")
+        if old.journal != new.journal and self.journal is not None:
+            self.journal.retention = new.journal.max_age
+            self.journal.max_bytes = new.journal.max_bytes  # applied at the next rotation
+            changes.append("journal limits updated")
         if old.alerting != new.alerting or old.logging != new.logging:
             await self.delivery.stop()
             self.delivery = self._build_delivery(new)
@@ -601,6 +664,16 @@ def build_sinks(cfg: Config, status: Callable[[], dict[str, Any]] | None = None,
         if n:
             sink.name = f"{sink.name}-{n + 1}"
     return sinks
+
+
+def _last_seq_in_status(path: Path) -> int:
+    """The last event seq the previous daemon published: seqs never go back, even when
+    the journal directory was deleted."""
+    try:
+        seq = json.loads(path.read_bytes()).get("last_event_seq")
+    except (OSError, ValueError, RecursionError, AttributeError):
+        return 0
+    return seq if isinstance(seq, int) and seq > 0 else 0
 
 
 def _sd_notify(message: str) -> None:

@@ -12,7 +12,9 @@ Layout of `state_dir/journal/`:
 Guarantees and their limits:
 
 * seq is strictly increasing across restarts: `open()` recovers the last seq from the newest
-  segment and from the cursor files (so wiping segments never makes seqs go backwards).
+  segment, the cursor files and a floor the daemon reads from status.json (so wiping
+  segments, or the whole directory, never makes seqs go backwards). A segment deleted
+  while open is noticed at the next append, which starts a new one.
 * A crash can leave a torn last line; `open()` truncates it away (it was never complete,
   so it was never delivered from disk) and readers ignore an incomplete last line.
 * Lines are written with one `write(2)` each and not fsynced per event: a daemon crash loses
@@ -24,7 +26,9 @@ Guarantees and their limits:
   (until a write succeeds again). Events not written are, of course, not replayed after a
   restart.
 * `prune()` deletes a segment only when it is not the newest one, it was last written more
-  than `retention` seconds ago, and every live cursor is past its last event. A cursor file
+  than `retention` seconds ago (`journal.max_age`), and every live cursor is past its last
+  event; and, whatever the cursors, the oldest segments beyond `max_bytes`
+  (`journal.max_bytes`). A cursor file
   not updated within `retention` belongs to a sink that was removed from the configuration
   (or has failed for that long) and no longer holds segments back; the manager counts the
   events such a sink can no longer read as dropped.
@@ -87,16 +91,21 @@ class EventJournal:
     """Append-only JSONL segments plus per-sink cursors. See the module docstring."""
 
     def __init__(self, directory: Path, *, segment_bytes: int = 8 << 20,
-                 retention: float = 7 * 86400) -> None:
+                 retention: float = 7 * 86400, max_bytes: int | None = None) -> None:
         self.directory = Path(directory)
-        self.segment_bytes = segment_bytes
+        # at least 8 segments under the cap: pruning one costs at most 1/8 of the history
+        self.segment_bytes = segment_bytes if max_bytes is None else max(
+            64 << 10, min(segment_bytes, max_bytes // 8))
         self.retention = retention
+        self.max_bytes = max_bytes
         self.stats: dict[str, int] = {
             "appended": 0,          # events written to disk
             "journal_errors": 0,    # failed writes (event kept in memory only)
             "torn_lines": 0,        # incomplete lines removed at open
             "segments_pruned": 0,
             "cursor_errors": 0,
+            "journal_recreated": 0,  # the open segment was deleted under us
+            "segments_pruned_for_size": 0,  # over max_bytes: maybe not yet delivered
         }
         self._last_seq = 0
         self._fd: int | None = None
@@ -108,9 +117,13 @@ class EventJournal:
 
     # ------------------------------------------------------------------ writer
 
-    def open(self) -> None:
+    def open(self, *, floor: int = 0) -> None:
         """Create the directory and recover the last seq. Raises OSError when the directory
-        cannot be used; the journal then still works in memory (append keeps stamping)."""
+        cannot be used; the journal then still works in memory (append keeps stamping).
+
+        `floor`: a seq already used, known from elsewhere (status.json): seqs continue
+        after it even if the whole journal directory was deleted."""
+        self._last_seq = max(self._last_seq, floor)
         try:
             self.directory.mkdir(parents=True, exist_ok=True, mode=0o755)
             segments = self._segments()
@@ -157,6 +170,7 @@ class EventJournal:
         event = Event.stamp(notice, seq=self._last_seq, time=time, node=node)
         line = (event.to_json() + "\n").encode()
         try:
+            self._drop_deleted_segment()
             self._write(event.seq, line)
         except OSError as exc:
             self._close_fd()
@@ -167,6 +181,18 @@ class EventJournal:
                 self._failing = False
                 log.warning("event journal %s is writable again", self.directory)
         return event
+
+    def _drop_deleted_segment(self) -> None:
+        """An open segment that was deleted (`rm -rf journal/` under a running daemon)
+        would swallow every later event: start a new one (and the directory) instead."""
+        if self._fd is None or os.fstat(self._fd).st_nlink > 0:
+            return
+        self._close_fd()
+        self._segment = None
+        self.stats["journal_recreated"] += 1
+        log.error("event journal %s: the segment being written was deleted; writing to a "
+                  "new one (events from before are gone; sinks catch up from here)",
+                  self.directory)
 
     def sync(self) -> None:
         if self._fd is not None:
@@ -338,6 +364,13 @@ class EventJournal:
                 if limit is not None and count >= limit:
                     return
 
+    def read_backwards(self) -> Iterator[Event]:
+        """Events newest first, one segment at a time: `events -n N` reads the newest
+        segment or two, not the whole journal."""
+        for _first, path in reversed(self._segments()):
+            events, _end = self._scan(path, 0)
+            yield from reversed(events)
+
     def follow(self, after_seq: int, poll: float = 0.2) -> Iterator[Event]:
         """Yield events after `after_seq` as they are written, forever (for
         `minisft events --follow`). Handles rotation and pruning; needs no daemon."""
@@ -450,9 +483,26 @@ class EventJournal:
                 self.stats["segments_pruned"] += 1
                 log.info("event journal: deleted %s (older than the retention, delivered "
                          "to every sink)", path.name)
+            self._prune_for_size()
         except OSError as exc:
             log.warning("event journal %s: pruning failed: %s", self.directory,
                         exc.strerror or exc)
+
+    def _prune_for_size(self) -> None:
+        """Over `max_bytes`: delete the oldest segments, delivered or not (a sink that far
+        behind counts the events it can no longer read as dropped). Keeps the newest."""
+        if self.max_bytes is None:
+            return
+        sized = [(path, path.stat().st_size) for _first, path in self._segments()]
+        total = sum(size for _path, size in sized)
+        for path, size in sized[:-1]:
+            if total <= self.max_bytes or path == self._segment:
+                break
+            path.unlink()
+            total -= size
+            self.stats["segments_pruned_for_size"] += 1
+            log.warning("event journal: deleted %s: the journal is over journal.max_bytes "
+                        "(%d bytes)", path.name, self.max_bytes)
 
 
 # ---------------------------------------------------------------------- CLI helpers
@@ -467,11 +517,17 @@ def read_events(state_dir: Path, *, last: int | None = None, kinds: set[str] | N
             return False
         return not (monitor and e.monitor != monitor)
 
-    selected = (e for e in journal.read(0) if matches(e))
     if last is None:
-        yield from selected
-    else:
-        yield from deque(selected, maxlen=max(0, last))
+        yield from (e for e in journal.read(0) if matches(e))
+        return
+    newest: deque[Event] = deque()
+    if last > 0:
+        for event in journal.read_backwards():
+            if matches(event):
+                newest.appendleft(event)
+                if len(newest) >= last:
+                    break
+    yield from newest
 
 
 _COLORS = {

@@ -62,6 +62,7 @@ from typing import Any
 
 from minisft.config.model import AppriseConfig
 from minisft.core.events import Event, EventKind, Severity
+from minisft.runtime.childenv import NETWORK, child_env
 from minisft.sinks.base import DeliveryError, EventFilter, Sink
 
 log = logging.getLogger("minisft.sinks.apprise")
@@ -178,10 +179,11 @@ class _Target:
 
 
 def worker_env() -> dict[str, str]:
-    """The daemon's environment, with the directory holding the `minisft` package first on
-    PYTHONPATH so the worker finds it when the daemon runs from a source tree. An installed
-    package (site-packages) is found anyway: that directory is not put before the stdlib."""
-    env = dict(os.environ)
+    """A clean environment (never the daemon's: it may hold secrets), with the directory
+    holding the `minisft` package first on PYTHONPATH so the worker finds it when the
+    daemon runs from a source tree. An installed package (site-packages) is found anyway:
+    that directory is not put before the stdlib."""
+    env = child_env(keep=(*NETWORK, "PYTHONPATH"))
     root = Path(__file__).resolve().parents[2]
     if root.name not in ("site-packages", "dist-packages"):
         old = env.get("PYTHONPATH")

@@ -111,6 +111,7 @@ NOTIFICATION: dict[EventKind, tuple[int, str]] = {
     EventKind.ISOLATED: (32, "minisftIsolated"),
     EventKind.REJOINED: (33, "minisftRejoined"),
     EventKind.LEASE_LOST: (34, "minisftLeaseLost"),
+    EventKind.STATE_DIR_FAILING: (35, "minisftStateDirFailing"),
 }
 assert set(NOTIFICATION) == set(EventKind), "every event kind needs a notification"
 
@@ -124,7 +125,7 @@ MAC_VARBINDS = (*MONITOR_VARBINDS, "minisftEventPeerMac")
 
 NODE_KINDS = frozenset({EventKind.DAEMON_STARTED, EventKind.DAEMON_STOPPING,
                         EventKind.CONFIG_RELOADED, EventKind.CONFIG_REJECTED,
-                        EventKind.TEST_ALERT})
+                        EventKind.TEST_ALERT, EventKind.STATE_DIR_FAILING})
 MAC_KINDS = frozenset({EventKind.YIELDED, EventKind.ADDRESS_IN_USE,
                        EventKind.ADDRESS_CONFLICT})
 

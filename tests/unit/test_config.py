@@ -341,7 +341,8 @@ def test_original_script_names_find_the_new_keys() -> None:
 
 def test_unknown_top_level_key_lists_the_known_ones() -> None:
     text = cfg("zzz: 1\n")
-    assert_error(text, "zzz", "zzz", r"unknown key \(known: alerting, control_socket")
+    assert_error(text, "zzz", "zzz",
+                 r"unknown key \(known: alerting, control_max_connections, control_socket")
 
 
 def test_misspelt_required_key_is_reported_once() -> None:
@@ -419,7 +420,7 @@ def test_monitors_must_be_a_list() -> None:
     ("isalive: {interval: 0s}", "isalive.interval", "must be at least 100ms"),
     ("probe: {interval: 0ms}", "probe.interval", "must be at least 1ms"),
     ("announce: {interval: 0}", "announce.interval", "must be at least 1ms"),
-    ("fallback: {hold_down: 2d}", "fallback.hold_down", "expected a duration"),
+    ("fallback: {hold_down: 2d}", "fallback.hold_down", "must be at most 24h"),
     ("fallback: {hold_down: 25h}", "fallback.hold_down", "at most 24h"),
     ("fallback: {mode: sometimes}", "fallback.mode", "expected one of manual, auto"),
     ("isalive: {on_holder: maybe}", "isalive.on_holder", "expected true or false"),
@@ -717,7 +718,8 @@ def snmp(target: str) -> str:
     ("{host: 192.0.2.9, version: 3, user: u, community: c}", "community", "host",
      "only applies to SNMP version 2c"),
     ("{host: 192.0.2.9, version: 1, community: c}", "version", "host", "version 1 is not"),
-    ("{host: 192.0.2.9, version: 4}", "version", "host", "expected 2c or 3, got 4"),
+    ("{host: 192.0.2.9, version: 4}", "version", "host",
+     "expected 2c or 3, got a number \\(not shown"),
     ("{host: 192.0.2.9, community: c, type: poke}", "type", "host", "trap, inform"),
     ("{host: 192.0.2.9, community: c, port: 70000}", "port", "host", "between 1 and 65535"),
     ("{host: 'bad host', community: c}", "host", "host", "expected a host name"),
@@ -729,7 +731,7 @@ def snmp(target: str) -> str:
     ("{host: h, version: 3, user: u, auth_protocol: sha3, auth_key: abcdefgh}",
      "auth_protocol", "host", "md5, sha, sha224"),
     ("{host: h, community: c, kinds: [takeovr]}", "kinds[0]", "host",
-     r"unknown event kind 'takeovr' \(did you mean 'takeover'\?\)"),
+     r"not a known event kind, got a string \(not shown.*\(did you mean 'takeover'\?\)"),
     ("{host: h, community: c, min_severity: loud}", "min_severity", "host",
      "expected one of emergency, alert"),
     ("{host: h, community: c, colour: red}", "colour", "host", "unknown key"),
@@ -943,7 +945,7 @@ def test_pool_must_include_this_node(pool_key: Path) -> None:
     ("preferred: {192.0.2.199: alpha}\n", "preferred[\"192.0.2.199\"]", "192.0.2.199",
      "not one of this pool's addresses"),
     ("preferred: {192.0.2.101: alfa}\n", "preferred[\"192.0.2.101\"]", "alfa",
-     r"'alfa' is not a member of this pool \(did you mean 'alpha'\?\)"),
+     r"expected a member of this pool, got a string \(not shown.*\(did you mean 'alpha'\?\)"),
     ("watch: ring\n", "watch", "watch: ring", "expected one of neighbour, all"),
     ("witness: 300.1.1.1\n", "witness", "witness: 300", "expected an IPv4 or IPv6"),
     ("port: 0\n", "port", "port: 0", "between 1 and 65535"),

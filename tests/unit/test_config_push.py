@@ -50,7 +50,7 @@ def test_a_relative_program_is_relative_to_the_config_file(tmp_path: Path) -> No
 @pytest.mark.parametrize(("body", "key", "needle", "message"), [
     ("    - {name: ops, command: '/usr/bin/logger -t x'}\n", "alerting.exec[0].command",
      "name: ops", r"expected a list: the program and its arguments, one item each \(no "
-                  r"shell parsing\), such as \['/usr/bin/logger', \.\.\.\]"),
+                  r"shell parsing\), such as \[/usr/local/bin/notify, --to, ops\]"),
     ("    - {name: ops, command: [/nonexistent/notify]}\n", "alerting.exec[0].command[0]",
      "name: ops", r"no such program: /nonexistent/notify"),
     ("    - {name: ops, command: [no-such-tool-xyz]}\n", "alerting.exec[0].command[0]",

@@ -529,6 +529,25 @@ def test_command_substitutes_address_and_shows_first_line() -> None:
     assert not env.ok and env.detail.endswith(": on ::1") and env.detail.startswith("exit 2")
 
 
+def test_command_does_not_inherit_the_daemons_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a community given as community_env: MINISFT_COMMUNITY lives in the daemon's environment
+    monkeypatch.setenv("MINISFT_COMMUNITY", "s3cr3t-community")
+    r = run_check("command", {"argv": ["sh", "-c", "echo got:${MINISFT_COMMUNITY:-none}:$X"],
+                              "env": {"X": "set"}})
+    assert r.ok and r.detail.endswith(": got:none:set"), r
+
+
+def test_apprise_worker_does_not_inherit_the_daemons_secrets(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from minisft.sinks.apprise_sink import worker_env
+
+    monkeypatch.setenv("MINISFT_AUTH_KEY", "s3cr3t-key")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    env = worker_env()
+    assert "MINISFT_AUTH_KEY" not in env and "s3cr3t-key" not in env.values()
+    assert env["HTTPS_PROXY"] == "http://proxy.example:3128" and env["PATH"]
+
+
 def test_command_nagios_warning_code_is_ok_with_warning() -> None:
     r = run_check("command", {"argv": ["sh", "-c", "echo 'WARNING - disk 91%'; exit 1"],
                               "warn_codes": [1]})

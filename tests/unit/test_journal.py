@@ -297,3 +297,72 @@ def test_seq_does_not_collide_with_disk_when_open_failed_at_first(tmp_path: Path
     e = j2.append(_notice(1), node="alpha", time=0.0)
     assert e.seq == 11, "continues after what is on disk"
     assert [x.seq for x in EventJournal(d).read()] == list(range(1, 12))
+
+
+def test_rm_rf_of_the_journal_under_a_running_daemon_loses_nothing_after(
+        tmp_path: Path) -> None:
+    import shutil
+
+    journal = EventJournal(tmp_path / "journal")
+    journal.open()
+    _fill(journal, 3)
+    shutil.rmtree(tmp_path / "journal")  # an admin "cleaning up" under the daemon
+    later = _fill(journal, 2, start=3)
+    on_disk = list(EventJournal(tmp_path / "journal").read(0))
+    assert [e.seq for e in on_disk] == [4, 5] == [e.seq for e in later]
+    assert journal.stats["journal_recreated"] == 1
+
+
+def test_seq_continues_after_the_status_floor_when_the_journal_was_deleted(
+        tmp_path: Path) -> None:
+    import shutil
+
+    from minisft.runtime.daemon import _last_seq_in_status
+
+    journal = EventJournal(tmp_path / "journal")
+    journal.open()
+    _fill(journal, 5)
+    (tmp_path / "status.json").write_text(json.dumps({"last_event_seq": journal.last_seq}))
+    shutil.rmtree(tmp_path / "journal")
+    restarted = EventJournal(tmp_path / "journal")
+    restarted.open(floor=_last_seq_in_status(tmp_path / "status.json"))
+    assert _fill(restarted, 1)[0].seq == 6
+
+
+def test_journal_max_bytes_caps_the_history_on_disk(tmp_path: Path) -> None:
+    from minisft.config.loader import parse_config
+
+    cfg = parse_config("node: {name: a, local_ip: 192.0.2.1}\n"
+                       "journal: {max_bytes: 1MiB, max_age: 2d}\n")
+    assert cfg.journal.max_bytes == 1 << 20 and cfg.journal.max_age == 2 * 86400
+    journal = EventJournal(tmp_path / "j", retention=cfg.journal.max_age,
+                           max_bytes=cfg.journal.max_bytes)
+    journal.open()
+    journal.set_cursor("snmp", 1)  # a sink stuck far behind does not hold it back
+    _fill(journal, 15_000)  # ~3 MiB of events
+    total = sum(p.stat().st_size for p in _segments(tmp_path / "j"))
+    assert total <= (1 << 20) + journal.segment_bytes
+    assert journal.stats["segments_pruned_for_size"] > 0
+    assert next(e.seq for e in EventJournal(tmp_path / "j").read_backwards()) == 15_000
+
+
+def test_events_last_n_reads_from_the_end(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    journal = EventJournal(tmp_path / "journal", segment_bytes=4096)
+    journal.open()
+    _fill(journal, 400)
+    _fill(journal, 1, start=400)
+    assert len(_segments(tmp_path / "journal")) > 10
+    scanned: list[Path] = []
+    real_scan = EventJournal._scan
+
+    def counting_scan(path: Path, offset: int, after_seq: int = 0) -> tuple[list[Event], int]:
+        scanned.append(path)
+        return real_scan(path, offset, after_seq)
+
+    monkeypatch.setattr(EventJournal, "_scan", staticmethod(counting_scan))
+    last3 = list(read_events(tmp_path, last=3))
+    assert [e.seq for e in last3] == [399, 400, 401]
+    assert len(scanned) <= 2, "only the newest segments are read"
+    web = list(read_events(tmp_path, last=2, monitor="web"))
+    assert [e.seq for e in web] == [400, 401]

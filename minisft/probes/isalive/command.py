@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from minisft.probes.isalive.common import CheckFailed, Progress, TimedCheck, Verdict, ms
+from minisft.runtime.childenv import child_env
 
 MAX_OUTPUT = 4096  # only the first line is shown; the rest is read and dropped
 
@@ -42,7 +43,8 @@ class CommandCheck(TimedCheck):
     async def probe(self, address: str, progress: Progress) -> Verdict:
         start = time.monotonic()
         argv = [arg.replace("{address}", address) for arg in self.argv]
-        env = {**os.environ, **self.env, "MINISFT_ADDRESS": address}
+        # a clean environment: the daemon's may hold secrets (*_env config keys)
+        env = child_env({**self.env, "MINISFT_ADDRESS": address})
         progress.stage = f"running {argv[0]}"
         # our own pipe, not PIPE: asyncio's Process.wait() also waits for its pipes to
         # close, which a background child holding stdout would delay until our timeout

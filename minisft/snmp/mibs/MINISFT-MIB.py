@@ -1415,6 +1415,22 @@ if mibBuilder.loadTexts:
         "current"
     )
 
+minisftStateDirFailing = NotificationType(
+    (1, 3, 6, 1, 4, 1, 32473, 0, 35)
+)
+minisftStateDirFailing.setObjects(
+      *(("MINISFT-MIB", "minisftEventSeq"),
+        ("MINISFT-MIB", "minisftEventKind"),
+        ("MINISFT-MIB", "minisftEventSeverity"),
+        ("MINISFT-MIB", "minisftEventTime"),
+        ("MINISFT-MIB", "minisftEventNode"),
+        ("MINISFT-MIB", "minisftEventReason"))
+)
+if mibBuilder.loadTexts:
+    minisftStateDirFailing.setStatus(
+        "current"
+    )
+
 
 # Notifications groups
 
@@ -1455,7 +1471,8 @@ minisftNotificationGroup.setObjects(
         ("MINISFT-MIB", "minisftConfigDrift"),
         ("MINISFT-MIB", "minisftIsolated"),
         ("MINISFT-MIB", "minisftRejoined"),
-        ("MINISFT-MIB", "minisftLeaseLost"))
+        ("MINISFT-MIB", "minisftLeaseLost"),
+        ("MINISFT-MIB", "minisftStateDirFailing"))
 )
 if mibBuilder.loadTexts:
     minisftNotificationGroup.setStatus(
@@ -1530,6 +1547,7 @@ mibBuilder.export_symbols(
        "minisftIsolated": minisftIsolated,
        "minisftRejoined": minisftRejoined,
        "minisftLeaseLost": minisftLeaseLost,
+       "minisftStateDirFailing": minisftStateDirFailing,
        "minisftObjects": minisftObjects,
        "minisftNode": minisftNode,
        "minisftNodeName": minisftNodeName,
