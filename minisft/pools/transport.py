@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import socket
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -40,20 +41,46 @@ class PoolTransport(asyncio.DatagramProtocol):
         self._on_heartbeat = on_heartbeat
         self._wall = wall
         self._transport: asyncio.DatagramTransport | None = None
+        self._sock: socket.socket | None = None  # opened, not yet handed to a transport
         self.counters: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter({r: 0 for r in DROP_REASONS})
         self.last_error: str | None = None
 
+    def open(self, inherit: PoolTransport | None = None) -> None:
+        """Open and bind the socket now, before `start`: a reload whose new port is taken
+        fails here, before the running pool is touched. `inherit` is the running pool's
+        transport: when it listens on the same address and port its socket is shared (a
+        dup; binding a second socket would fail while it runs) and outlives its close."""
+        if inherit is not None and inherit._transport is not None and \
+                (inherit.local.ip, inherit.pool.port) == (self.local.ip, self.pool.port):
+            sock: socket.socket = inherit._transport.get_extra_info("socket").dup()
+        else:
+            family = socket.AF_INET6 if self.local.ip.version == 6 else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                sock.bind((str(self.local.ip), self.pool.port))
+            except OSError:
+                sock.close()
+                raise
+        sock.setblocking(False)
+        self.close()
+        self._sock = sock
+
     async def start(self) -> None:
+        if self._sock is None:
+            self.open()
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: self, local_addr=(str(self.local.ip), self.pool.port))
+        transport, _ = await loop.create_datagram_endpoint(lambda: self, sock=self._sock)
+        self._sock = None  # the transport owns it now
         self._transport = transport
 
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
             self._transport = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
     # ------------------------------------------------------------- sending
 
