@@ -162,7 +162,6 @@ class Harness:
             await asyncio.sleep(0.01)
 
 
-
 def run(path: Path, scenario: Callable[[Harness], Awaitable[None]], *,
         holder_alive: bool = True) -> None:
     async def main() -> None:
