@@ -40,6 +40,7 @@ from minisft.runtime.monitor_runtime import MonitorRuntime
 from tests.unit.core_driver import make_config
 
 HOLDER_MAC = "02:00:00:00:00:aa"
+PEER = ipaddress.ip_address("192.0.2.1")
 BIND_LATENCY = 0.4  # long enough for a reload to land while the bind is under way
 
 
@@ -49,6 +50,7 @@ class FakeHost:
     def __init__(self) -> None:
         self.bound: set[Any] = set()
         self.holder_alive = True  # another host holds the address and answers for it
+        self.peer_alive = False  # the primary's own host (peer_ip)
         self.arp_answers = True  # ... and answers ARP/NDP for it
         self.watched: dict[Any, Callable[[str], object]] = {}
 
@@ -88,7 +90,8 @@ class FakeHost:
 
     # pinger
     async def ping(self, address: Any, timeout: float) -> PingOutcome:
-        if self.holder_alive:
+        alive = self.peer_alive if address == PEER else self.holder_alive
+        if alive:
             await asyncio.sleep(0.001)
             return PingOutcome(True, 0.001, "")
         await asyncio.sleep(timeout)
@@ -284,6 +287,53 @@ def test_a_paused_monitor_stays_paused_across_a_reload(tmp_path: Path) -> None:
         assert not h.host.bound, "a paused monitor took the address over after a reload"
 
     run(path, scenario)
+
+
+def test_a_reload_while_watching_still_takes_over(tmp_path: Path) -> None:
+    path = tmp_path / "minisft.yaml"
+    write_config(path, [monitor("backup")])
+
+    async def scenario(h: Harness) -> None:
+        await h.until("watching", lambda: h.web.machine.looks.health.value == "up", 10)
+        write_config(path, [monitor("backup", looksalive={"interval": "300ms", "retry": 3,
+                                                           "timeout": "100ms"})])
+        ok, message = await h.daemon.reload()
+        assert ok and "updated web" in message, message
+        h.host.holder_alive = False
+        cfg = h.web.config
+        await h.until("the takeover", lambda: h.web.machine.state is State.HOLDING,
+                      cfg.detection_time + cfg.probe.duration + BIND_LATENCY + 1.0)
+
+    run(path, scenario)
+
+
+def test_a_reload_in_the_fallback_grace_keeps_the_grace_then_takes_back(
+        tmp_path: Path) -> None:
+    """Automatic fallback hands the address back; the primary never claims it. A reload in
+    the grace period neither cuts the grace short nor loses the take-back after it."""
+    path = tmp_path / "minisft.yaml"
+    auto = {"peer_ip": str(PEER), "fallback": {"mode": "auto", "hold_down": "1s"}}
+    write_config(path, [monitor("backup", **auto)])
+
+    async def scenario(h: Harness) -> None:
+        await h.until("the takeover", lambda: h.web.machine.state is State.HOLDING, 10)
+        h.host.peer_alive = True  # the primary's host is back (but will not claim)
+        await h.until("the fallback", lambda: h.web.machine.counters.fallbacks == 1, 10)
+        released_at, grace = time.monotonic(), h.web.machine.fallback_grace
+        await h.daemon._in_netlink(lambda: None)  # the release issued has run
+        assert h.web.machine.state is State.WATCHING and not h.host.bound
+        write_config(path, [monitor("backup", **auto, looksalive={
+            "interval": "300ms", "retry": 3, "timeout": "100ms"})])
+        ok, message = await h.daemon.reload()
+        assert ok and "updated web" in message, message
+        cfg = h.web.config
+        await h.until("the take-back after the grace", lambda: h.web.machine.state is
+                      State.HOLDING, grace + cfg.detection_time + cfg.probe.duration
+                      + BIND_LATENCY + 1.0)
+        assert time.monotonic() - released_at >= grace, "the reload cut the grace short"
+        assert h.web.machine.counters.takeovers == 2
+
+    run(path, scenario, holder_alive=False)
 
 
 # ---------------------------------------------------------------- pools
