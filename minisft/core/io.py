@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from minisft.config.model import MonitorConfig
 from minisft.core.events import Notice
 
 # ---------------------------------------------------------------- inputs
@@ -100,6 +101,16 @@ class Tick:
     """Time passed. Timers (hold-down, refresh, grace) are evaluated on ticks."""
 
 
+@dataclass(frozen=True)
+class Reconfigured:
+    """A reload changed this monitor's settings; its name and address stay the same (a
+    monitor whose address changes is removed and added anew). Work in flight (a probe
+    round, a bind) goes on and still reports to this machine, so no state is left waiting
+    for a result that never comes."""
+
+    config: MonitorConfig
+
+
 class Verb(StrEnum):
     RELEASE = "release"
     CLAIM = "claim"
@@ -115,7 +126,7 @@ class Command:
 
 Input = (
     Started | PingResult | ServiceResult | PeerPingResult | PeerServiceResult | ProbeDone
-    | BindDone | ConflictSeen | LinkChanged | AddressVanished | Tick | Command
+    | BindDone | ConflictSeen | LinkChanged | AddressVanished | Tick | Command | Reconfigured
 )
 
 # ---------------------------------------------------------------- actions

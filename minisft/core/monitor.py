@@ -78,6 +78,7 @@ from minisft.core.io import (
     PeerServiceResult,
     PingResult,
     ProbeDone,
+    Reconfigured,
     Release,
     ServiceResult,
     Started,
@@ -846,6 +847,31 @@ class MonitorMachine:
                    f"{c.fallback.hold_down:g}s): released the address for the primary to claim",
                    peer=str(c.peer_ip))
 
+    # ------------------------------------------------------------------ reload
+
+    def _on_reconfigured(self, ev: Reconfigured) -> None:
+        """New settings from a reload, in any state. Nothing in flight is dropped: a probe
+        round or a bind under way finishes with the settings it started with and reports
+        here as usual; timers already running (the fallback grace) keep their deadline."""
+        old, new = self.config, ev.config
+        if (new.name, new.address) != (old.name, old.address):
+            raise IllegalInput(f"{self.name}: a reload cannot change a running monitor's "
+                               f"name or address ({old.address} -> {new.address}): the "
+                               "daemon replaces such a monitor")
+        self.config = new
+        if new.isalive != old.isalive:
+            # results of the old check say nothing about the new one; an open alarm would
+            # otherwise stay open for good if the new config has no check at all
+            if self.service.dead:
+                self._emit(EventKind.SERVICE_RECOVERED, "alarm closed: a reload changed the "
+                           "IsAlive check; the new check decides from now on")
+            self.service = ServiceStatus()
+        if new.peer_ip != old.peer_ip:
+            self.peer = PeerStatus()  # the hold-down was measured on another host
+        if self.state is State.HOLDING:
+            self._next_refresh_at = min(self._next_refresh_at,
+                                        self.now + new.announce.refresh)
+
     # ------------------------------------------------------------------ admin
 
     def _on_command(self, ev: Command) -> None:
@@ -924,6 +950,7 @@ _COMMON: dict[type, Handler] = {
     ProbeDone: MonitorMachine._on_probe_done,
     ConflictSeen: _IGNORE,
     AddressVanished: _IGNORE,
+    Reconfigured: MonitorMachine._on_reconfigured,
 }
 
 TRANSITIONS: dict[State, dict[type, Handler]] = {
@@ -932,6 +959,7 @@ TRANSITIONS: dict[State, dict[type, Handler]] = {
         Command: MonitorMachine._on_command,
         LinkChanged: MonitorMachine._on_link,
         Tick: _IGNORE,
+        Reconfigured: MonitorMachine._on_reconfigured,
     },
     State.WATCHING: dict(_COMMON),
     State.PROBING: dict(_COMMON),

@@ -86,17 +86,27 @@ class PoolTransport:
         self.dropped: Counter[str] = Counter({r: 0 for r in DROP_REASONS})
         self.last_error: str | None = None
 
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._loop = loop
+    def open(self) -> None:
+        """Open and bind the sockets now, before `start`: a reload whose new port is taken
+        (by another program) fails here, before the running pool is touched. The running
+        pool's own sockets on the same port do not stand in the way: they share it
+        (SO_REUSEPORT), and once they close, the new ones receive."""
+        self.close()
         try:
             for peer in self.peers.values():
-                sock = peer_socket(self.local.ip, peer.ip, self.pool.port)
-                self._sockets[peer.name] = sock
-                loop.add_reader(sock.fileno(), self._drain, peer, sock)
+                self._sockets[peer.name] = peer_socket(self.local.ip, peer.ip, self.pool.port)
         except BaseException:
             self.close()
             raise
+
+    async def start(self) -> None:
+        if not self._sockets:
+            self.open()
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        for peer in self.peers.values():
+            loop.add_reader(self._sockets[peer.name].fileno(), self._drain, peer,
+                            self._sockets[peer.name])
 
     def close(self) -> None:
         for sock in self._sockets.values():

@@ -19,7 +19,7 @@ import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from minisft.core.monitor import AlreadyDone, CommandRefused, Purpose, State
 from minisft.probes.looksalive import Pinger
 from minisft.runtime.control import ControlError, ControlServer
 from minisft.runtime.journald import EVENT_ATTR, is_journal_syslog_socket
-from minisft.runtime.monitor_runtime import MonitorRuntime
+from minisft.runtime.monitor_runtime import Check, MonitorRuntime
 
 log = logging.getLogger("minisft")
 event_log = logging.getLogger("minisft.events")
@@ -44,6 +44,25 @@ STATUS_EVERY = 1.0
 
 class StartupError(Exception):
     """The daemon cannot start; nothing on the host was changed."""
+
+
+class ReloadRefused(Exception):
+    """A reload cannot be applied; nothing running was changed."""
+
+
+@dataclass
+class _ReloadPlan:
+    """What a reload prepared before touching anything running (see Daemon._prepare)."""
+
+    config: Config
+    checks: dict[str, Check | None] = field(default_factory=dict)  # changed/added monitors
+    pools: dict[str, Any] = field(default_factory=dict)  # embedded pools, socket open
+    sinks: list[Any] | None = None  # None: alerting unchanged
+
+    def discard(self) -> None:
+        for rt in self.pools.values():
+            rt.transport.close()
+        self.pools.clear()
 
 
 def _severity_to_logging(sev: Severity) -> int:
@@ -105,10 +124,11 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig, why in ((signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT")):
             loop.add_signal_handler(sig, self.request_stop, why)
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        loop.add_signal_handler(signal.SIGHUP,
+                                lambda: asyncio.ensure_future(self._reload_on_signal()))
         _sd_notify("READY=1\nSTATUS=watching " + ", ".join(self.runtimes) or "no monitors")
         if reload_asked.is_set():  # a SIGHUP that came during start-up
-            await self.reload()
+            await self._reload_on_signal()
         await self._stop.wait()
         await self._shutdown()
         return 0
@@ -204,19 +224,21 @@ class Daemon:
             raise
         self._lock_fd = fd
 
-    def _build_delivery(self, cfg: Config) -> Any:
+    def _build_delivery(self, cfg: Config, sinks: list[Any] | None = None) -> Any:
         from minisft.runtime.delivery import DeliveryManager
 
         delivery = DeliveryManager(self.journal,
                                    build_sinks(cfg, self.status,
-                                               logs_to_journal=self.logs_to_journal),
+                                               logs_to_journal=self.logs_to_journal)
+                                   if sinks is None else sinks,
                                    queue_size=cfg.alerting.queue_size,
                                    max_backlog=cfg.alerting.max_backlog)
         delivery.set_link(self._link_up, self.iface.name)
         return delivery
 
-    async def _add_monitor(self, mcfg: MonitorConfig) -> MonitorRuntime:
-        rt = self._make_runtime(mcfg)
+    async def _add_monitor(self, mcfg: MonitorConfig, check: Check | None = None
+                           ) -> MonitorRuntime:
+        rt = self._make_runtime(mcfg, check if check is not None else self._build_check(mcfg))
         self.runtimes[mcfg.name] = rt
         bound = await self._in_netlink(self.netlink.has_address, self.iface, mcfg.ip)
         self.neighbours.watch(mcfg.ip, lambda mac, rt=rt: rt.feed(ConflictSeen(mac)))
@@ -226,39 +248,52 @@ class Daemon:
         return rt
 
     async def _add_pool(self, pool: PoolConfig, resume: Any = None) -> None:
-        held = [a for a in pool.addresses
-                if await self._in_netlink(self.netlink.has_address, self.iface, a.ip)]
+        rt = self._make_pool_runtime(pool, resume)
+        if not pool.coordination.etcd:
+            try:
+                rt.transport.open()
+            except OSError as exc:
+                raise StartupError(self._cannot_listen(pool, exc)) from None
+        await self._start_pool(pool, rt)
+
+    def _make_pool_runtime(self, pool: PoolConfig, resume: Any = None) -> Any:
         common: dict[str, Any] = dict(
             node=self.config.node.name, clock=self.clock, neighbours=self.neighbours,
             addresses=self.netlink, iface=self.iface, netlink_executor=self._netlink_pool,
             emit=self.emit, wall=self.wall)
-        rt: Any
         if pool.coordination.etcd:
             # Imported here: aetcd and grpc load only on nodes with an etcd pool.
             from minisft.pools.etcd_backend import EtcdPoolRuntime
 
-            rt = EtcdPoolRuntime(pool, pinger=None, resume=resume, **common)
             # No listening socket: etcd being down at start is not fatal, the
             # runtime keeps retrying and holds nothing until it has a lease.
-            await rt.start(held)
-        else:
-            from minisft.pools.runtime import PoolRuntime
+            return EtcdPoolRuntime(pool, pinger=None, resume=resume, **common)
+        from minisft.pools.runtime import PoolRuntime
 
-            rt = PoolRuntime(pool, pinger=self.pinger, **common)
-            try:
-                await rt.start(held)
-            except OSError as exc:
-                raise StartupError(f"pool {pool.name}: cannot listen on "
-                                   f"{self.config.node.local_ip}:{pool.port}: {exc}") from None
+        return PoolRuntime(pool, pinger=self.pinger, **common)
+
+    async def _start_pool(self, pool: PoolConfig, rt: Any) -> None:
+        """Start a pool runtime (an embedded one has its socket open already), adopting
+        the pool's addresses that are on the interface."""
+        held = [a for a in pool.addresses
+                if await self._in_netlink(self.netlink.has_address, self.iface, a.ip)]
+        await rt.start(held)
         self.pools[pool.name] = rt
 
-    def _make_runtime(self, mcfg: MonitorConfig) -> MonitorRuntime:
-        check = None
-        if mcfg.isalive.enabled:
-            from minisft.probes.isalive import build_check
+    def _cannot_listen(self, pool: PoolConfig, exc: OSError) -> str:
+        return (f"pool {pool.name}: cannot listen on {self.config.node.local_ip}:{pool.port}: "
+                f"{exc.strerror or exc}")
 
-            c = mcfg.isalive.check
-            check = build_check(c.type, c.params, c.timeout)
+    @staticmethod
+    def _build_check(mcfg: MonitorConfig) -> Check | None:
+        if not mcfg.isalive.enabled:
+            return None
+        from minisft.probes.isalive import build_check
+
+        c = mcfg.isalive.check
+        return build_check(c.type, c.params, c.timeout)
+
+    def _make_runtime(self, mcfg: MonitorConfig, check: Check | None) -> MonitorRuntime:
         return MonitorRuntime(
             mcfg, clock=self.clock, pinger=self.pinger, neighbours=self.neighbours,
             addresses=self.netlink, iface=self.iface, netlink_executor=self._netlink_pool,
@@ -494,13 +529,63 @@ class Daemon:
                            f"({b} -> {a}); that needs a restart")
                     self.emit(Notice(EventKind.CONFIG_REJECTED, msg))
                     return False, msg
-            changes = await self._apply(new)
+            try:
+                plan = await self._prepare(new)
+            except ReloadRefused as exc:
+                msg = f"reload refused, the running config stays: {exc}"
+                self.emit(Notice(EventKind.CONFIG_REJECTED, msg))
+                return False, msg
+            changes = await self._commit(plan)
             msg = "config reloaded: " + ("; ".join(changes) if changes else "no changes")
             self.emit(Notice(EventKind.CONFIG_RELOADED, msg))
             return True, msg
 
-    async def _apply(self, new: Config) -> list[str]:
+    async def _reload_on_signal(self) -> None:
+        try:
+            await self.reload()
+        except Exception:  # nobody awaits a signal's task: say it here, loudly
+            log.exception("reload on SIGHUP failed")
+
+    async def _prepare(self, new: Config) -> _ReloadPlan:
+        """Everything of a reload that can fail, done before anything running changes: the
+        new IsAlive checks, the new pools' sockets (bound now, so a port in use refuses
+        the reload while the old pool still runs) and the new sinks."""
         old = self.config
+        plan = _ReloadPlan(new)
+        try:
+            old_monitors = {m.name: m for m in old.monitors}
+            for mcfg in new.monitors:
+                if old_monitors.get(mcfg.name) != mcfg:
+                    try:
+                        plan.checks[mcfg.name] = self._build_check(mcfg)
+                    except Exception as exc:
+                        raise ReloadRefused(f"monitor {mcfg.name}: cannot build its IsAlive "
+                                            f"check: {exc}") from None
+            old_pools = {p.name: p for p in old.pools}
+            for pool in new.pools:
+                if old_pools.get(pool.name) == pool or pool.coordination.etcd:
+                    continue  # etcd pools have no socket; they start as at start-up
+                rt = self._make_pool_runtime(pool)
+                plan.pools[pool.name] = rt
+                try:
+                    rt.transport.open()
+                except OSError as exc:
+                    raise ReloadRefused(self._cannot_listen(pool, exc)) from None
+            if old.alerting != new.alerting or old.logging != new.logging:
+                try:
+                    plan.sinks = build_sinks(new, self.status,
+                                             logs_to_journal=self.logs_to_journal)
+                except Exception as exc:
+                    raise ReloadRefused(f"alerting: {exc}") from None
+        except BaseException:
+            plan.discard()
+            raise
+        return plan
+
+    async def _commit(self, plan: _ReloadPlan) -> list[str]:
+        """Swap to the prepared config. A monitor whose settings changed keeps its runtime
+        and machine, with its work in flight (see MonitorRuntime.reconfigure)."""
+        old, new = self.config, plan.config
         changes: list[str] = []
         old_by_name = {m.name: m for m in old.monitors}
         new_by_name = {m.name: m for m in new.monitors}
@@ -509,7 +594,7 @@ class Daemon:
             moved = not gone and new_by_name[name].address != mcfg.address
             if gone or moved:
                 rt = self.runtimes.pop(name)
-                await rt.stop()
+                await rt.stop()  # lets a bind under way finish: `holds` is then the truth
                 self.neighbours.unwatch(mcfg.ip)
                 if rt.machine.holds:
                     await rt.release_now()
@@ -520,18 +605,10 @@ class Daemon:
         self.config = replace(new, source=new.source)
         for name, mcfg in new_by_name.items():
             if name not in self.runtimes:
-                await self._add_monitor(mcfg)
+                await self._add_monitor(mcfg, plan.checks[name])
                 changes.append(f"added {name}")
             elif old_by_name[name] != mcfg:
-                rt = self.runtimes[name]
-                await rt.stop()
-                new_rt = self._make_runtime(mcfg)
-                new_rt.machine = rt.machine  # keep what we know: state, counters, holder
-                new_rt.machine.config = mcfg
-                self.runtimes[name] = new_rt
-                self.neighbours.unwatch(mcfg.ip)
-                self.neighbours.watch(mcfg.ip, lambda mac, r=new_rt: r.feed(ConflictSeen(mac)))
-                new_rt.resume()
+                await self.runtimes[name].reconfigure(mcfg, plan.checks[name])
                 changes.append(f"updated {name}")
         old_pools = {p.name: p for p in old.pools}
         for pool in new.pools:
@@ -542,7 +619,10 @@ class Daemon:
                 old_rt = self.pools.pop(pool.name)
                 await old_rt.stop(release=False)
                 resume = getattr(old_rt, "handover", lambda: None)()  # etcd: its lease
-            await self._add_pool(pool, resume=resume)
+            if pool.name in plan.pools:
+                await self._start_pool(pool, plan.pools.pop(pool.name))
+            else:
+                await self._add_pool(pool, resume=resume)
             changes.append(f"pool {pool.name} " + ("restarted" if pool.name in old_pools
                                                    else "added"))
         for name in set(old_pools) - {p.name for p in new.pools}:
@@ -552,9 +632,9 @@ class Daemon:
             self.journal.retention = new.journal.max_age
             self.journal.max_bytes = new.journal.max_bytes  # applied at the next rotation
             changes.append("journal limits updated")
-        if old.alerting != new.alerting or old.logging != new.logging:
+        if plan.sinks is not None:
             await self.delivery.stop()
-            self.delivery = self._build_delivery(new)
+            self.delivery = self._build_delivery(new, plan.sinks)
             await self.delivery.start()
             changes.append("alerting sinks rebuilt")
         return changes
@@ -563,19 +643,15 @@ class Daemon:
 
     async def _shutdown(self) -> None:
         cfg = self.config
-        # BINDING counts: stopping the runtime cancels the bind task, not the netlink call
-        # already in the worker thread, which binds the address after we looked. The
-        # release below queues behind it on the same single worker, so it removes it.
-        holding = [rt for rt in self.runtimes.values()
-                   if rt.machine.holds or rt.machine.state is State.BINDING]
-        plan = (f"releasing {len(holding)} address(es)" if cfg.node.release_on_stop and holding
-                else "leaving addresses in place" if holding else "holding no address")
         _sd_notify("STOPPING=1")
-        self.emit(Notice(EventKind.DAEMON_STOPPING, f"{self._stop_reason}: {plan}"))
         for task in self._tasks:
             task.cancel()
         for rt in self.runtimes.values():
-            await rt.stop()
+            await rt.stop()  # lets a bind under way finish: `holds` is then the truth
+        holding = [rt for rt in self.runtimes.values() if rt.machine.holds]
+        plan = (f"releasing {len(holding)} address(es)" if cfg.node.release_on_stop and holding
+                else "leaving addresses in place" if holding else "holding no address")
+        self.emit(Notice(EventKind.DAEMON_STOPPING, f"{self._stop_reason}: {plan}"))
         for pool_rt in self.pools.values():
             try:
                 await pool_rt.stop(release=cfg.node.release_on_stop)

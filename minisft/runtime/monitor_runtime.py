@@ -29,6 +29,7 @@ from minisft.core.io import (
     PeerServiceResult,
     PingResult,
     ProbeDone,
+    Reconfigured,
     Release,
     ServiceResult,
     StartProbe,
@@ -69,8 +70,23 @@ class Broadcast:
 
     async def wait(self, timeout: float | None = None) -> None:
         event = self._event
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout)
+        # not asyncio.wait_for: on 3.11 it swallows a cancellation that lands while the
+        # event fires, and a loop cancelled by a reload would then wait here for good
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await event.wait()
+
+
+async def _cancel_and_wait(cancel: set[asyncio.Task[Any]],
+                           keep: set[asyncio.Task[Any]] | None = None) -> None:
+    """Cancel `cancel`, wait until it and `keep` are done. Cancels again while waiting: on
+    3.11 asyncio.wait_for (in icmplib, in our pinger) can swallow a cancellation that lands
+    as its result arrives, and a loop that survives it would keep a reload waiting."""
+    pending = cancel | (keep or set())
+    while pending:
+        for task in pending & cancel:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.1)
 
 
 class MonitorRuntime:
@@ -99,6 +115,10 @@ class MonitorRuntime:
         self._check = check
         self.changed = Broadcast()
         self._tasks: set[asyncio.Task[Any]] = set()
+        # binds and releases under way: they change the interface, so they are never
+        # cancelled half-way (the netlink call would finish anyway, unreported)
+        self._interface_changes: set[asyncio.Task[Any]] = set()
+        self._stopping = False
         self._loops: list[asyncio.Task[None]] = []
         self._probe: tuple[int, asyncio.Task[None]] | None = None
         self._last_change_wall: float | None = None
@@ -112,7 +132,7 @@ class MonitorRuntime:
         self.resume()
 
     def resume(self) -> None:
-        """Start the probe loops (again, after a reload swapped the config)."""
+        """Start the probe loops (again, after a reload changed the config)."""
         name = self.config.name
         self._loops = [
             asyncio.create_task(self._looksalive_loop(), name=f"{name}-looksalive"),
@@ -120,14 +140,32 @@ class MonitorRuntime:
             asyncio.create_task(self._peer_loop(), name=f"{name}-peer"),
         ]
 
+    async def reconfigure(self, config: MonitorConfig, check: Check | None) -> None:
+        """A reload's new settings for this monitor (same name and address).
+
+        The machine and the work it has in flight stay: a probe round or a bind under way
+        finishes and reports to the machine as before, so no state waits for a result that
+        never comes. Only the loops restart, with the new timing and check; a ping or check
+        in flight is dropped (the machine never waits for one, it asks again)."""
+        await self._stop_loops()
+        self.config = config
+        self._check = check
+        self.feed(Reconfigured(config))
+        self.resume()
+
     async def stop(self) -> None:
-        for task in [*self._loops, *self._tasks]:
-            task.cancel()
-        for task in [*self._loops, *self._tasks]:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        """Stop for good (shutdown, monitor removed): cancel the loops, the probe and the
+        announcements; let a bind or release under way finish and report, so that
+        `machine.holds` says afterwards whether the address is on the interface."""
+        self._stopping = True
+        await self._stop_loops()
+        self._cancel_probe()
+        while self._tasks:  # a finishing bind may start an announcement: cancel it too
+            await _cancel_and_wait(self._tasks - self._interface_changes, keep=self._tasks)
+
+    async def _stop_loops(self) -> None:
+        await _cancel_and_wait(set(self._loops))
         self._loops.clear()
-        self._tasks.clear()
 
     async def release_now(self) -> None:
         """Remove the address at shutdown (release_on_stop)."""
@@ -148,6 +186,8 @@ class MonitorRuntime:
     def _execute(self, action: Action) -> None:
         if isinstance(action, Emit):
             self._emit(action.notice)
+        elif self._stopping and isinstance(action, StartProbe | Announce):
+            return  # stopped: nobody is left to act on a probe or to announce for
         elif isinstance(action, StartProbe):
             self._cancel_probe()
             task = self._spawn(self._run_probe(action), f"probe-{action.token}")
@@ -156,9 +196,9 @@ class MonitorRuntime:
             if self._probe and self._probe[0] == action.token:
                 self._cancel_probe()
         elif isinstance(action, Bind):
-            self._spawn(self._run_bind(action.token), "bind")
+            self._interface_changes.add(self._spawn(self._run_bind(action.token), "bind"))
         elif isinstance(action, Release):
-            self._spawn(self._run_release(), "release")
+            self._interface_changes.add(self._spawn(self._run_release(), "release"))
         elif isinstance(action, Announce):
             self._spawn(self._announce(), "announce")
 
@@ -167,6 +207,7 @@ class MonitorRuntime:
         task.set_name(f"{self.config.name}-{what}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._interface_changes.discard)
         return task
 
     def _cancel_probe(self) -> None:

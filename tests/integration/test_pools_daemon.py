@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,16 +26,25 @@ def pool_cfg(key_file: Path, members: list[str]) -> dict[str, object]:
     }
 
 
-def test_pool_spreads_addresses_and_moves_a_dead_members_share(tmp_path: Path) -> None:
-    names = ["a", "b", "c"]
+def pool_cluster(tmp_path: Path, names: list[str]) -> Cluster:
+    """One real daemon per member of pool `front`, started one after the other."""
     key = tmp_path / "front.key"
     key.write_bytes(os.urandom(32))
     key.chmod(0o600)
-    with Cluster(tmp_path, names, ipv6=False) as c:
+    c = Cluster(tmp_path, names, ipv6=False)
+    try:
         for n in names:
             c.nodes[n].configure([], pools=[pool_cfg(key, names)])
             c.nodes[n].start()
+    except BaseException:
+        c.__exit__(*sys.exc_info())
+        raise
+    return c
 
+
+def test_pool_spreads_addresses_and_moves_a_dead_members_share(tmp_path: Path) -> None:
+    names = ["a", "b", "c"]
+    with pool_cluster(tmp_path, names) as c:
         def layout() -> dict[str, list[str]]:
             return {a: c.holders(a) for a in ADDRESSES}
 

@@ -53,6 +53,7 @@ from minisft.core.io import (
     PeerServiceResult,
     PingResult,
     ProbeDone,
+    Reconfigured,
     Release,
     ServiceResult,
     Started,
@@ -331,6 +332,11 @@ class Node:
         if not old or self.machine.state is not State.BINDING:
             return None
         return self.feed(BindDone(old[-1], error))
+
+    def reload(self, config: MonitorConfig) -> list[Action]:
+        """A reload changed the monitor's settings: the probe and bind under way go on."""
+        self.config = config
+        return self.feed(Reconfigured(config))
 
     def tick(self, dt: float = TICK) -> list[Action]:
         self.lan.advance(dt)

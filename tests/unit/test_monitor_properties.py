@@ -92,6 +92,7 @@ OPS = weighted(
     (1, op("peer_service", st.booleans())),
     (2, op("world", st.sampled_from(["gone", "back", "icmp_off", "icmp_on", "arp_off",
                                      "arp_on"]))),
+    (1, op("reload", configs())),  # SIGHUP with new settings, at any moment
 )
 
 
@@ -182,6 +183,8 @@ def apply(node: Node, op: str, arg: Any) -> None:
             node.feed(AddressVanished())  # noise: ignored where it cannot apply
     elif op == "service":
         node.service(arg)
+    elif op == "reload":
+        node.reload(arg)
     elif op == "peer_ping":
         node.peer_ping(arg)
     elif op == "peer_service":

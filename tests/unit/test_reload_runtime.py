@@ -1,0 +1,444 @@
+"""Reloads at every moment of a monitor's life: the real Daemon and MonitorRuntime on a
+fake host (in-memory interface, ARP probes and pings that take real, short time).
+
+A reload that changes a monitor must never strand it: a probe round or a bind under way
+when SIGHUP arrives still ends in the state it was heading for. A reload that cannot be
+applied (a pool's new port is taken) changes nothing and says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from minisft.config.loader import load_config
+from minisft.config.model import IsAliveConfig
+from minisft.core.events import EventKind, Notice
+from minisft.core.io import (
+    Command,
+    Emit,
+    LinkChanged,
+    PingResult,
+    Reconfigured,
+    ServiceResult,
+    Started,
+    Verb,
+)
+from minisft.core.monitor import TRANSITIONS, IllegalInput, MonitorMachine, Purpose, State
+from minisft.probes.looksalive import PingOutcome
+from minisft.runtime.daemon import Daemon
+from minisft.runtime.monitor_runtime import MonitorRuntime
+from tests.unit.core_driver import make_config
+
+HOLDER_MAC = "02:00:00:00:00:aa"
+PEER = ipaddress.ip_address("192.0.2.1")
+BIND_LATENCY = 0.4  # long enough for a reload to land while the bind is under way
+
+
+class FakeHost:
+    """The interface (netlink), ARP/NDP and ICMP as a daemon sees them, in memory."""
+
+    def __init__(self) -> None:
+        self.bound: set[Any] = set()
+        self.holder_alive = True  # another host holds the address and answers for it
+        self.peer_alive = False  # the primary's own host (peer_ip)
+        self.arp_answers = True  # ... and answers ARP/NDP for it
+        self.watched: dict[Any, Callable[[str], object]] = {}
+
+    # netlink (runs in the daemon's netlink thread)
+    def has_address(self, iface: Any, ip: Any) -> bool:
+        return ip in self.bound
+
+    def bind(self, iface: Any, address: Any) -> None:
+        time.sleep(BIND_LATENCY)
+        self.bound.add(address.ip)
+
+    def release(self, iface: Any, address: Any) -> None:
+        self.bound.discard(address.ip)
+
+    def link_up(self, iface: Any) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+    # neighbours
+    async def probe(self, ip: Any, count: int, interval: float, *,
+                    on_prober: str = "yield") -> str | None:
+        if self.holder_alive and self.arp_answers:
+            return HOLDER_MAC
+        await asyncio.sleep(count * interval)
+        return None
+
+    async def announce(self, ip: Any, count: int, interval: float) -> None:
+        pass
+
+    def watch(self, ip: Any, callback: Callable[[str], object]) -> None:
+        self.watched[ip] = callback
+
+    def unwatch(self, ip: Any) -> None:
+        self.watched.pop(ip, None)
+
+    # pinger
+    async def ping(self, address: Any, timeout: float) -> PingOutcome:
+        alive = self.peer_alive if address == PEER else self.holder_alive
+        if alive:
+            await asyncio.sleep(0.001)
+            return PingOutcome(True, 0.001, "")
+        await asyncio.sleep(timeout)
+        return PingOutcome(False, None, "timeout")
+
+
+def monitor(role: str, **extra: Any) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "name": "web", "monitor_ip": "192.0.2.10", "monitor_subnet": 24, "role": role,
+        "looksalive": {"interval": "200ms", "retry": 3, "timeout": "100ms"},
+        "probe": {"count": 3, "interval": "300ms"},
+    }
+    cfg.update(extra)
+    return cfg
+
+
+def write_config(path: Path, monitors: list[dict[str, Any]], **extra: Any) -> None:
+    doc = {"node": {"name": "beta", "local_ip": "127.0.0.1"},
+           "state_dir": str(path.parent / "state"),
+           "control_socket": str(path.parent / "minisft.sock"),
+           "logging": {"level": "info", "syslog": False},
+           "monitors": monitors, **extra}
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+class Harness:
+    def __init__(self, path: Path) -> None:
+        self.host = FakeHost()
+        self.daemon = Daemon(load_config(path), config_path=path)
+        self.events: list[Notice] = []
+        d = self.daemon
+        d.netlink = self.host
+        d.neighbours = self.host
+        d.pinger = self.host  # type: ignore[assignment]
+        d.iface = "eth0"
+        d._link_up = True
+        emit = d.emit
+
+        def record(notice: Notice) -> Any:
+            self.events.append(notice)
+            return emit(notice)
+
+        d.emit = record  # type: ignore[method-assign]
+
+    @property
+    def web(self) -> MonitorRuntime:
+        return self.daemon.runtimes["web"]
+
+    async def start(self) -> None:
+        d = self.daemon
+        for mcfg in d.config.monitors:
+            await d._add_monitor(mcfg)
+        for pool in d.config.pools:
+            await d._add_pool(pool)
+        d._tasks = [asyncio.create_task(d._tick_loop())]
+
+    async def stop(self) -> None:
+        d = self.daemon
+        for task in d._tasks:
+            task.cancel()
+        for rt in d.runtimes.values():
+            await rt.stop()
+        for pool in d.pools.values():
+            await pool.stop(release=False)
+
+    async def until(self, what: str, predicate: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, f"not within {timeout:g}s: {what} " \
+                f"(web: {self.web.machine.state.value} {self.web.machine.reason!r})"
+            await asyncio.sleep(0.01)
+
+
+def run(path: Path, scenario: Callable[[Harness], Awaitable[None]], *,
+        holder_alive: bool = True) -> None:
+    async def main() -> None:
+        h = Harness(path)
+        h.host.holder_alive = holder_alive
+        await h.start()
+        try:
+            await scenario(h)
+        finally:
+            await h.stop()
+
+    async def bounded() -> None:  # a hang (a task that ignores cancel) fails, with stacks
+        task = asyncio.create_task(main())
+        done, _ = await asyncio.wait([task], timeout=20)
+        if not done:
+            for t in asyncio.all_tasks():
+                t.print_stack()
+            task.cancel()
+        await task
+
+    asyncio.run(bounded())
+
+
+def in_state(h: Harness, state: State, purpose: Purpose | None) -> bool:
+    m = h.web.machine
+    return m.state is state and m.purpose is purpose
+
+
+# What each case does before the reload, and the (state, purpose) it waits for: every
+# moment at which the monitor has work in flight (a probe round or a bind).
+async def takeover_probe(h: Harness) -> None:
+    h.host.holder_alive = False
+
+
+async def takeover_bind(h: Harness) -> None:
+    h.host.holder_alive = False
+
+
+async def claim_probe(h: Harness) -> None:
+    h.host.arp_answers = False  # the holder answers ping but not ARP: the claim binds
+    h.web.feed(Command(Verb.CLAIM, by="test"))
+
+
+async def reprobe(h: Harness) -> None:
+    h.host.holder_alive = False
+    await h.until("the takeover", lambda: h.web.machine.state is State.HOLDING, 10)
+    h.web.feed(LinkChanged(False))
+    h.web.feed(LinkChanged(True))
+
+
+CASES = {
+    "backup, takeover probe round": ("backup", takeover_probe, State.PROBING, Purpose.TAKEOVER),
+    "backup, takeover bind": ("backup", takeover_bind, State.BINDING, Purpose.TAKEOVER),
+    "backup, claim probe round": ("backup", claim_probe, State.PROBING, Purpose.CLAIM),
+    "primary, start-up probe round": ("primary", None, State.PROBING, Purpose.STARTUP),
+    "primary, start-up bind": ("primary", None, State.BINDING, Purpose.STARTUP),
+    "backup, re-probe after link down": ("backup", reprobe, State.PROBING, Purpose.REPROBE),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_reload_in_flight_never_strands_the_monitor(tmp_path: Path, case: str) -> None:
+    role, drive, state, purpose = CASES[case]
+    path = tmp_path / "minisft.yaml"
+    write_config(path, [monitor(role)])
+
+    async def scenario(h: Harness) -> None:
+        if drive is not None:
+            await drive(h)
+        await h.until(f"{state.value} ({purpose.value})", lambda: in_state(h, state, purpose),
+                      10)
+        # a changed monitor: a slower LooksAlive interval (takes effect on the next ping)
+        write_config(path, [monitor(role, looksalive={"interval": "300ms", "retry": 3,
+                                                       "timeout": "100ms"})])
+        ok, message = await h.daemon.reload()
+        assert ok and "updated web" in message, message
+        cfg = h.web.config
+        assert cfg.looksalive.interval == 0.3, "the new settings must be in force"
+        # the probe round (or bind) under way finishes and the monitor ends holding
+        bound = cfg.probe.duration + cfg.detection_time + BIND_LATENCY + 1.0
+        await h.until("the monitor to hold the address",
+                      lambda: h.web.machine.state is State.HOLDING, bound)
+        assert ipaddress.ip_address("192.0.2.10") in h.host.bound
+
+    # a primary starts on a free address; a backup starts watching a live holder
+    run(path, scenario, holder_alive=role == "backup")
+
+
+def test_a_monitor_removed_while_binding_does_not_leave_its_address_behind(
+        tmp_path: Path) -> None:
+    path = tmp_path / "minisft.yaml"
+    write_config(path, [monitor("primary")])
+
+    async def scenario(h: Harness) -> None:
+        await h.until("the start-up bind", lambda: h.web.machine.state is State.BINDING, 10)
+        write_config(path, [])
+        ok, message = await h.daemon.reload()
+        assert ok and "removed web" in message, message
+        await h.daemon._in_netlink(lambda: None)  # every netlink call issued has finished
+        # the bind under way finished; the monitor is gone, so must its address be
+        assert ipaddress.ip_address("192.0.2.10") not in h.host.bound
+
+    run(path, scenario, holder_alive=False)
+
+
+def test_a_paused_monitor_stays_paused_across_a_reload(tmp_path: Path) -> None:
+    path = tmp_path / "minisft.yaml"
+    write_config(path, [monitor("backup")])
+
+    async def scenario(h: Harness) -> None:
+        await h.until("watching", lambda: h.web.machine.looks.health.value == "up", 10)
+        h.web.feed(Command(Verb.PAUSE, by="test"))
+        write_config(path, [monitor("backup", looksalive={"interval": "300ms", "retry": 3,
+                                                           "timeout": "100ms"})])
+        ok, message = await h.daemon.reload()
+        assert ok and "updated web" in message, message
+        h.host.holder_alive = False
+        await asyncio.sleep(h.web.config.detection_time + h.web.config.probe.duration + 0.5)
+        assert h.web.machine.paused and h.web.machine.state is State.WATCHING
+        assert not h.host.bound, "a paused monitor took the address over after a reload"
+
+    run(path, scenario)
+
+
+def test_a_reload_while_watching_still_takes_over(tmp_path: Path) -> None:
+    path = tmp_path / "minisft.yaml"
+    write_config(path, [monitor("backup")])
+
+    async def scenario(h: Harness) -> None:
+        await h.until("watching", lambda: h.web.machine.looks.health.value == "up", 10)
+        write_config(path, [monitor("backup", looksalive={"interval": "300ms", "retry": 3,
+                                                           "timeout": "100ms"})])
+        ok, message = await h.daemon.reload()
+        assert ok and "updated web" in message, message
+        h.host.holder_alive = False
+        cfg = h.web.config
+        await h.until("the takeover", lambda: h.web.machine.state is State.HOLDING,
+                      cfg.detection_time + cfg.probe.duration + BIND_LATENCY + 1.0)
+
+    run(path, scenario)
+
+
+def test_a_reload_in_the_fallback_grace_keeps_the_grace_then_takes_back(
+        tmp_path: Path) -> None:
+    """Automatic fallback hands the address back; the primary never claims it. A reload in
+    the grace period neither cuts the grace short nor loses the take-back after it."""
+    path = tmp_path / "minisft.yaml"
+    auto = {"peer_ip": str(PEER), "fallback": {"mode": "auto", "hold_down": "1s"}}
+    write_config(path, [monitor("backup", **auto)])
+
+    async def scenario(h: Harness) -> None:
+        await h.until("the takeover", lambda: h.web.machine.state is State.HOLDING, 10)
+        h.host.peer_alive = True  # the primary's host is back (but will not claim)
+        await h.until("the fallback", lambda: h.web.machine.counters.fallbacks == 1, 10)
+        released_at, grace = time.monotonic(), h.web.machine.fallback_grace
+        await h.daemon._in_netlink(lambda: None)  # the release issued has run
+        assert h.web.machine.state is State.WATCHING and not h.host.bound
+        write_config(path, [monitor("backup", **auto, looksalive={
+            "interval": "300ms", "retry": 3, "timeout": "100ms"})])
+        ok, message = await h.daemon.reload()
+        assert ok and "updated web" in message, message
+        cfg = h.web.config
+        await h.until("the take-back after the grace", lambda: h.web.machine.state is
+                      State.HOLDING, grace + cfg.detection_time + cfg.probe.duration
+                      + BIND_LATENCY + 1.0)
+        assert time.monotonic() - released_at >= grace, "the reload cut the grace short"
+        assert h.web.machine.counters.takeovers == 2
+
+    run(path, scenario, holder_alive=False)
+
+
+# ---------------------------------------------------------------- pools
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def pool(port: int, key_file: Path, **extra: Any) -> dict[str, Any]:
+    return {"name": "front", "port": port, "key_file": str(key_file),
+            "members": [{"name": "beta", "ip": "127.0.0.1"},
+                        {"name": "alpha", "ip": "127.0.0.2"}],
+            "addresses": ["192.0.2.101/24"],
+            "looksalive": {"interval": "200ms", "retry": 3, "timeout": "100ms"}, **extra}
+
+
+def key(tmp_path: Path) -> Path:
+    path = tmp_path / "pool.key"
+    path.write_bytes(b"0123456789abcdef0123456789abcdef")
+    path.chmod(0o600)
+    return path
+
+
+def test_a_pool_reload_to_a_port_in_use_keeps_everything_running(tmp_path: Path) -> None:
+    path, secret = tmp_path / "minisft.yaml", key(tmp_path)
+    old_port, taken_port = free_udp_port(), free_udp_port()
+    while taken_port == old_port:
+        taken_port = free_udp_port()
+    write_config(path, [monitor("backup")], pools=[pool(old_port, secret)])
+
+    async def scenario(h: Harness) -> None:
+        running = h.daemon.pools["front"]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter:
+            squatter.bind(("127.0.0.1", taken_port))
+            # the pool moves to a port some other program uses; a monitor changes as well
+            write_config(path, [monitor("backup", looksalive={"interval": "300ms",
+                                                               "retry": 3, "timeout": "100ms"})],
+                         pools=[pool(taken_port, secret)])
+            ok, message = await h.daemon.reload()
+        assert not ok
+        assert f"cannot listen on 127.0.0.1:{taken_port}" in message, message
+        rejected = [e for e in h.events if e.kind is EventKind.CONFIG_REJECTED]
+        assert len(rejected) == 1 and "the running config stays" in rejected[0].reason
+        assert "Address already in use" in rejected[0].reason
+        # all of the old config runs on: the same pool runtime on its port, the old monitor
+        assert h.daemon.pools["front"] is running and running.transport._transport is not None
+        assert h.daemon.config.pools[0].port == old_port
+        assert h.web.config.looksalive.interval == 0.2
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other, \
+                pytest.raises(OSError):  # still bound by the running pool
+            other.bind(("127.0.0.1", old_port))
+
+    run(path, scenario)
+
+
+def test_a_pool_reload_on_the_same_port_hands_the_socket_over(tmp_path: Path) -> None:
+    path, secret = tmp_path / "minisft.yaml", key(tmp_path)
+    port = free_udp_port()
+    write_config(path, [monitor("backup")], pools=[pool(port, secret)])
+
+    async def scenario(h: Harness) -> None:
+        before = h.daemon.pools["front"]
+        write_config(path, [monitor("backup")], pools=[pool(port, secret, addresses=[
+            "192.0.2.101/24", "192.0.2.102/24"])])
+        ok, message = await h.daemon.reload()
+        assert ok and "pool front restarted" in message, message
+        after = h.daemon.pools["front"]
+        assert after is not before and after.transport._transport is not None
+        # datagrams to the pool port reach the new runtime (here: dropped as not signed)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            peer.sendto(b"not a heartbeat", ("127.0.0.1", port))
+        await h.until("the datagram to arrive", lambda: after.transport.counters["received"]
+                      >= 1, 5)
+
+    run(path, scenario)
+
+
+# ---------------------------------------------------------------- the machine's side
+
+
+def test_every_state_takes_new_settings() -> None:
+    missing = [s.value for s in State if Reconfigured not in TRANSITIONS[s]]
+    assert not missing, f"a reload in these states would raise IllegalInput: {missing}"
+
+
+def test_a_changed_check_closes_the_alarm_of_the_old_one() -> None:
+    cfg = make_config(check="tcp", isalive_retry=1)
+    m = MonitorMachine(cfg, now=0.0)
+    m.handle(Started(False), 0.0)
+    m.handle(PingResult(True, 0.001), 1.0)
+    m.handle(ServiceResult(False, None, "refused"), 2.0)
+    assert m.service.dead
+    # the admin removes the check: the alarm must not stay open with nothing to close it
+    out = m.handle(Reconfigured(replace(cfg, isalive=IsAliveConfig())), 3.0)
+    kinds = [a.notice.kind for a in out if isinstance(a, Emit)]
+    assert kinds == [EventKind.SERVICE_RECOVERED]
+    assert not m.service.dead and m.config.isalive == IsAliveConfig()
+
+
+def test_a_reload_cannot_move_a_running_machine() -> None:
+    cfg = make_config()
+    m = MonitorMachine(cfg, now=0.0)
+    with pytest.raises(IllegalInput):
+        m.handle(Reconfigured(replace(cfg, address=ipaddress.ip_interface("192.0.2.11/24"))), 1.0)
