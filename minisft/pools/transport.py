@@ -108,6 +108,11 @@ class PoolTransport:
             loop.add_reader(self._sockets[peer.name].fileno(), self._drain, peer,
                             self._sockets[peer.name])
 
+    @property
+    def listening(self) -> bool:
+        """Started and receiving from the members."""
+        return self._loop is not None and bool(self._sockets)
+
     def close(self) -> None:
         for sock in self._sockets.values():
             if self._loop is not None:

@@ -34,6 +34,7 @@ from minisft.core.io import (
     Verb,
 )
 from minisft.core.monitor import TRANSITIONS, IllegalInput, MonitorMachine, Purpose, State
+from minisft.net.neighbour import ProbeAnswer
 from minisft.probes.looksalive import PingOutcome
 from minisft.runtime.daemon import Daemon
 from minisft.runtime.monitor_runtime import MonitorRuntime
@@ -78,6 +79,11 @@ class FakeHost:
             return HOLDER_MAC
         await asyncio.sleep(count * interval)
         return None
+
+    async def probe_answer(self, ip: Any, count: int, interval: float, *,
+                           on_prober: str = "yield") -> ProbeAnswer | None:
+        mac = await self.probe(ip, count, interval, on_prober=on_prober)
+        return None if mac is None else ProbeAnswer(mac, prober=False)
 
     async def announce(self, ip: Any, count: int, interval: float) -> None:
         pass
@@ -383,7 +389,7 @@ def test_a_pool_reload_to_a_port_in_use_keeps_everything_running(tmp_path: Path)
         assert len(rejected) == 1 and "the running config stays" in rejected[0].reason
         assert "Address already in use" in rejected[0].reason
         # all of the old config runs on: the same pool runtime on its port, the old monitor
-        assert h.daemon.pools["front"] is running and running.transport._transport is not None
+        assert h.daemon.pools["front"] is running and running.transport.listening
         assert h.daemon.config.pools[0].port == old_port
         assert h.web.config.looksalive.interval == 0.2
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other, \
@@ -405,9 +411,11 @@ def test_a_pool_reload_on_the_same_port_hands_the_socket_over(tmp_path: Path) ->
         ok, message = await h.daemon.reload()
         assert ok and "pool front restarted" in message, message
         after = h.daemon.pools["front"]
-        assert after is not before and after.transport._transport is not None
-        # datagrams to the pool port reach the new runtime (here: dropped as not signed)
+        assert after is not before and after.transport.listening
+        # datagrams from the peer member to the pool port reach the new runtime (here:
+        # dropped as not signed); the member sockets take only the member's address and port
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            peer.bind(("127.0.0.2", port))
             peer.sendto(b"not a heartbeat", ("127.0.0.1", port))
         await h.until("the datagram to arrive", lambda: after.transport.counters["received"]
                       >= 1, 5)
