@@ -69,6 +69,7 @@ from minisft.core.io import (
     Tick,
     Verb,
 )
+from minisft.core.rto import RtoEstimator
 
 
 class State(StrEnum):
@@ -118,6 +119,7 @@ class LooksAliveStatus:
     last_ok_at: float | None = None
     sent: int = 0
     lost: int = 0
+    rto: RtoEstimator = field(default_factory=RtoEstimator)  # how long the next ping waits
 
 
 @dataclass
@@ -211,11 +213,17 @@ class MonitorMachine:
             self.state is State.PROBING and self.purpose is Purpose.TAKEOVER
         )
 
+    @property
+    def ping_timeout(self) -> float:
+        """How long the next LooksAlive ping waits for its reply: the RTO estimated from
+        the measured round trips, at most the configured timeout (`minisft.core.rto`)."""
+        return self.looks.rto.timeout(self.config.looksalive.timeout)
+
     def next_ping_delay(self, elapsed: float) -> float:
         """Seconds from now to the next ping, given how long the last one took.
 
         After a miss the next ping goes out at once: retries are back to back, so detection
-        takes about `interval + retry * timeout`, not `retry * interval`.
+        takes about `interval + retry * RTO`, not `retry * interval`.
         """
         if self.looks.icmp_misses > 0 and self.looks.misses > 0:
             return 0.0
@@ -299,6 +307,7 @@ class MonitorMachine:
                 "misses": self.looks.misses,
                 "icmp_misses": self.looks.icmp_misses,
                 "rtt_ms": _ms(self.looks.last_rtt),
+                "rto_ms": _ms(self.ping_timeout),
                 "sent": self.looks.sent,
                 "lost": self.looks.lost,
             },
@@ -402,6 +411,8 @@ class MonitorMachine:
         looks = self.looks
         looks.sent += 1
         if ev.ok:
+            if ev.rtt is not None:
+                looks.rto.sample(ev.rtt)
             was = looks.health
             looks.misses = looks.icmp_misses = 0
             looks.last_rtt, looks.last_ok_at = ev.rtt, self.now
@@ -420,6 +431,7 @@ class MonitorMachine:
                 self._emit(EventKind.CONFLICT_CLEARED, "address answers ping again")
             return
         looks.lost += 1
+        looks.rto.missed()
         looks.misses += 1
         looks.icmp_misses += 1
         if self._probe_token is None and not self._in_grace:
@@ -437,7 +449,8 @@ class MonitorMachine:
             self.reason = f"no answer to {self.looks.misses} pings nor to ARP/NDP"
             self._emit(EventKind.LOOKSALIVE_DOWN,
                        f"no answer to {self.looks.misses} consecutive pings "
-                       f"(interval {la.interval:g}s, timeout {la.timeout:g}s) nor to ARP/NDP",
+                       f"(interval {la.interval:g}s, timeout at most {la.timeout:g}s) nor to "
+                       "ARP/NDP",
                        misses=self.looks.misses)
         if not self.link_up or self.paused:
             return

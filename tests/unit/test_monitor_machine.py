@@ -40,6 +40,7 @@ from minisft.core.monitor import (
     Purpose,
     State,
 )
+from minisft.core.rto import RTO_FLOOR
 from tests.unit.core_driver import (
     HOLDER_MAC,
     INTRUDER_MAC,
@@ -289,17 +290,40 @@ def test_ping_after_looksalive_down_reports_up_again() -> None:
     assert node.machine.state is State.WATCHING and node.bind_count() == 0
 
 
-def test_detection_time_is_interval_plus_retries_times_timeout() -> None:
+def test_detection_time_is_interval_plus_retries_on_the_rto() -> None:
+    """Retries time out on the RTO measured from the replies (2 ms here, floored at 5 ms
+    and doubled per miss), not on the configured 1 s timeout: a dead holder is detected
+    in about interval + probe round, not interval + 3 x 1 s (issue 14)."""
     node = backup()
     assert node.lan.holder is not None
     node.lan.run(10)
+    c = node.config
+    rto = node.machine.ping_timeout
+    assert rto == RTO_FLOOR  # 2 ms replies: the estimate is under the floor
     died = node.lan.now
     node.lan.holder.has_address = False
     node.lan.run(30)
-    took = next(s.at for s in node.trace if s.binds)
-    c = node.config
-    assert took - died <= c.detection_time + c.probe.duration + 0.1
-    assert took - died >= c.looksalive.retry * c.looksalive.timeout  # not before 3 misses
+    took = next(s for s in node.trace if s.binds)
+    misses = [s for s in node.trace if s.at >= died and isinstance(s.event, PingResult)
+              and not s.event.ok and s.at <= took.at]
+    assert len(misses) >= c.looksalive.retry  # still `retry` misses and a probe round
+    retries = sum(rto * 2 ** n for n in range(c.looksalive.retry))  # backoff: 1, 2, 4 x RTO
+    assert took.at - died <= c.looksalive.interval + max(retries, c.probe.duration) + 0.1
+    assert took.at - died < c.detection_time  # the configured-timeout formula: 6 s
+
+
+def test_a_slow_reply_raises_the_rto_and_a_miss_backs_it_off() -> None:
+    node = backup(interval=1.0, timeout=0.1)
+    for _ in range(20):
+        node.feed(PingResult(True, 0.02))
+    settled = node.machine.ping_timeout
+    assert 0.02 <= settled < 0.03  # converged on the 20 ms round trip
+    assert node.machine.snapshot()["looksalive"]["rto_ms"] == round(settled * 1000, 3)
+    node.feed(PingResult(False, None, "timeout"))
+    assert node.machine.ping_timeout == pytest.approx(2 * settled)
+    node.feed(PingResult(False, None, "timeout"))
+    node.feed(PingResult(False, None, "timeout"))
+    assert node.machine.ping_timeout == 0.1  # capped at the configured timeout
 
 
 # =============================================================================== ping pacing
