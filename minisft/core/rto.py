@@ -53,4 +53,4 @@ class RtoEstimator:
         if self.srtt is None:
             return cap
         estimate = max(RTO_FLOOR, self.srtt + K * self.rttvar)
-        return min(cap, estimate * 2 ** self.backoffs)
+        return min(cap, estimate * float(2 ** self.backoffs))
