@@ -11,9 +11,12 @@ both see the same machine load.
 * MiniSFT: alpha primary, beta backup (peer_ip alpha), looksalive interval = the setting,
   retry 3, timeout = interval/3 (333 ms, 33 ms), probe/announce left at their defaults
   (probe 3 x (retry-1) x timeout / 3, between 10 and 50 ms; announce 3 x 100 ms) unless
-  --probe is given.
+  --probe is given. With --interval-only, MiniSFT's config has only `looksalive: {interval:
+  ...}`: everything else (timeout, retry, probe) is the daemon's default, as a new admin
+  would write it (issue 14).
 
-    python bench/failover.py [--trials 10] [--settings 1,0.1] [--probe 3x10ms] [--json F]
+    python bench/failover.py [--trials 10] [--settings 1,0.1] [--probe 3x10ms]
+                             [--interval-only] [--json F]
 
 Not a test: prints tables; the numbers depend on the machine and its load.
 """
@@ -52,10 +55,12 @@ VIP = "192.0.2.10/24"
 VIP_IP = "192.0.2.10"
 
 
-def minisft_trial(tmp: Path, interval: float, probe: dict[str, Any] | None) -> dict[str, float]:
+def minisft_trial(tmp: Path, interval: float, probe: dict[str, Any] | None,
+                  interval_only: bool = False) -> dict[str, float]:
     with Cluster(tmp, ["alpha", "beta"], ipv6=False) as c:
         alpha, beta = c.nodes["alpha"], c.nodes["beta"]
-        extra: dict[str, Any] = {"looksalive": looksalive(interval)}
+        extra: dict[str, Any] = {"looksalive": {"interval": looksalive(interval)["interval"]}
+                                 if interval_only else looksalive(interval)}
         if probe:
             extra["probe"] = probe
         alpha.configure([monitor("web", VIP, "primary", peer=beta.host.ip, **extra)])
@@ -125,6 +130,9 @@ def main() -> None:
     ap.add_argument("--probe", help="MiniSFT probe override, e.g. 3x10ms (default: the "
                     "daemon's: 3 probes spread over the last (retry-1) timeouts, 10-50 ms "
                     "apart)")
+    ap.add_argument("--interval-only", action="store_true",
+                    help="configure MiniSFT's looksalive interval and nothing else (the "
+                    "daemon's default timeout, retry and probe)")
     ap.add_argument("--only", choices=["minisft", "keepalived"], help="run one side only")
     ap.add_argument("--json", type=Path, help="write the raw trials here")
     args = ap.parse_args()
@@ -135,9 +143,13 @@ def main() -> None:
 
     print(f"machine:    {machine_line()}")
     print(f"keepalived: {keepalived_version()}")
-    print(f"MiniSFT:    timeout = interval/3, retry 3, probe "
-          f"{args.probe or 'default (3 x 22 ms at 0.1 s, 3 x 50 ms at 1 s)'}, "
-          "announce default (3x100ms)\n")
+    if args.interval_only:
+        print("MiniSFT:    looksalive: {interval: the setting} and nothing else: defaults "
+              "for timeout, retry, probe and announce\n")
+    else:
+        print(f"MiniSFT:    timeout = interval/3, retry 3, probe "
+              f"{args.probe or 'default (3 x 22 ms at 0.1 s, 3 x 50 ms at 1 s)'}, "
+              "announce default (3x100ms)\n")
     results: dict[str, dict[str, list[dict[str, float]]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-failover-") as tmpdir:
         for interval in settings:
@@ -148,7 +160,7 @@ def main() -> None:
                     tmp = Path(tmpdir) / f"{impl}-{key}-{n}"
                     tmp.mkdir()
                     if impl == "minisft":
-                        r = minisft_trial(tmp, interval, probe)
+                        r = minisft_trial(tmp, interval, probe, args.interval_only)
                     else:
                         r = keepalived_trial(tmp, interval)
                     results[key][impl].append(r)

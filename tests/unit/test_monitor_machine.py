@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from minisft.cli.main import format_status
 from minisft.config.model import FallbackMode, Role
 from minisft.core.events import EventKind
 from minisft.core.io import (
@@ -310,6 +311,17 @@ def test_detection_time_is_interval_plus_retries_on_the_rto() -> None:
     retries = sum(rto * 2 ** n for n in range(c.looksalive.retry))  # backoff: 1, 2, 4 x RTO
     assert took.at - died <= c.looksalive.interval + max(retries, c.probe.duration) + 0.1
     assert took.at - died < c.detection_time  # the configured-timeout formula: 6 s
+
+
+def test_status_shows_the_rto_next_to_the_rtt() -> None:
+    node = backup(interval=1.0, timeout=0.3)
+    for _ in range(20):
+        node.feed(PingResult(True, 0.02))
+    snapshot = node.machine.snapshot()
+    line = next(row for row in format_status({"monitors": [snapshot]}).splitlines()
+                if row.startswith("web "))
+    assert f"up 20.0ms rto {snapshot['looksalive']['rto_ms']:g}ms" in line
+    assert 20 <= snapshot["looksalive"]["rto_ms"] < 30
 
 
 def test_a_slow_reply_raises_the_rto_and_a_miss_backs_it_off() -> None:
