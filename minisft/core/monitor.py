@@ -39,6 +39,7 @@ CLI shows. The rules that decide, each with the reason string its event carries:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -109,6 +110,14 @@ class CommandRefused(Exception):
 DEFEND_SPACING = 1.0
 CONFLICT_QUIET = 10.0
 
+# On a lossy path a whole probe round can go unanswered by a live holder (each probe is lost
+# with about the ping loss rate): at 20% loss each way, 3 probes all fail 4.7% of the
+# time. A takeover then needs as many unanswered rounds in a row as make that this rare,
+# judged on the ping loss measured while the holder answered.
+FALSE_TAKEOVER_ODDS = 1e-5  # chance that the required rounds all miss a live holder
+MAX_PROBE_ROUNDS = 6
+LOSS_GAIN = 1 / 16  # EWMA gain of the ping loss rate
+
 
 @dataclass
 class LooksAliveStatus:
@@ -120,6 +129,15 @@ class LooksAliveStatus:
     sent: int = 0
     lost: int = 0
     rto: RtoEstimator = field(default_factory=RtoEstimator)  # how long the next ping waits
+    # ping loss rate (EWMA) while the holder answered: a run of misses counts only once a
+    # reply ends it, so a dead holder does not raise it
+    loss: float = 0.0
+
+    def count_answered(self) -> None:
+        """A reply after `icmp_misses` misses: fold them and the reply into `loss`."""
+        for _ in range(min(self.icmp_misses, 64)):
+            self.loss += LOSS_GAIN * (1.0 - self.loss)
+        self.loss -= LOSS_GAIN * self.loss
 
 
 @dataclass
@@ -218,6 +236,18 @@ class MonitorMachine:
         """How long the next LooksAlive ping waits for its reply: the RTO estimated from
         the measured round trips, at most the configured timeout (`minisft.core.rto`)."""
         return self.looks.rto.timeout(self.config.looksalive.timeout)
+
+    @property
+    def probe_rounds_needed(self) -> int:
+        """Unanswered ARP/NDP probe rounds in a row a takeover needs: one on a clean path,
+        more when the measured loss could make a live holder miss a whole round."""
+        one_round = self.looks.loss ** self.config.probe.count
+        if one_round <= FALSE_TAKEOVER_ODDS:
+            return 1
+        if one_round >= 1.0:
+            return MAX_PROBE_ROUNDS
+        return min(MAX_PROBE_ROUNDS,
+                   math.ceil(math.log(FALSE_TAKEOVER_ODDS) / math.log(one_round)))
 
     def next_ping_delay(self, elapsed: float) -> float:
         """Seconds from now to the next ping, given how long the last one took.
@@ -413,6 +443,7 @@ class MonitorMachine:
         if ev.ok:
             if ev.rtt is not None:
                 looks.rto.sample(ev.rtt)
+            looks.count_answered()
             was = looks.health
             looks.misses = looks.icmp_misses = 0
             looks.last_rtt, looks.last_ok_at = ev.rtt, self.now
@@ -457,7 +488,7 @@ class MonitorMachine:
         if self.now < self._takeover_not_before:
             self.reason = "address down, but the primary was just handed it: waiting"
             return
-        if self._clear_rounds >= 1:
+        if self._clear_rounds >= self.probe_rounds_needed:
             self._bind(Purpose.TAKEOVER, "taking over: nobody answered pings or probes")
         else:
             self._go(State.PROBING, "taking over: last probe round before binding",
@@ -506,6 +537,12 @@ class MonitorMachine:
         mac = ev.answered_by
         if mac is None:
             self._clear_rounds += 1
+            needed = self.probe_rounds_needed
+            if purpose is Purpose.TAKEOVER and self._clear_rounds < needed:
+                self.reason = (f"taking over: probe round {self._clear_rounds} of {needed} "
+                               f"unanswered (pings lose {self.looks.loss:.0%} here)")
+                self._start_probe()
+                return
             reasons = {
                 Purpose.TAKEOVER: "taking over: nobody answered pings or probes",
                 Purpose.CLAIM: "claimed by admin: nobody answered the probe",

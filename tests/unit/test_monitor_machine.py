@@ -918,3 +918,52 @@ def test_a_service_alarm_is_closed_when_the_address_moves_here() -> None:
     kinds = node.kinds()
     assert kinds.index(K.SERVICE_RECOVERED) > kinds.index(K.SERVICE_DEAD)
     assert "moved to this node" in node.last(K.SERVICE_RECOVERED).reason
+
+
+def lossy_history(node: Node, rounds: int = 60) -> None:
+    """A live holder behind a path that loses one ping in three (ARP answers each time)."""
+    for _ in range(rounds):
+        node.ping(True)
+        node.ping(True)
+        node.misses(1)
+    node.ping(True)
+
+
+def unanswered_rounds_before_bind(node: Node, since: int) -> int:
+    """Run the outstanding probes until the node binds; count the unanswered rounds."""
+    while not node.bind_count():
+        assert node.probe is not None, node.machine.reason
+        node.probe_done()
+    return sum(1 for step in node.trace[since:]
+               if isinstance(step.event, ProbeDone) and step.event.answered_by is None)
+
+
+@pytest.mark.parametrize(("lossy", "rounds"), [(False, 1), (True, 4)])
+def test_a_dead_holder_behind_a_lossy_path_needs_more_unanswered_probe_rounds(
+        lossy: bool, rounds: int) -> None:
+    """At a third of pings lost a live holder misses a whole 3-probe round 3.7% of the
+    time: a takeover then needs 4 unanswered rounds in a row (3.7% ** 4 < 1e-5)."""
+    node = backup(interval=0.05, timeout=0.017)
+    if lossy:
+        lossy_history(node)
+    assert node.lan.holder is not None
+    node.lan.holder.has_address = False
+    died = len(node.trace)
+    for _ in range(node.config.looksalive.retry):
+        node.ping()  # unanswered; the probe round started at the first miss runs on
+    assert node.machine.probe_rounds_needed == rounds
+    assert unanswered_rounds_before_bind(node, died) == rounds
+    node.bind_done()
+    assert K.TAKEOVER in node.kinds() and node.machine.holds
+
+
+def test_one_lost_probe_round_on_a_lossy_path_does_not_take_over_a_live_holder() -> None:
+    node = backup(interval=0.05, timeout=0.017)
+    lossy_history(node)
+    for _ in range(node.config.looksalive.retry):
+        node.ping(False)
+    assert node.probe is not None
+    node.probe_done(None)  # every probe of the round lost, as 20% loss each way can do
+    assert node.machine.state is State.PROBING and node.bind_count() == 0
+    node.ping(True)  # the holder was alive all along
+    assert node.machine.state is State.WATCHING and node.bind_count() == 0
