@@ -19,8 +19,9 @@ CLI shows. The rules that decide, each with the reason string its event carries:
 * LooksAlive: an ICMP miss starts an ARP/NDP probe at once. Any answer from the holder
   (ICMP or ARP) proves it alive and resets the count, so one lost ping can never cause a
   takeover; `retry` consecutive misses with no ARP answer declare the address down.
-* Takeover binds only after a complete probe round found nobody answering. If someone
-  answers, the node does not bind and raises `address_conflict`. Two nodes probing a free
+* Takeover binds only after a complete probe round found nobody answering (on a lossy
+  path, several rounds in a row: `probe_rounds_needed`). If someone answers, the node does
+  not bind and raises `address_conflict`. Two nodes probing a free
   address at once (two watchers of a dead holder) would each hear the other's probe: the
   runtime resolves this deterministically (RFC 5227 "simultaneous probe", with a tie-break
   instead of random back-off): the node with the lower MAC address goes ahead, the other
