@@ -11,8 +11,11 @@ alpha holds 192.0.2.10 and stays alive the whole time; beta watches it, with nft
 MiniSFT: looksalive 100 ms, retry 3, timeout 33 ms; probe/announce defaults.
 keepalived: VRRPv3, advert_int 0.1, MASTER 150 / BACKUP 100.
 The two run at the same time, each in its own lab (--sequential to run one after the other).
+--interval sets both the looksalive interval and advert_int; with --interval-only MiniSFT's
+config has only `looksalive: {interval: ...}` (the daemon's default timeout, retry, probe).
 
-    python bench/stability.py [--duration 300] [--loss 10] [--sequential] [--json F]
+    python bench/stability.py [--duration 300] [--loss 10] [--interval 0.1]
+                              [--interval-only] [--sequential] [--json F]
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from tests.integration.cluster import Cluster
 
 VIP = "192.0.2.10/24"
 VIP_IP = "192.0.2.10"
-INTERVAL = 0.1
+POLL = 0.1  # how often both namespaces' addresses are read
 
 
 def watch(alpha_ns: str, beta_ns: str, duration: float) -> dict[str, float]:
@@ -65,15 +68,18 @@ def watch(alpha_ns: str, beta_ns: str, duration: float) -> dict[str, float]:
         if prev is not None and prev[1]:
             both_s += now - prev[0]
         prev = (now, a and b)
-        time.sleep(max(0.0, INTERVAL - (time.monotonic() - now)))
+        time.sleep(max(0.0, POLL - (time.monotonic() - now)))
     return {"samples": samples, "two_holder_samples": both, "two_holder_s": both_s,
             "no_holder_samples": neither}
 
 
-def run_minisft(tmp: Path, duration: float, loss: int, out: dict[str, Any]) -> None:
+def run_minisft(tmp: Path, duration: float, loss: int, out: dict[str, Any],
+                interval: float, interval_only: bool) -> None:
     with Cluster(tmp, ["alpha", "beta"], ipv6=False) as c:
         alpha, beta = c.nodes["alpha"], c.nodes["beta"]
-        la = looksalive(INTERVAL)
+        la = looksalive(interval)
+        if interval_only:
+            la = {"interval": la["interval"]}
         alpha.configure([monitor("web", VIP, "primary", peer=beta.host.ip, looksalive=la)])
         beta.configure([monitor("web", VIP, "backup", peer=alpha.host.ip, looksalive=la)])
         alpha.start()
@@ -99,13 +105,14 @@ def run_minisft(tmp: Path, duration: float, loss: int, out: dict[str, Any]) -> N
         out["minisft"] = res
 
 
-def run_keepalived(tmp: Path, duration: float, loss: int, out: dict[str, Any]) -> None:
+def run_keepalived(tmp: Path, duration: float, loss: int, out: dict[str, Any],
+                   interval: float, interval_only: bool) -> None:
     with Cluster(tmp, ["alpha", "beta"], ipv6=False) as c:
         alpha, beta = c.nodes["alpha"], c.nodes["beta"]
 
         def conf(name: str, state: str, prio: int) -> str:
             return keepalived_conf(name, [{"name": "web", "state": state, "priority": prio,
-                                           "vrid": 51, "advert_int": f"{INTERVAL:g}",
+                                           "vrid": 51, "advert_int": f"{interval:g}",
                                            "vips": [VIP]}])
         ka = Keepalived(alpha.host, tmp / "ka-alpha", conf("alpha", "MASTER", 150)).start()
         kb = Keepalived(beta.host, tmp / "ka-beta", conf("beta", "BACKUP", 100)).start()
@@ -147,13 +154,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     ap.add_argument("--duration", type=float, default=300.0, help="seconds (default 300)")
     ap.add_argument("--loss", type=int, default=10, help="percent, each direction (10)")
+    ap.add_argument("--interval", type=float, default=0.1,
+                    help="looksalive interval = advert_int, seconds (default 0.1)")
+    ap.add_argument("--interval-only", action="store_true",
+                    help="configure MiniSFT's looksalive interval and nothing else")
     ap.add_argument("--sequential", action="store_true", help="one after the other")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     os.environ["PYTHONPATH"] = str(ROOT)
     print(f"machine:    {machine_line()}")
     print(f"keepalived: {keepalived_version()}")
-    print(f"{args.loss}% loss on the watcher's link for {args.duration:g} s, 100 ms x 3 "
+    how = "interval only" if args.interval_only else "retry 3, timeout interval/3"
+    print(f"{args.loss}% loss on the watcher's link for {args.duration:g} s, "
+          f"{args.interval * 1000:g} ms ({how}) "
           f"({'sequential' if args.sequential else 'both at once, separate labs'})\n",
           flush=True)
     out: dict[str, Any] = {}
@@ -165,13 +178,13 @@ def main() -> None:
 
         def guarded(fn: Any, d: Path) -> None:
             try:
-                fn(d, args.duration, args.loss, out)
+                fn(d, args.duration, args.loss, out, args.interval, args.interval_only)
             except BaseException as exc:
                 errors.append(exc)
                 raise
         if args.sequential:
             for fn, d in jobs:
-                fn(d, args.duration, args.loss, out)
+                fn(d, args.duration, args.loss, out, args.interval, args.interval_only)
         else:
             threads = [threading.Thread(target=guarded, args=job) for job in jobs]
             for t in threads:

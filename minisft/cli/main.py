@@ -254,6 +254,8 @@ def format_status(st: dict[str, Any]) -> str:
         la = m["looksalive"]
         rtt = f" {la['rtt_ms']}ms" if la.get("rtt_ms") is not None and la["health"] == "up" \
             else ""
+        if la.get("rto_ms") is not None and la["health"] != "unknown":
+            rtt += f" rto {la['rto_ms']:g}ms"  # how long the next ping waits for its reply
         ia = m["isalive"]
         if not ia["enabled"]:
             isalive = "-"

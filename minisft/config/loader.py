@@ -1019,15 +1019,16 @@ def _address(m: _Map, ip: IPAddress, mask: tuple[int, bool]) -> IPInterface | No
 def _looksalive(ctx: _Ctx, path: str, value: Any) -> LooksAliveConfig:
     m = _Map(ctx, path, value, _LOOKSALIVE_KEYS)
     d = LooksAliveConfig()
-    cfg = LooksAliveConfig(
-        interval=m.get("interval", _duration(least=MIN_PING_INTERVAL), d.interval),
-        retry=m.get("retry", _int(1, 1000), d.retry),
-        timeout=m.get("timeout", _duration(least=MIN_PING_TIMEOUT), d.timeout))
+    interval = m.get("interval", _duration(least=MIN_PING_INTERVAL), d.interval)
+    # an unset timeout follows the interval, so `{interval: 100ms}` alone is valid
+    cfg = LooksAliveConfig(interval=interval,
+                           retry=m.get("retry", _int(1, 1000), d.retry),
+                           timeout=m.get("timeout", _duration(least=MIN_PING_TIMEOUT),
+                                         LooksAliveConfig.default_timeout(interval)))
     m.check()
-    if cfg.timeout > cfg.interval:
-        which = "timeout" if m.has("timeout") else "interval"
-        ctx.fail(m.key(which), f"timeout ({cfg.timeout:g}s) must not be longer than interval "
-                               f"({cfg.interval:g}s)")
+    if cfg.timeout > cfg.interval:  # only an explicit timeout can be longer
+        ctx.fail(m.key("timeout"), f"timeout ({cfg.timeout:g}s) must not be longer than "
+                                   f"interval ({cfg.interval:g}s)")
     return cfg
 
 

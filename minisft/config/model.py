@@ -33,11 +33,22 @@ class FallbackMode(StrEnum):
 
 @dataclass(frozen=True)
 class LooksAliveConfig:
-    """ICMP echo to the watched address. A miss is backed up by an ARP/NDP probe."""
+    """ICMP echo to the watched address. A miss is backed up by an ARP/NDP probe.
+
+    `timeout` is the longest a ping may wait for its reply; the daemon times pings out
+    sooner, on an estimate from the measured round-trip times (`minisft.core.rto`).
+    """
 
     interval: float = 3.0
     retry: int = 3
-    timeout: float = 1.0
+    timeout: float = 1.0  # default_timeout(3.0)
+
+    @staticmethod
+    def default_timeout(interval: float) -> float:
+        """The timeout when only the interval is configured: a third of the interval, at
+        most 1 s. A third leaves room for the back-to-back retries within about one
+        interval, and gives the original script's 1 s at its 3 s interval."""
+        return round(min(1.0, interval / 3), 6)
 
 
 @dataclass(frozen=True)

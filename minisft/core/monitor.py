@@ -23,8 +23,9 @@ reason string its event carries:
 * LooksAlive: an ICMP miss starts an ARP/NDP probe at once. Any answer from the holder
   (ICMP or ARP) proves it alive and resets the count, so one lost ping can never cause a
   takeover; `retry` consecutive misses with no ARP answer declare the address down.
-* Takeover binds only after a complete probe round found nobody answering. If someone
-  answers, the node does not bind and raises `address_conflict`.
+* Takeover binds only after a complete probe round found nobody answering (on a lossy
+  path, several rounds in a row: `probe_rounds_needed`). If someone answers, the node does
+  not bind and raises `address_conflict`.
 * Two nodes probing a free address at once each hear the other's probe (RFC 5227
   "simultaneous probe"); the core tells the runtime per probe what such a prober counts
   as (`OnProber`), so the outcome is decided, not left to timing: a `primary` ignores
@@ -53,6 +54,7 @@ reason string its event carries:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -86,6 +88,7 @@ from minisft.core.io import (
     Tick,
     Verb,
 )
+from minisft.core.rto import RtoEstimator
 
 
 class State(StrEnum):
@@ -142,6 +145,14 @@ class AlreadyDone(Exception):
 DEFEND_SPACING = 1.0
 CONFLICT_QUIET = 10.0
 
+# On a lossy path a whole probe round can go unanswered by a live holder (each probe is lost
+# with about the ping loss rate): at 20% loss each way, 3 probes all fail 4.7% of the
+# time. A takeover then needs as many unanswered rounds in a row as make that this rare,
+# judged on the ping loss measured while the holder answered.
+FALSE_TAKEOVER_ODDS = 1e-5  # chance that the required rounds all miss a live holder
+MAX_PROBE_ROUNDS = 6
+LOSS_GAIN = 1 / 16  # EWMA gain of the ping loss rate
+
 
 @dataclass
 class LooksAliveStatus:
@@ -152,6 +163,16 @@ class LooksAliveStatus:
     last_ok_at: float | None = None
     sent: int = 0
     lost: int = 0
+    rto: RtoEstimator = field(default_factory=RtoEstimator)  # how long the next ping waits
+    # ping loss rate (EWMA) while the holder answered: a run of misses counts only once a
+    # reply ends it, so a dead holder does not raise it
+    loss: float = 0.0
+
+    def count_answered(self) -> None:
+        """A reply after `icmp_misses` misses: fold them and the reply into `loss`."""
+        for _ in range(min(self.icmp_misses, 64)):
+            self.loss += LOSS_GAIN * (1.0 - self.loss)
+        self.loss -= LOSS_GAIN * self.loss
 
 
 @dataclass
@@ -247,11 +268,29 @@ class MonitorMachine:
             self.state is State.PROBING and self.purpose is Purpose.TAKEOVER
         )
 
+    @property
+    def ping_timeout(self) -> float:
+        """How long the next LooksAlive ping waits for its reply: the RTO estimated from
+        the measured round trips, at most the configured timeout (`minisft.core.rto`)."""
+        return self.looks.rto.timeout(self.config.looksalive.timeout)
+
+    @property
+    def probe_rounds_needed(self) -> int:
+        """Unanswered ARP/NDP probe rounds in a row a takeover needs: one on a clean path,
+        more when the measured loss could make a live holder miss a whole round."""
+        one_round = self.looks.loss ** self.config.probe.count
+        if one_round <= FALSE_TAKEOVER_ODDS:
+            return 1
+        if one_round >= 1.0:
+            return MAX_PROBE_ROUNDS
+        return min(MAX_PROBE_ROUNDS,
+                   math.ceil(math.log(FALSE_TAKEOVER_ODDS) / math.log(one_round)))
+
     def next_ping_delay(self, elapsed: float) -> float:
         """Seconds from now to the next ping, given how long the last one took.
 
         After a miss the next ping goes out at once: retries are back to back, so detection
-        takes about `interval + retry * timeout`, not `retry * interval`.
+        takes about `interval + retry * RTO`, not `retry * interval`.
         """
         if self.looks.icmp_misses > 0 and self.looks.misses > 0:
             return 0.0
@@ -335,6 +374,7 @@ class MonitorMachine:
                 "misses": self.looks.misses,
                 "icmp_misses": self.looks.icmp_misses,
                 "rtt_ms": _ms(self.looks.last_rtt),
+                "rto_ms": _ms(self.ping_timeout),
                 "sent": self.looks.sent,
                 "lost": self.looks.lost,
             },
@@ -471,6 +511,9 @@ class MonitorMachine:
         looks = self.looks
         looks.sent += 1
         if ev.ok:
+            if ev.rtt is not None:
+                looks.rto.sample(ev.rtt)
+            looks.count_answered()
             was = looks.health
             looks.misses = looks.icmp_misses = 0
             looks.last_rtt, looks.last_ok_at = ev.rtt, self.now
@@ -490,6 +533,7 @@ class MonitorMachine:
                 self._emit(EventKind.CONFLICT_CLEARED, "address answers ping again")
             return
         looks.lost += 1
+        looks.rto.missed()
         looks.misses += 1
         looks.icmp_misses += 1
         if self._probe_token is None and not self._in_grace:
@@ -514,7 +558,8 @@ class MonitorMachine:
             self.reason = f"no answer to {self.looks.misses} pings nor to ARP/NDP"
             self._emit(EventKind.LOOKSALIVE_DOWN,
                        f"no answer to {self.looks.misses} consecutive pings "
-                       f"(interval {la.interval:g}s, timeout {la.timeout:g}s) nor to ARP/NDP",
+                       f"(interval {la.interval:g}s, timeout at most {la.timeout:g}s) nor to "
+                       "ARP/NDP",
                        misses=self.looks.misses)
         if not self.link_up or self.paused:
             return
@@ -526,7 +571,7 @@ class MonitorMachine:
             else:
                 self.reason = "address down, but the primary was just handed it: waiting"
             return
-        if self._clear_rounds >= 1:
+        if self._clear_rounds >= self.probe_rounds_needed:
             self._bind(Purpose.TAKEOVER, "taking over: nobody answered pings or probes")
         else:
             self._go(State.PROBING, "taking over: last probe round before binding",
@@ -579,6 +624,12 @@ class MonitorMachine:
         mac = ev.answered_by
         if mac is None:
             self._clear_rounds += 1
+            needed = self.probe_rounds_needed
+            if purpose is Purpose.TAKEOVER and self._clear_rounds < needed:
+                self.reason = (f"taking over: probe round {self._clear_rounds} of {needed} "
+                               f"unanswered (pings lose {self.looks.loss:.0%} here)")
+                self._start_probe()
+                return
             reasons = {
                 Purpose.TAKEOVER: "taking over: nobody answered pings or probes",
                 Purpose.CLAIM: "claimed by admin: nobody answered the probe",

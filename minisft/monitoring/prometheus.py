@@ -170,6 +170,9 @@ def _render_monitors(monitors: Iterable[dict[str, Any]],
                 "1 when the address answers ICMP or ARP/NDP (health up or degraded).")
     rtt = family("minisft_monitor_looksalive_rtt_seconds", "gauge",
                  "Last LooksAlive ICMP round-trip time.")
+    rto = family("minisft_monitor_looksalive_rto_seconds", "gauge",
+                 "How long the next LooksAlive ping waits for its reply: the RTO estimated "
+                 "from the round-trip times, at most the configured timeout.")
     sent = family("minisft_monitor_looksalive_pings_total", "counter",
                   "LooksAlive pings sent.")
     lost = family("minisft_monitor_looksalive_lost_total", "counter",
@@ -220,6 +223,7 @@ def _render_monitors(monitors: Iterable[dict[str, Any]],
             health.add(looks.get("health") == value, monitor=m, health=value)
         up.add(looks.get("health") in ("up", "degraded"), monitor=m)
         rtt.add(_seconds(looks.get("rtt_ms")), monitor=m)
+        rto.add(_seconds(looks.get("rto_ms")), monitor=m)
         sent.add(_num(looks.get("sent")), monitor=m)
         lost.add(_num(looks.get("lost")), monitor=m)
         isalive = mon.get("isalive") or {}

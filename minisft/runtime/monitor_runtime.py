@@ -275,7 +275,8 @@ class MonitorRuntime:
         while True:
             await self._wait_until(lambda: self.machine.wants_looksalive)
             started = self.clock()
-            outcome = await self._pinger.ping(self.config.ip, la.timeout)
+            timeout = self.machine.ping_timeout  # the RTO: adapts to the measured RTTs
+            outcome = await self._pinger.ping(self.config.ip, timeout)
             self.feed(PingResult(outcome.ok, outcome.rtt, outcome.detail))
             elapsed = self.clock() - started
             # Retries after a miss go back to back (delay 0) because a lost ping already
@@ -287,7 +288,7 @@ class MonitorRuntime:
             # `timeout` after its ping started, and every round yields.
             delay = self.machine.next_ping_delay(elapsed)
             if not outcome.ok:
-                delay = max(delay, la.timeout - elapsed)
+                delay = max(delay, timeout - elapsed)
             await asyncio.sleep(max(0.0, delay))
 
     async def _isalive_loop(self) -> None:

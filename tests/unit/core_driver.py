@@ -440,8 +440,8 @@ class Node:
         elif t.ping_inflight is None and t.ping_at <= now:
             if m.wants_looksalive:
                 ok = self.lan.ping_answered(self)
-                la = self.config.looksalive
-                t.ping_inflight = (now, now + (PING_RTT if ok else la.timeout), ok)
+                # a lost ping waits the machine's current RTO, as in the runtime
+                t.ping_inflight = (now, now + (PING_RTT if ok else m.ping_timeout), ok)
             else:
                 t.ping_at = now + POLL
         if t.tick_at <= now:

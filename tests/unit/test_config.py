@@ -516,9 +516,21 @@ def test_announce_refresh_zero_turns_it_off() -> None:
     assert parse_config(text).monitors[0].announce.refresh == 0.0
 
 
-def test_looksalive_interval_shorter_than_default_timeout() -> None:
-    text = cfg(MONITOR, "    looksalive: {interval: 500ms}\n")
-    assert_error(text, "monitors[0].looksalive.interval", "500ms", "must not be longer")
+@pytest.mark.parametrize(("interval", "timeout"), [
+    ("50ms", 0.05 / 3), ("100ms", 0.1 / 3), ("500ms", 0.5 / 3), ("1s", 1 / 3), ("3s", 1.0),
+    ("10s", 1.0),
+])
+def test_interval_alone_is_valid_and_the_timeout_follows_it(interval: str,
+                                                            timeout: float) -> None:
+    # issue 14: `{interval: 100ms}` alone was refused (the 1 s default timeout was longer)
+    config = parse_config(cfg(MONITOR, f"    looksalive: {{interval: {interval}}}\n"))
+    assert config.monitors[0].looksalive.timeout == pytest.approx(timeout, abs=1e-6)
+
+
+def test_explicit_timeout_longer_than_a_short_interval_is_refused() -> None:
+    text = cfg(MONITOR, "    looksalive: {interval: 100ms, timeout: 1s}\n")
+    assert_error(text, "monitors[0].looksalive.timeout", "timeout: 1s",
+                 r"timeout \(1s\) must not be longer than interval \(0.1s\)")
 
 
 def test_role_typo_gets_a_hint() -> None:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from minisft.cli.main import format_status
 from minisft.config.model import FallbackMode, MonitorConfig, Role
 from minisft.core.events import EventKind
 from minisft.core.io import (
@@ -41,6 +42,7 @@ from minisft.core.monitor import (
     Purpose,
     State,
 )
+from minisft.core.rto import RTO_FLOOR
 from tests.unit.core_driver import (
     HOLDER_MAC,
     INTRUDER_MAC,
@@ -290,17 +292,51 @@ def test_ping_after_looksalive_down_reports_up_again() -> None:
     assert node.machine.state is State.WATCHING and node.bind_count() == 0
 
 
-def test_detection_time_is_interval_plus_retries_times_timeout() -> None:
+def test_detection_time_is_interval_plus_retries_on_the_rto() -> None:
+    """Retries time out on the RTO measured from the replies (2 ms here, floored at 5 ms
+    and doubled per miss), not on the configured 1 s timeout: a dead holder is detected
+    in about interval + probe round, not interval + 3 x 1 s (issue 14)."""
     node = backup()
     assert node.lan.holder is not None
     node.lan.run(10)
+    c = node.config
+    rto = node.machine.ping_timeout
+    assert rto == RTO_FLOOR  # 2 ms replies: the estimate is under the floor
     died = node.lan.now
     node.lan.holder.has_address = False
     node.lan.run(30)
-    took = next(s.at for s in node.trace if s.binds)
-    c = node.config
-    assert took - died <= c.detection_time + c.probe.duration + 0.1
-    assert took - died >= c.looksalive.retry * c.looksalive.timeout  # not before 3 misses
+    took = next(s for s in node.trace if s.binds)
+    misses = [s for s in node.trace if s.at >= died and isinstance(s.event, PingResult)
+              and not s.event.ok and s.at <= took.at]
+    assert len(misses) >= c.looksalive.retry  # still `retry` misses and a probe round
+    retries = sum(rto * 2 ** n for n in range(c.looksalive.retry))  # backoff: 1, 2, 4 x RTO
+    assert took.at - died <= c.looksalive.interval + max(retries, c.probe.duration) + 0.1
+    assert took.at - died < c.detection_time  # the configured-timeout formula: 6 s
+
+
+def test_status_shows_the_rto_next_to_the_rtt() -> None:
+    node = backup(interval=1.0, timeout=0.3)
+    for _ in range(20):
+        node.feed(PingResult(True, 0.02))
+    snapshot = node.machine.snapshot()
+    line = next(row for row in format_status({"monitors": [snapshot]}).splitlines()
+                if row.startswith("web "))
+    assert f"up 20.0ms rto {snapshot['looksalive']['rto_ms']:g}ms" in line
+    assert 20 <= snapshot["looksalive"]["rto_ms"] < 30
+
+
+def test_a_slow_reply_raises_the_rto_and_a_miss_backs_it_off() -> None:
+    node = backup(interval=1.0, timeout=0.1)
+    for _ in range(20):
+        node.feed(PingResult(True, 0.02))
+    settled = node.machine.ping_timeout
+    assert 0.02 <= settled < 0.03  # converged on the 20 ms round trip
+    assert node.machine.snapshot()["looksalive"]["rto_ms"] == round(settled * 1000, 3)
+    node.feed(PingResult(False, None, "timeout"))
+    assert node.machine.ping_timeout == pytest.approx(2 * settled)
+    node.feed(PingResult(False, None, "timeout"))
+    node.feed(PingResult(False, None, "timeout"))
+    assert node.machine.ping_timeout == 0.1  # capped at the configured timeout
 
 
 # =============================================================================== ping pacing
@@ -497,7 +533,7 @@ def test_a_healed_split_brain_is_reported_by_the_backup_whichever_refresh_comes_
         lan = Lan()
         primary = lan.add(config(Role.PRIMARY), primary_mac)
         lan.peer_node = primary
-        lan.run(2.0)
+        lan.run(2.25)  # off the whole second, so the two refresh timers are not in phase
         backup = lan.add(config(Role.BACKUP, peer_ip="192.0.2.1"), backup_mac)
         lan.run(3.0)
         lan.partitioned = True
@@ -972,3 +1008,52 @@ def test_a_service_alarm_is_closed_when_the_address_moves_here() -> None:
     kinds = node.kinds()
     assert kinds.index(K.SERVICE_RECOVERED) > kinds.index(K.SERVICE_DEAD)
     assert "moved to this node" in node.last(K.SERVICE_RECOVERED).reason
+
+
+def lossy_history(node: Node, rounds: int = 60) -> None:
+    """A live holder behind a path that loses one ping in three (ARP answers each time)."""
+    for _ in range(rounds):
+        node.ping(True)
+        node.ping(True)
+        node.misses(1)
+    node.ping(True)
+
+
+def unanswered_rounds_before_bind(node: Node, since: int) -> int:
+    """Run the outstanding probes until the node binds; count the unanswered rounds."""
+    while not node.bind_count():
+        assert node.probe is not None, node.machine.reason
+        node.probe_done()
+    return sum(1 for step in node.trace[since:]
+               if isinstance(step.event, ProbeDone) and step.event.answered_by is None)
+
+
+@pytest.mark.parametrize(("lossy", "rounds"), [(False, 1), (True, 4)])
+def test_a_dead_holder_behind_a_lossy_path_needs_more_unanswered_probe_rounds(
+        lossy: bool, rounds: int) -> None:
+    """At a third of pings lost a live holder misses a whole 3-probe round 3.7% of the
+    time: a takeover then needs 4 unanswered rounds in a row (3.7% ** 4 < 1e-5)."""
+    node = backup(interval=0.05, timeout=0.017)
+    if lossy:
+        lossy_history(node)
+    assert node.lan.holder is not None
+    node.lan.holder.has_address = False
+    died = len(node.trace)
+    for _ in range(node.config.looksalive.retry):
+        node.ping()  # unanswered; the probe round started at the first miss runs on
+    assert node.machine.probe_rounds_needed == rounds
+    assert unanswered_rounds_before_bind(node, died) == rounds
+    node.bind_done()
+    assert K.TAKEOVER in node.kinds() and node.machine.holds
+
+
+def test_one_lost_probe_round_on_a_lossy_path_does_not_take_over_a_live_holder() -> None:
+    node = backup(interval=0.05, timeout=0.017)
+    lossy_history(node)
+    for _ in range(node.config.looksalive.retry):
+        node.ping(False)
+    assert node.probe is not None
+    node.probe_done(None)  # every probe of the round lost, as 20% loss each way can do
+    assert node.machine.state is State.PROBING and node.bind_count() == 0
+    node.ping(True)  # the holder was alive all along
+    assert node.machine.state is State.WATCHING and node.bind_count() == 0

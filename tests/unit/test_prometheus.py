@@ -28,7 +28,8 @@ def monitor(name: str, role: str, state: str, holder: str, **over: Any) -> dict[
         "holder_mac": None, "reason": "test", "link_up": True, "conflict_open": False,
         "seconds_since_change": 120.0,
         "looksalive": {"health": "up" if holder == "other" else "unknown", "misses": 0,
-                       "icmp_misses": 0, "rtt_ms": 0.25, "sent": 40, "lost": 1},
+                       "icmp_misses": 0, "rtt_ms": 0.25, "rto_ms": 5.0, "sent": 40,
+                       "lost": 1},
         "isalive": {"enabled": True, "check": "http", "ok": True, "dead": False,
                     "latency_ms": 12.5, "detail": "200 OK"},
         "peer": {"ip": None, "health": "unknown", "rtt_ms": None, "up_for": None,
@@ -101,6 +102,7 @@ def test_monitor_state_is_one_hot() -> None:
 def test_monitor_values_in_base_units() -> None:
     body = render_metrics(ok_status())
     assert value(body, "minisft_monitor_looksalive_rtt_seconds", monitor="db") == 0.00025
+    assert value(body, "minisft_monitor_looksalive_rto_seconds", monitor="db") == 0.005
     assert value(body, "minisft_monitor_isalive_latency_seconds", monitor="db") == 0.0125
     assert value(body, "minisft_monitor_looksalive_up", monitor="db") == 1
     assert value(body, "minisft_monitor_looksalive_pings_total", monitor="db") == 40
