@@ -84,6 +84,8 @@ class EventKind(StrEnum):
     ISOLATED = "isolated"
     REJOINED = "rejoined"
     LEASE_LOST = "lease_lost"
+    # address hooks (monitors[].hooks): a command run around bind/release failed
+    HOOK_FAILED = "hook_failed"
 
     @property
     def default_severity(self) -> Severity:
@@ -125,6 +127,7 @@ _SEVERITY: dict[EventKind, Severity] = {
     EventKind.ISOLATED: Severity.CRITICAL,
     EventKind.REJOINED: Severity.NOTICE,
     EventKind.LEASE_LOST: Severity.CRITICAL,
+    EventKind.HOOK_FAILED: Severity.WARNING,
 }
 assert set(_SEVERITY) == set(EventKind), "every event kind needs a default severity"
 

@@ -278,7 +278,8 @@ class Daemon:
             if up and self.clock() >= next_address_check:
                 next_address_check = self.clock() + ADDRESS_POLL
                 for rt in list(self.runtimes.values()):
-                    if rt.machine.state is State.HOLDING:
+                    # mode instead: the address lives in a cloud API, not on this link
+                    if rt.machine.state is State.HOLDING and rt.config.hooks.binds_locally:
                         present = await self._in_netlink(self.netlink.has_address, self.iface,
                                                          rt.config.ip)
                         if not present and rt.machine.state is State.HOLDING:

@@ -111,6 +111,7 @@ NOTIFICATION: dict[EventKind, tuple[int, str]] = {
     EventKind.ISOLATED: (32, "minisftIsolated"),
     EventKind.REJOINED: (33, "minisftRejoined"),
     EventKind.LEASE_LOST: (34, "minisftLeaseLost"),
+    EventKind.HOOK_FAILED: (35, "minisftHookFailed"),
 }
 assert set(NOTIFICATION) == set(EventKind), "every event kind needs a notification"
 

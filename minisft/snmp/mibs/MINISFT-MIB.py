@@ -122,7 +122,8 @@ minisftMIB = ModuleIdentity(
 )
 if mibBuilder.loadTexts:
     minisftMIB.setRevisions(
-        ("2025-01-15 00:00",)
+        ("2026-12-04 00:00",
+         "2025-01-15 00:00")
     )
 
 
@@ -1406,6 +1407,26 @@ if mibBuilder.loadTexts:
         "current"
     )
 
+minisftHookFailed = NotificationType(
+    (1, 3, 6, 1, 4, 1, 32473, 0, 35)
+)
+minisftHookFailed.setObjects(
+      *(("MINISFT-MIB", "minisftEventSeq"),
+        ("MINISFT-MIB", "minisftEventKind"),
+        ("MINISFT-MIB", "minisftEventSeverity"),
+        ("MINISFT-MIB", "minisftEventTime"),
+        ("MINISFT-MIB", "minisftEventNode"),
+        ("MINISFT-MIB", "minisftEventReason"),
+        ("MINISFT-MIB", "minisftEventMonitor"),
+        ("MINISFT-MIB", "minisftEventAddressType"),
+        ("MINISFT-MIB", "minisftEventAddress"),
+        ("MINISFT-MIB", "minisftEventNewState"))
+)
+if mibBuilder.loadTexts:
+    minisftHookFailed.setStatus(
+        "current"
+    )
+
 
 # Notifications groups
 
@@ -1446,7 +1467,8 @@ minisftNotificationGroup.setObjects(
         ("MINISFT-MIB", "minisftConfigDrift"),
         ("MINISFT-MIB", "minisftIsolated"),
         ("MINISFT-MIB", "minisftRejoined"),
-        ("MINISFT-MIB", "minisftLeaseLost"))
+        ("MINISFT-MIB", "minisftLeaseLost"),
+        ("MINISFT-MIB", "minisftHookFailed"))
 )
 if mibBuilder.loadTexts:
     minisftNotificationGroup.setStatus(
@@ -1520,6 +1542,7 @@ mibBuilder.export_symbols(
        "minisftIsolated": minisftIsolated,
        "minisftRejoined": minisftRejoined,
        "minisftLeaseLost": minisftLeaseLost,
+       "minisftHookFailed": minisftHookFailed,
        "minisftObjects": minisftObjects,
        "minisftNode": minisftNode,
        "minisftNodeName": minisftNodeName,
