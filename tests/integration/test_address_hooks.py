@@ -149,7 +149,8 @@ def test_mode_instead_moves_by_api_only_and_the_probe_still_refuses_a_live_holde
         assert fakes.calls() == [], "the cloud API must not be called for a live holder"
 
         alpha.host.link_down()
-        beta.wait_event("takeover", "web", timeout=10)
+        takeover = beta.wait_event("takeover", "web", timeout=10)
+        assert "moved here by the up hook" in takeover.reason
         wait_until("the API call", fakes.calls, timeout=10)
         assert fakes.calls() == [
             "aws --output text ec2 assign-private-ip-addresses --network-interface-id "
