@@ -760,7 +760,7 @@ _APPRISE_KEYS = ("urls", "urls_file", "config", "kinds", "min_severity", "title"
 _APPRISE_URL_KEYS = ("url", "tag", "tags", "kinds", "min_severity")
 _PROMETHEUS_KEYS = ("listen",)
 _POOL_KEYS = ("name", "members", "addresses", "key_file", "looksalive", "watch", "preferred",
-              "fallback", "witness", "port", "coordination")
+              "fallback", "witness", "port", "coordination", "hooks")
 _COORDINATION_KEYS = ("backend", "endpoints", "ttl", "prefix", "tls", "username",
                       "password_file")
 _ETCD_TLS_KEYS = ("ca_file", "cert_file", "key_file")
@@ -1519,6 +1519,15 @@ def _pool(ctx: _Ctx, path: str, value: Any, node: NodeConfig | None) -> PoolConf
     fallback = m.get("fallback", lambda p, v: _fallback(ctx, p, v), d.fallback)
     witness = m.opt("witness", _ip)
     port = m.get("port", _int(1, 65535), d.port)
+    hooks = m.get("hooks", lambda p, v: _address_hooks(ctx, p, v), AddressHooksConfig())
+    if m.has("hooks") and hooks.mode is HookMode.INSTEAD:
+        m.failed = True
+        ctx.add(f"{m.key('hooks')}.mode", "a pool's hooks take mode after only: its members "
+                                          "move the addresses among themselves by ARP/NDP")
+    if m.has("hooks") and (coordination.etcd or says_etcd):
+        m.failed = True
+        ctx.add(m.key("hooks"), "address hooks are not supported on an etcd pool yet (only "
+                                "on monitors and embedded pools)")
     preferred: dict[str, str] = {}
     if members is not None and node is not None and node.name not in {
             mb.name for mb in members}:
@@ -1542,7 +1551,7 @@ def _pool(ctx: _Ctx, path: str, value: Any, node: NodeConfig | None) -> PoolConf
     return PoolConfig(name=name, members=members, addresses=addresses, key=key,
                       looksalive=looksalive, watch=watch, preferred=preferred,
                       fallback=fallback, witness=witness, port=port,
-                      coordination=coordination)
+                      coordination=coordination, hooks=hooks)
 
 
 def _coordination(ctx: _Ctx, path: str, value: Any) -> CoordinationConfig:

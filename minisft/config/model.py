@@ -340,6 +340,7 @@ class PoolConfig:
     witness: IPAddress | None = None
     port: int = 7404
     coordination: CoordinationConfig = field(default_factory=CoordinationConfig)
+    hooks: AddressHooksConfig = field(default_factory=AddressHooksConfig)  # {monitor}: name
 
 
 @dataclass(frozen=True)

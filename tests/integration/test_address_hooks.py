@@ -166,3 +166,72 @@ def test_mode_instead_moves_by_api_only_and_the_probe_still_refuses_a_live_holde
             "aws --output text ec2 unassign-private-ip-addresses --network-interface-id "
             "eni-0123456789abcdef0 --private-ip-addresses 192.0.2.10 bound=0")
         assert not beta.holds(VIP)
+
+
+POOL_ADDRESSES = [f"192.0.2.{n}/24" for n in range(101, 107)]
+RECORD_POOL = """#!/bin/sh
+# argv: NODE ADDRESS PREFIXLEN INTERFACE POOL
+printf '%s %s %s %s %s %s bound=%s\\n' "$1" "$MINISFT_HOOK" "$2" "$3" "$4" "$5" \\
+    "$(ip -o addr show | grep -c " $2/")" >> "{log}"
+"""
+
+
+def test_pool_hooks_follow_each_address_as_it_moves(tmp_path: Path) -> None:
+    """An embedded pool's hooks: up on the member that bound an address (after the bind),
+    down on the one that released it (after the release), per address, as the members
+    start together and one of them stops."""
+    log = tmp_path / "pool-hooks.log"
+    record = tmp_path / "record-pool"
+    record.write_text(RECORD_POOL.format(log=log))
+    record.chmod(0o755)
+    key = tmp_path / "front.key"
+    key.write_bytes(bytes(range(32)))
+    key.chmod(0o600)
+    names = ["a", "b", "c"]  # three: the two left after a stop keep their quorum
+
+    def pool(node: str) -> dict[str, Any]:
+        argv = [str(record), node, "{address}", "{prefixlen}", "{interface}", "{monitor}"]
+        return {"name": "front", "key_file": str(key), "addresses": POOL_ADDRESSES,
+                "members": [{"name": m, "ip": f"192.0.2.{i}"} for i, m in enumerate(names, 1)],
+                "looksalive": {"interval": "200ms", "retry": 3, "timeout": "100ms"},
+                "fallback": {"mode": "auto", "hold_down": "1s"},
+                "hooks": {"up": argv, "down": argv, "timeout": "5s"}}
+
+    def lines() -> list[list[str]]:
+        return [ln.split() for ln in log.read_text().splitlines()] if log.exists() else []
+
+    def last_hook(address: str) -> list[str] | None:
+        mine = [ln for ln in lines() if ln[2] == address.split("/")[0]]
+        return mine[-1] if mine else None
+
+    with Cluster(tmp_path, names, ipv6=False) as c:
+        for n in names:
+            c.nodes[n].configure([], pools=[pool(n)])
+            c.nodes[n].start()
+
+        def settled() -> bool:
+            held = {a: c.holders(a) for a in POOL_ADDRESSES}
+            two_each = sorted(h[0] for h in held.values() if len(h) == 1) == [
+                "a", "a", "b", "b", "c", "c"]
+            return two_each and all(last_hook(a) is not None and last_hook(a)[:2] == [
+                held[a][0], "up"] for a in POOL_ADDRESSES)
+
+        wait_until("two addresses each, each one's last hook an up on its holder", settled,
+                   timeout=30)
+        ifname = {n: c.nodes[n].host.ifname for n in names}
+        for ln in lines():
+            node, hook, _, prefixlen, iface, pool_name, bound = ln
+            assert (prefixlen, iface, pool_name) == ("24", ifname[node], "front"), ln
+            assert bound == ("bound=1" if hook == "up" else "bound=0"), ln
+
+        c_held = [a for a in POOL_ADDRESSES if c.holders(a) == ["c"]]
+        c.nodes["c"].stop()  # SIGTERM: release_on_stop
+        wait_until("c's down hooks, then an up on a survivor, for c's addresses", lambda: all(
+            last_hook(a) is not None and last_hook(a)[:2] in (["a", "up"], ["b", "up"])
+            for a in c_held), timeout=20)
+        for a in c_held:
+            ip = a.split("/")[0]
+            mine = [ln[:2] for ln in lines() if ln[2] == ip]
+            assert mine[-2] == ["c", "down"] and c.holders(a) == [mine[-1][0]], mine
+        assert not c.nodes["a"].events("hook_failed") and not c.nodes["b"].events(
+            "hook_failed")

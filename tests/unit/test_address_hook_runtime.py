@@ -262,3 +262,30 @@ async def test_mode_instead_still_refuses_a_live_holder(tmp_path: Path) -> None:
     assert not out.exists() and rt.machine.state is not State.HOLDING
     await rt.stop()
 
+
+
+POOL = """\
+node: {name: a, local_ip: 192.0.2.1}
+pools:
+  - name: front
+    members: [{name: a, ip: 192.0.2.1}, {name: b, ip: 192.0.2.2}, {name: c, ip: 192.0.2.3}]
+    addresses: [192.0.2.101/24]
+"""
+
+
+def test_pool_hooks_parse_and_refuse_what_pools_cannot_do(tmp_path: Path) -> None:
+    key = tmp_path / "k"
+    key.write_bytes(bytes(32))
+    key.chmod(0o600)
+    base = POOL + f"    key_file: {key}\n"
+    hooks = parse_config(base + "    hooks: {up: [/bin/true, '{monitor}']}\n").pools[0].hooks
+    assert hooks.up == ("/bin/true", "{monitor}") and hooks.mode is HookMode.AFTER
+    with pytest.raises(ConfigError) as info:
+        parse_config(base + "    hooks: {up: [/bin/true], mode: instead}\n")
+    assert "pools[0].hooks.mode: a pool's hooks take mode after only" in str(info.value)
+    etcd = (POOL + "    coordination: {backend: etcd, endpoints: ['http://192.0.2.250:2379']}\n"
+            "    hooks: {up: [/bin/true]}\n")
+    with pytest.raises(ConfigError) as info:
+        parse_config(etcd)
+    assert "pools[0].hooks: address hooks are not supported on an etcd pool yet" in str(
+        info.value)
