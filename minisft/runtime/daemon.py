@@ -429,7 +429,10 @@ class Daemon:
         new_by_name = {m.name: m for m in new.monitors}
         for name, mcfg in old_by_name.items():
             gone = name not in new_by_name
-            moved = not gone and new_by_name[name].address != mcfg.address
+            # a new hooks.mode changes where the address lives (bound here or moved by
+            # API): release it the old way, then start over the new way
+            moved = not gone and (new_by_name[name].address != mcfg.address
+                                  or new_by_name[name].hooks.mode != mcfg.hooks.mode)
             if gone or moved:
                 rt = self.runtimes.pop(name)
                 await rt.stop()

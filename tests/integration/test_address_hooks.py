@@ -235,3 +235,28 @@ def test_pool_hooks_follow_each_address_as_it_moves(tmp_path: Path) -> None:
             assert mine[-2] == ["c", "down"] and c.holders(a) == [mine[-1][0]], mine
         assert not c.nodes["a"].events("hook_failed") and not c.nodes["b"].events(
             "hook_failed")
+
+
+def test_a_reload_that_changes_the_mode_releases_the_old_way_first(tmp_path: Path) -> None:
+    """Holding a bound address, the admin switches to mode instead: the reload removes the
+    local address (and runs the old down hook) before the API's hooks take over, so no
+    stale copy stays bound on the interface."""
+    fakes = Fakes(tmp_path)
+    with pair(tmp_path, fakes, restart_hooks(fakes)) as c:
+        alpha, beta = c.nodes["alpha"], c.nodes["beta"]
+        alpha.host.link_down()
+        beta.wait_event("takeover", "web", timeout=10)
+        wait_until("the up hook", fakes.calls, timeout=10)
+        mark = beta.last_seq()
+        record = str(fakes.record)
+        beta.config["monitors"][0]["hooks"] = {
+            "mode": "instead", "up": [record, "api-up"], "down": [record, "api-down"]}
+        beta.write_config(beta.config)
+        assert beta.cli("reload").returncode == 0
+        wait_until("the old down hook, then the API's up", lambda: len(fakes.calls()) >= 3,
+                   timeout=15)
+        assert fakes.calls()[1:3] == [
+            f"down 192.0.2.10 24 {beta.host.ifname} web bound=0", "up api-up bound=0"]
+        assert not beta.holds(VIP)
+        assert beta.wait_event("takeover", "web", after=mark, timeout=10)
+        assert beta.monitor("web")["state"] == "holding"
