@@ -39,6 +39,8 @@ from minisft.config.model import (
     DEFAULT_CONTROL_SOCKET,
     DEFAULT_STATE_DIR,
     HOOK_PATH,
+    HOOK_PLACEHOLDERS,
+    AddressHooksConfig,
     AlertingConfig,
     AnnounceConfig,
     AppriseConfig,
@@ -50,6 +52,7 @@ from minisft.config.model import (
     ExecHookConfig,
     FallbackConfig,
     FallbackMode,
+    HookMode,
     Icinga2Config,
     IPAddress,
     IPInterface,
@@ -774,7 +777,8 @@ _JOURNAL_KEYS = ("max_bytes", "max_age")
 _NODE_KEYS = ("name", "local_ip", "release_on_stop")
 _LOGGING_KEYS = ("level", "syslog", "syslog_socket", "syslog_facility")
 _MONITOR_KEYS = ("name", "monitor_ip", "monitor_subnet", "role", "peer_ip", "looksalive",
-                 "isalive", "fallback", "probe", "announce", "startup_grace")
+                 "isalive", "fallback", "probe", "announce", "startup_grace", "hooks")
+_HOOKS_KEYS = ("up", "down", "timeout", "mode")
 _LOOKSALIVE_KEYS = ("interval", "retry", "timeout")
 _ISALIVE_KEYS = ("interval", "retry", "on_holder", "check")
 _FALLBACK_KEYS = ("mode", "hold_down")
@@ -796,7 +800,7 @@ _APPRISE_KEYS = ("urls", "urls_file", "config", "kinds", "min_severity", "title"
 _APPRISE_URL_KEYS = ("url", "tag", "tags", "kinds", "min_severity")
 _PROMETHEUS_KEYS = ("listen", "max_connections")
 _POOL_KEYS = ("name", "members", "addresses", "key_file", "looksalive", "watch", "preferred",
-              "fallback", "witness", "port", "coordination")
+              "fallback", "witness", "port", "coordination", "hooks")
 _COORDINATION_KEYS = ("backend", "endpoints", "ttl", "prefix", "tls", "username",
                       "password_file")
 _ETCD_TLS_KEYS = ("ca_file", "cert_file", "key_file")
@@ -954,6 +958,7 @@ def _monitor(ctx: _Ctx, path: str, value: Any, local_ip: IPAddress | None) -> Mo
                   _probe(ctx, f"{path}.probe", {}, looksalive))
     announce = m.get("announce", lambda p, v: _announce(ctx, p, v), AnnounceConfig())
     startup_grace = m.opt("startup_grace", _duration(zero=True))
+    hooks = m.get("hooks", lambda p, v: _address_hooks(ctx, p, v), AddressHooksConfig())
     if startup_grace is not None and role is Role.PRIMARY:
         m.failed = True
         ctx.add(m.key("startup_grace"), "only applies to role backup (the grace a starting "
@@ -993,7 +998,8 @@ def _monitor(ctx: _Ctx, path: str, value: Any, local_ip: IPAddress | None) -> Mo
         raise _Skip
     return MonitorConfig(name=name, address=address, role=role, peer_ip=peer,
                          looksalive=looksalive, isalive=isalive, fallback=fallback,
-                         probe=probe, announce=announce, startup_grace=startup_grace)
+                         probe=probe, announce=announce, startup_grace=startup_grace,
+                         hooks=hooks)
 
 
 def _address(m: _Map, ip: IPAddress, mask: tuple[int, bool]) -> IPInterface | None:
@@ -1070,6 +1076,46 @@ def _check(ctx: _Ctx, path: str, value: Any) -> CheckConfig:
             message = f"unknown key for a {type_.lower()} check{hint}" if hint else message
         ctx.fail(key, message)
     return CheckConfig(type=type_.lower(), timeout=timeout, params=validated)
+
+
+def _address_hooks(ctx: _Ctx, path: str, value: Any) -> AddressHooksConfig:
+    m = _Map(ctx, path, value, _HOOKS_KEYS, what="address hooks {up, down, timeout, mode}")
+    d = AddressHooksConfig()
+    argv = lambda p, v: _hook_argv(ctx, p, v)  # noqa: E731
+    cfg = AddressHooksConfig(up=m.get("up", argv, d.up), down=m.get("down", argv, d.down),
+                             timeout=m.get("timeout", _duration(), d.timeout),
+                             mode=m.get("mode", _enum(HookMode), d.mode))
+    m.check()
+    if not cfg.up and not cfg.down:
+        ctx.fail(path, "names no command: give up, down or both (argv lists)")
+    if cfg.mode is HookMode.INSTEAD and not cfg.up:
+        ctx.fail(m.key("up"), "mode instead needs an up command: it is what moves the "
+                              "address to this node (nothing is bound locally)")
+    return cfg
+
+
+def _hook_argv(ctx: _Ctx, path: str, value: Any) -> tuple[str, ...]:
+    """An event command's argv whose items may hold {address}, {prefixlen}, {interface},
+    {monitor}; any other brace is an error now, not a failed hook at the first takeover."""
+    import string
+
+    argv = _command(ctx, path, value)
+    allowed = ", ".join("{" + p + "}" for p in HOOK_PLACEHOLDERS)
+    for i, item in enumerate(argv):
+        try:
+            fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(item)
+                      if f is not None]
+        except ValueError as exc:
+            raise ConfigError(f"{path}[{i}]", f"not a valid template ({exc}; write {{{{ "
+                                              "and }}}} for a literal brace)") from None
+        for field_name, spec, conv in fields:
+            if field_name not in HOOK_PLACEHOLDERS or spec or conv:
+                raise ConfigError(f"{path}[{i}]", f"unknown placeholder "
+                                                  f"{{{field_name}{'!' + conv if conv else ''}"
+                                                  f"{':' + spec if spec else ''}}} (one of: "
+                                                  f"{allowed}; write {{{{ and }}}} for a "
+                                                  "literal brace)")
+    return argv
 
 
 def _fallback(ctx: _Ctx, path: str, value: Any) -> FallbackConfig:
@@ -1561,6 +1607,15 @@ def _pool(ctx: _Ctx, path: str, value: Any, node: NodeConfig | None) -> PoolConf
     fallback = m.get("fallback", lambda p, v: _fallback(ctx, p, v), d.fallback)
     witness = m.opt("witness", _ip)
     port = m.get("port", _int(1, 65535), d.port)
+    hooks = m.get("hooks", lambda p, v: _address_hooks(ctx, p, v), AddressHooksConfig())
+    if m.has("hooks") and hooks.mode is HookMode.INSTEAD:
+        m.failed = True
+        ctx.add(f"{m.key('hooks')}.mode", "a pool's hooks take mode after only: its members "
+                                          "move the addresses among themselves by ARP/NDP")
+    if m.has("hooks") and (coordination.etcd or says_etcd):
+        m.failed = True
+        ctx.add(m.key("hooks"), "address hooks are not supported on an etcd pool yet (only "
+                                "on monitors and embedded pools)")
     preferred: dict[str, str] = {}
     if members is not None and node is not None and node.name not in {
             mb.name for mb in members}:
@@ -1584,7 +1639,7 @@ def _pool(ctx: _Ctx, path: str, value: Any, node: NodeConfig | None) -> PoolConf
     return PoolConfig(name=name, members=members, addresses=addresses, key=key,
                       looksalive=looksalive, watch=watch, preferred=preferred,
                       fallback=fallback, witness=witness, port=port,
-                      coordination=coordination)
+                      coordination=coordination, hooks=hooks)
 
 
 def _coordination(ctx: _Ctx, path: str, value: Any) -> CoordinationConfig:

@@ -122,6 +122,32 @@ class AnnounceConfig:
 START_SKEW = 2.0
 
 
+class HookMode(StrEnum):
+    """What address hooks (`monitors[].hooks`) do to binding."""
+
+    AFTER = "after"  # bind/announce, then `up`; release, then `down`
+    INSTEAD = "instead"  # `up`/`down` move the address (a cloud API); nothing bound here
+
+
+# The placeholders an address hook's argv may use ({address} {prefixlen} ...).
+HOOK_PLACEHOLDERS = ("address", "prefixlen", "interface", "monitor")
+
+
+@dataclass(frozen=True)
+class AddressHooksConfig:
+    """`monitors[].hooks`: commands run synchronously around bind and release (see
+    minisft.runtime.monitor_runtime). argv items may hold HOOK_PLACEHOLDERS."""
+
+    up: tuple[str, ...] = ()  # empty: no command
+    down: tuple[str, ...] = ()
+    timeout: float = 30.0
+    mode: HookMode = HookMode.AFTER
+
+    @property
+    def binds_locally(self) -> bool:
+        return self.mode is HookMode.AFTER
+
+
 @dataclass(frozen=True)
 class MonitorConfig:
     name: str
@@ -134,6 +160,7 @@ class MonitorConfig:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     announce: AnnounceConfig = field(default_factory=AnnounceConfig)
     startup_grace: float | None = None  # backup only; None: derived, see `backup_grace`
+    hooks: AddressHooksConfig = field(default_factory=AddressHooksConfig)
 
     @property
     def backup_grace(self) -> float:
@@ -336,6 +363,7 @@ class PoolConfig:
     witness: IPAddress | None = None
     port: int = 7404
     coordination: CoordinationConfig = field(default_factory=CoordinationConfig)
+    hooks: AddressHooksConfig = field(default_factory=AddressHooksConfig)  # {monitor}: name
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,8 @@ class EventKind(StrEnum):
     LEASE_LOST = "lease_lost"
     # the daemon's own storage
     STATE_DIR_FAILING = "state_dir_failing"
+    # address hooks (monitors[].hooks): a command run around bind/release failed
+    HOOK_FAILED = "hook_failed"
 
     @property
     def default_severity(self) -> Severity:
@@ -128,6 +130,7 @@ _SEVERITY: dict[EventKind, Severity] = {
     EventKind.REJOINED: Severity.NOTICE,
     EventKind.LEASE_LOST: Severity.CRITICAL,
     EventKind.STATE_DIR_FAILING: Severity.WARNING,
+    EventKind.HOOK_FAILED: Severity.WARNING,
 }
 assert set(_SEVERITY) == set(EventKind), "every event kind needs a default severity"
 

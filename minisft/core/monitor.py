@@ -708,7 +708,7 @@ class MonitorMachine:
             self.reason = "holding: took over after LooksAlive failed"
             self._emit(EventKind.TAKEOVER,
                        f"took over: {self.looks.misses} pings and the probe went unanswered; "
-                       f"bound with /{self.config.address.network.prefixlen} and announced{note}")
+                       f"{self._placed()}{note}")
         else:
             self.counters.claims += 1
             self.reason = {
@@ -717,8 +717,16 @@ class MonitorMachine:
                 Purpose.REPROBE: "holding: re-asserted after the link came back",
             }.get(purpose or Purpose.CLAIM, "holding")
             self._emit(EventKind.CLAIMED, self.reason.removeprefix("holding: ") +
-                       "; nobody answered the probe; bound and announced",
+                       f"; nobody answered the probe; {self._placed(prefix=False)}",
                        phase=purpose.value if purpose else "")
+
+    def _placed(self, *, prefix: bool = True) -> str:
+        """How the address got here, for the takeover and claim reasons."""
+        if not self.config.hooks.binds_locally:
+            return "moved here by the up hook (hooks.mode instead: not bound locally)"
+        if prefix:
+            return f"bound with /{self.config.address.network.prefixlen} and announced"
+        return "bound and announced"
 
     # ------------------------------------------------------------------ holding
 

@@ -22,7 +22,7 @@ from concurrent.futures import Executor
 from typing import Any, Protocol, TypeVar
 
 from minisft.config.model import IPAddress, IPInterface, PoolConfig
-from minisft.core.events import Notice
+from minisft.core.events import EventKind, Notice
 from minisft.pools.actions import (
     Action,
     AddressGone,
@@ -46,6 +46,7 @@ from minisft.pools.actions import (
 from minisft.pools.machine import ANNOUNCE, PoolMachine
 from minisft.pools.protocol import Heartbeat
 from minisft.pools.transport import PoolTransport
+from minisft.runtime.address_hooks import AddressHooks, HookName
 
 log = logging.getLogger("minisft.pools")
 T = TypeVar("T")
@@ -101,6 +102,9 @@ class PoolRuntime:
         self._probes: dict[int, asyncio.Task[None]] = {}
         self._hb_soon = False
         self._started = False
+        # one per address: each address's up/down keep their order, addresses run apart
+        self._hooks = {key: AddressHooks(pool.hooks, monitor=pool.name)
+                       for key in self._by_key}
 
     # ------------------------------------------------------------- lifecycle
 
@@ -136,6 +140,7 @@ class PoolRuntime:
                 with contextlib.suppress(Exception):
                     await self._netlink(self._addresses.release, self._iface,
                                         self._by_key[key])
+                    await self._run_hook("down", key)
         if self._started:
             self.transport.send(self.machine.heartbeat_fields(leaving=release))
             await asyncio.sleep(0)  # let the datagram go out before the socket closes
@@ -220,16 +225,33 @@ class PoolRuntime:
                                 self._by_key[action.address])
         except Exception as exc:
             error = str(exc) or type(exc).__name__
+        announced = None
         if error is None:
             # announce first: routers must learn the new MAC as early as possible
-            self._spawn(self._announce(action.address), f"announce-{action.address}")
+            announced = self._spawn(self._announce(action.address),
+                                    f"announce-{action.address}")
         self.feed(BindDone(action.token, error))
+        if announced is not None:
+            # off the failover path (the machine already holds); a failure does not undo it
+            await announced
+            await self._run_hook("up", action.address)
 
     async def _run_release(self, key: str) -> None:
         try:
             await self._netlink(self._addresses.release, self._iface, self._by_key[key])
         except Exception as exc:
             log.error("pool %s: could not remove %s: %s", self.pool.name, key, exc)
+            return
+        await self._run_hook("down", key)
+
+    async def _run_hook(self, hook: HookName, key: str) -> None:
+        address = self._by_key[key]
+        failure = await self._hooks[key].run(hook, address,
+                                             str(getattr(self._iface, "name", self._iface)))
+        if failure is not None:
+            log.warning("pool %s: %s: %s", self.pool.name, key, failure.reason)
+            self._emit(Notice(EventKind.HOOK_FAILED, failure.reason, monitor=self.pool.name,
+                              address=str(address.ip), details=failure.details))
 
     async def _announce(self, key: str) -> None:
         try:

@@ -370,7 +370,8 @@ class Daemon:
             if up and self.clock() >= next_address_check:
                 next_address_check = self.clock() + ADDRESS_POLL
                 for rt in list(self.runtimes.values()):
-                    if rt.machine.state is State.HOLDING:
+                    # mode instead: the address lives in a cloud API, not on this link
+                    if rt.machine.state is State.HOLDING and rt.config.hooks.binds_locally:
                         present = await self._in_netlink(self.netlink.has_address, self.iface,
                                                          rt.config.ip)
                         if not present and rt.machine.state is State.HOLDING:
@@ -591,7 +592,10 @@ class Daemon:
         new_by_name = {m.name: m for m in new.monitors}
         for name, mcfg in old_by_name.items():
             gone = name not in new_by_name
-            moved = not gone and new_by_name[name].address != mcfg.address
+            # a new hooks.mode changes where the address lives (bound here or moved by
+            # API): release it the old way, then start over the new way
+            moved = not gone and (new_by_name[name].address != mcfg.address
+                                  or new_by_name[name].hooks.mode != mcfg.hooks.mode)
             if gone or moved:
                 rt = self.runtimes.pop(name)
                 await rt.stop()  # lets a bind under way finish: `holds` is then the truth

@@ -16,7 +16,7 @@ from concurrent.futures import Executor
 from typing import Any, Literal, Protocol, TypeVar
 
 from minisft.config.model import MonitorConfig
-from minisft.core.events import Notice
+from minisft.core.events import EventKind, Notice
 from minisft.core.io import (
     Action,
     Announce,
@@ -37,6 +37,7 @@ from minisft.core.io import (
 from minisft.core.monitor import MonitorMachine
 from minisft.net.neighbour import ProbeAnswer
 from minisft.probes.looksalive import Pinger
+from minisft.runtime.address_hooks import AddressHooks, HookFailure, HookName
 
 log = logging.getLogger("minisft.monitor")
 T = TypeVar("T")
@@ -122,6 +123,7 @@ class MonitorRuntime:
         self._loops: list[asyncio.Task[None]] = []
         self._probe: tuple[int, asyncio.Task[None]] | None = None
         self._last_change_wall: float | None = None
+        self._hooks = AddressHooks(config.hooks, monitor=config.name)
 
     # ------------------------------------------------------------- lifecycle
 
@@ -168,8 +170,10 @@ class MonitorRuntime:
         self._loops.clear()
 
     async def release_now(self) -> None:
-        """Remove the address at shutdown (release_on_stop)."""
-        await self._netlink(self._addresses.release, self._iface, self.config.address)
+        """Remove the address at shutdown (release_on_stop), then run the down hook."""
+        if self.config.hooks.binds_locally:
+            await self._netlink(self._addresses.release, self._iface, self.config.address)
+        await self._run_hook("down")
 
     # ------------------------------------------------------------- the one entry point
 
@@ -240,23 +244,51 @@ class MonitorRuntime:
         self.feed(done)
 
     async def _run_bind(self, token: int) -> None:
+        if not self.config.hooks.binds_locally:
+            # mode instead: the up hook moves the address (a cloud API); its failure is a
+            # failed bind, which the core decides about
+            failure = await self._run_hook("up")
+            self.feed(BindDone(token, failure.reason if failure else None))
+            return
         error: str | None = None
         try:
             await self._netlink(self._addresses.bind, self._iface, self.config.address)
         except Exception as exc:
             error = str(exc) or type(exc).__name__
+        announced = None
         if error is None:
             # announce first: routers must learn the new MAC as early as possible
-            self._spawn(self._announce(), "announce")
+            announced = self._spawn(self._announce(), "announce")
         self.feed(BindDone(token, error))
+        if announced is not None:
+            # The hook is not on the failover path: the core already holds. A failing hook
+            # is reported (hook_failed) and does not undo the takeover.
+            await announced
+            await self._run_hook("up")
 
     async def _run_release(self) -> None:
-        try:
-            await self._netlink(self._addresses.release, self._iface, self.config.address)
-        except Exception as exc:
-            log.error("%s: could not remove %s: %s", self.config.name, self.config.address, exc)
+        if self.config.hooks.binds_locally:
+            try:
+                await self._netlink(self._addresses.release, self._iface, self.config.address)
+            except Exception as exc:
+                log.error("%s: could not remove %s: %s", self.config.name,
+                          self.config.address, exc)
+        await self._run_hook("down")
+
+    async def _run_hook(self, hook: HookName) -> HookFailure | None:
+        """Run an address hook; on failure emit hook_failed and return the failure."""
+        self._hooks.config = self.config.hooks  # a reload may have swapped the config
+        iface_name = str(getattr(self._iface, "name", self._iface))
+        failure = await self._hooks.run(hook, self.config.address, iface_name)
+        if failure is not None:
+            log.warning("%s: %s", self.config.name, failure.reason)
+            self._emit(Notice(EventKind.HOOK_FAILED, failure.reason, monitor=self.config.name,
+                              address=str(self.config.ip), details=failure.details))
+        return failure
 
     async def _announce(self) -> None:
+        if not self.config.hooks.binds_locally:
+            return  # mode instead: the address is not here to announce
         a = self.config.announce
         try:
             await self._neighbours.announce(self.config.ip, a.count, a.interval)

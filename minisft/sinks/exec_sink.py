@@ -51,12 +51,19 @@ REAP_GRACE = 2.0  # s to wait for a killed process group, and for stderr after t
 _PASSED = ("LANG", "LANGUAGE", "TZ", "HOME")
 
 
-def hook_environment(event: Event, hook: str) -> dict[str, str]:
+def clean_environment() -> dict[str, str]:
+    """What every command the daemon runs starts from: HOOK_PATH, the locale, the time
+    zone and HOME; nothing else of the daemon's environment (it may hold secrets)."""
     env = {"PATH": HOOK_PATH}
     for key, value in os.environ.items():
         if key in _PASSED or key.startswith("LC_"):
             env[key] = value
     env.setdefault("LANG", "C.UTF-8")
+    return env
+
+
+def hook_environment(event: Event, hook: str) -> dict[str, str]:
+    env = clean_environment()
     env.update({
         "MINISFT_EVENT": event.kind.value,
         "MINISFT_MONITOR": event.monitor or "",

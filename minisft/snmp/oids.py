@@ -112,6 +112,7 @@ NOTIFICATION: dict[EventKind, tuple[int, str]] = {
     EventKind.REJOINED: (33, "minisftRejoined"),
     EventKind.LEASE_LOST: (34, "minisftLeaseLost"),
     EventKind.STATE_DIR_FAILING: (35, "minisftStateDirFailing"),
+    EventKind.HOOK_FAILED: (36, "minisftHookFailed"),
 }
 assert set(NOTIFICATION) == set(EventKind), "every event kind needs a notification"
 

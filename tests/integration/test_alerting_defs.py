@@ -221,6 +221,32 @@ def test_shipped_rule_unit_tests_use_exported_series() -> None:
     assert tested == alerts
 
 
+def test_failover_alert_fires_at_the_first_evaluation_that_sees_it(tmp_path: Path) -> None:
+    """The issue's measurement: MiniSFTFailoverActive fired 65 s after the takeover. A
+    failover is a decided fact, not a flap: with the metric at 1 from one scrape on, the
+    alert fires at that very evaluation (a `for:` would keep it pending), and it is not
+    firing a scrape earlier."""
+    rules = yaml.safe_load((ALERTING / "prometheus" / "minisft-rules.yml").read_text())
+    rule = next(r for g in rules["groups"] for r in g["rules"]
+                if r.get("alert") == "MiniSFTFailoverActive")
+    rule.pop("annotations", None)
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": [
+        {"name": "minisft", "rules": [rule]}]}))
+    series = [{"series": 'minisft_monitor_failed_over{monitor="web",instance="beta:9523"}',
+               "values": "0 0 0 1 1 1 1"}]
+    firing = [{"exp_labels": {"severity": "warning", "monitor": "web",
+                              "instance": "beta:9523"}}]
+    tests = {"rule_files": ["rules.yml"], "evaluation_interval": "15s", "tests": [{
+        "interval": "15s", "input_series": series,
+        "alert_rule_test": [
+            {"eval_time": "30s", "alertname": "MiniSFTFailoverActive", "exp_alerts": []},
+            {"eval_time": "45s", "alertname": "MiniSFTFailoverActive", "exp_alerts": firing},
+        ]}]}
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests))
+    proc = sh(tool("promtool"), "test", "rules", "tests.yml", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 # ------------------------------------------------------------------------------ Icinga 2
 
 ICINGA_PLUGIN_DIRS = """\

@@ -155,6 +155,18 @@ def test_installed_demo_runs_all_acts_with_the_mib(installed_minisft: InstalledP
     assert "SNMP trap received by snmptrapd: minisftTakeover" in out, out
 
 
+def test_address_hook_examples_are_installed_runnable(
+        installed_minisft: InstalledPackage) -> None:
+    """The paths README and the scripts' own comments give for hooks.up/down exist and
+    run (the config loader refuses a hook that is not executable)."""
+    hooks = Path("/usr/share/minisft/hooks")
+    for name in ("restart-service", "aws-move-address"):
+        assert os.access(hooks / name, os.X_OK), f"{hooks / name} missing or not executable"
+    proc = subprocess.run([hooks / "restart-service"], capture_output=True, text=True,
+                          env=CLEAN_ENV, check=False)
+    assert (proc.returncode, proc.stderr) == (2, "usage: restart-service UNIT\n")
+
+
 def test_lintian_reports_no_errors(installed_minisft: InstalledPackage) -> None:
     proc = subprocess.run(["lintian", "--no-tag-display-limit", str(installed_minisft.deb)],
                           capture_output=True, text=True, timeout=300, check=False)

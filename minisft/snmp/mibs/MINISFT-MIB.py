@@ -1431,6 +1431,26 @@ if mibBuilder.loadTexts:
         "current"
     )
 
+minisftHookFailed = NotificationType(
+    (1, 3, 6, 1, 4, 1, 32473, 0, 36)
+)
+minisftHookFailed.setObjects(
+      *(("MINISFT-MIB", "minisftEventSeq"),
+        ("MINISFT-MIB", "minisftEventKind"),
+        ("MINISFT-MIB", "minisftEventSeverity"),
+        ("MINISFT-MIB", "minisftEventTime"),
+        ("MINISFT-MIB", "minisftEventNode"),
+        ("MINISFT-MIB", "minisftEventReason"),
+        ("MINISFT-MIB", "minisftEventMonitor"),
+        ("MINISFT-MIB", "minisftEventAddressType"),
+        ("MINISFT-MIB", "minisftEventAddress"),
+        ("MINISFT-MIB", "minisftEventNewState"))
+)
+if mibBuilder.loadTexts:
+    minisftHookFailed.setStatus(
+        "current"
+    )
+
 
 # Notifications groups
 
@@ -1472,7 +1492,8 @@ minisftNotificationGroup.setObjects(
         ("MINISFT-MIB", "minisftIsolated"),
         ("MINISFT-MIB", "minisftRejoined"),
         ("MINISFT-MIB", "minisftLeaseLost"),
-        ("MINISFT-MIB", "minisftStateDirFailing"))
+        ("MINISFT-MIB", "minisftStateDirFailing"),
+        ("MINISFT-MIB", "minisftHookFailed"))
 )
 if mibBuilder.loadTexts:
     minisftNotificationGroup.setStatus(
@@ -1548,6 +1569,7 @@ mibBuilder.export_symbols(
        "minisftRejoined": minisftRejoined,
        "minisftLeaseLost": minisftLeaseLost,
        "minisftStateDirFailing": minisftStateDirFailing,
+       "minisftHookFailed": minisftHookFailed,
        "minisftObjects": minisftObjects,
        "minisftNode": minisftNode,
        "minisftNodeName": minisftNodeName,
