@@ -34,6 +34,15 @@ class PingResult:
 
 
 @dataclass(frozen=True)
+class LateReply:
+    """LooksAlive: the reply to a ping already reported missed came after all, within the
+    configured `timeout` (the ping itself waited only the RTO, so that retries and the
+    ARP/NDP probe start early): the holder is alive, only slower than estimated."""
+
+    rtt: float  # seconds
+
+
+@dataclass(frozen=True)
 class ServiceResult:
     """IsAlive: one service check against the service address."""
 
@@ -125,8 +134,9 @@ class Command:
 
 
 Input = (
-    Started | PingResult | ServiceResult | PeerPingResult | PeerServiceResult | ProbeDone
-    | BindDone | ConflictSeen | LinkChanged | AddressVanished | Tick | Command | Reconfigured
+    Started | PingResult | LateReply | ServiceResult | PeerPingResult | PeerServiceResult
+    | ProbeDone | BindDone | ConflictSeen | LinkChanged | AddressVanished | Tick | Command
+    | Reconfigured
 )
 
 # ---------------------------------------------------------------- actions

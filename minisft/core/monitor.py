@@ -74,6 +74,7 @@ from minisft.core.io import (
     ConflictSeen,
     Emit,
     Input,
+    LateReply,
     LinkChanged,
     OnProber,
     PeerPingResult,
@@ -511,26 +512,7 @@ class MonitorMachine:
         looks = self.looks
         looks.sent += 1
         if ev.ok:
-            if ev.rtt is not None:
-                looks.rto.sample(ev.rtt)
-            looks.count_answered()
-            was = looks.health
-            looks.misses = looks.icmp_misses = 0
-            looks.last_rtt, looks.last_ok_at = ev.rtt, self.now
-            looks.health = Health.UP
-            self._fallback_at = None  # the address answers: the primary did claim it
-            self._address_answered()
-            self._cancel_probe()
-            if self.state is State.PROBING:
-                self._go(State.WATCHING, "address answers ping again: no takeover")
-            if was is not Health.UP:
-                self.reason = "address answers ping: held elsewhere, watching it"
-                what = "again" if was in (Health.DOWN, Health.DEGRADED) else "(held elsewhere)"
-                self._emit(EventKind.LOOKSALIVE_UP, f"answers ping {what}, rtt "
-                           f"{_ms(ev.rtt)} ms", rtt_ms=_ms(ev.rtt))
-            if self.conflict_open:
-                self.conflict_open = False
-                self._emit(EventKind.CONFLICT_CLEARED, "address answers ping again")
+            self._answered(ev.rtt)
             return
         looks.lost += 1
         looks.rto.missed()
@@ -540,6 +522,40 @@ class MonitorMachine:
             self._start_probe()  # ask ARP/NDP whether the holder is still there
         if self.state is State.WATCHING:
             self._consider_takeover()
+
+    def _on_late_reply(self, ev: LateReply) -> None:
+        """The reply to the last ping counted missed came after all: that ping was not lost
+        (it was slower than the RTO), and the holder answers, as with any reply."""
+        if not self.wants_looksalive:
+            return
+        looks = self.looks
+        looks.lost = max(0, looks.lost - 1)
+        looks.icmp_misses = max(0, looks.icmp_misses - 1)
+        self._answered(ev.rtt)
+
+    def _answered(self, rtt: float | None) -> None:
+        """The watched address answered an echo: alive, whatever the misses before."""
+        looks = self.looks
+        if rtt is not None:
+            looks.rto.sample(rtt)
+        looks.count_answered()
+        was = looks.health
+        looks.misses = looks.icmp_misses = 0
+        looks.last_rtt, looks.last_ok_at = rtt, self.now
+        looks.health = Health.UP
+        self._fallback_at = None  # the address answers: the primary did claim it
+        self._address_answered()
+        self._cancel_probe()
+        if self.state is State.PROBING:
+            self._go(State.WATCHING, "address answers ping again: no takeover")
+        if was is not Health.UP:
+            self.reason = "address answers ping: held elsewhere, watching it"
+            what = "again" if was in (Health.DOWN, Health.DEGRADED) else "(held elsewhere)"
+            self._emit(EventKind.LOOKSALIVE_UP, f"answers ping {what}, rtt "
+                       f"{_ms(rtt)} ms", rtt_ms=_ms(rtt))
+        if self.conflict_open:
+            self.conflict_open = False
+            self._emit(EventKind.CONFLICT_CLEARED, "address answers ping again")
 
     def _consider_takeover(self) -> None:
         """WATCHING with misses: decide whether LooksAlive has failed and we may bind."""
@@ -1003,6 +1019,7 @@ _COMMON: dict[type, Handler] = {
     Tick: MonitorMachine._on_tick,
     LinkChanged: MonitorMachine._on_link,
     PingResult: MonitorMachine._on_ping,
+    LateReply: MonitorMachine._on_late_reply,
     ServiceResult: MonitorMachine._on_service,
     PeerPingResult: MonitorMachine._on_peer_ping,
     PeerServiceResult: MonitorMachine._on_peer_service,

@@ -23,6 +23,7 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,9 +104,14 @@ class Pinger:
         self._sockets: dict[int, Any] = {}  # icmplib ICMPv4Socket / ICMPv6Socket
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: dict[int, asyncio.Future[tuple[int, float]]] = {}
-        self.stats = {"sent": 0, "answered": 0, "timeouts": 0, "errors": 0}
+        self.stats = {"sent": 0, "answered": 0, "timeouts": 0, "errors": 0, "late": 0}
 
-    async def ping(self, address: IPAddress, timeout: float) -> PingOutcome:
+    async def ping(self, address: IPAddress, timeout: float, *, linger: float = 0.0,
+                   on_late: Callable[[float], object] | None = None) -> PingOutcome:
+        """One echo to `address`, waiting `timeout` for its reply. With `on_late`, a reply
+        that comes after `timeout` but within `linger` (from the send) is still matched:
+        `on_late(rtt)` is called with it. The caller waits a short estimate (the RTO) to
+        start retries early, and still learns that a slow reply was not a lost one."""
         version = address.version
         sock = self._socket(version)
         self._seq = (self._seq + 1) & 0xFFFF
@@ -115,6 +121,7 @@ class Pinger:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[tuple[int, float]] = loop.create_future()
         self._waiters[seq] = waiter
+        lingering = False
         try:
             try:
                 sock.send(request)
@@ -123,17 +130,44 @@ class Pinger:
                 return PingOutcome(False, None, f"send failed: {exc}")
             self.stats["sent"] += 1
             try:
-                icmp_type, received = await asyncio.wait_for(waiter, timeout)
+                # shielded: a timeout must not cancel the waiter, which may linger on
+                icmp_type, received = await asyncio.wait_for(asyncio.shield(waiter), timeout)
             except TimeoutError:
                 self.stats["timeouts"] += 1
+                if on_late is not None and linger > timeout:
+                    lingering = True
+                    self._linger(seq, waiter, request.time, version, linger - timeout, on_late)
                 return PingOutcome(False, None, f"no reply within {timeout:g}s")
         finally:
-            self._waiters.pop(seq, None)
+            if not lingering:
+                self._forget(seq, waiter)
         if icmp_type != _ECHO_REPLY[version]:
             return PingOutcome(False, None, _UNREACHABLE[version].get(icmp_type,
                                                                       f"ICMP type {icmp_type}"))
         self.stats["answered"] += 1
         return PingOutcome(True, max(0.0, received - request.time), "echo reply")
+
+    def _linger(self, seq: int, waiter: asyncio.Future[tuple[int, float]], sent_at: float,
+                version: int, remaining: float, on_late: Callable[[float], object]) -> None:
+        """Keep matching a reply to `seq` for `remaining` seconds more."""
+        def arrived(done: asyncio.Future[tuple[int, float]]) -> None:
+            give_up.cancel()
+            self._forget(seq, done)
+            if done.cancelled():
+                return
+            icmp_type, received = done.result()
+            if icmp_type == _ECHO_REPLY[version]:
+                self.stats["late"] += 1
+                on_late(max(0.0, received - sent_at))
+
+        give_up = asyncio.get_running_loop().call_later(remaining, waiter.cancel)
+        waiter.add_done_callback(arrived)
+
+    def _forget(self, seq: int, waiter: asyncio.Future[tuple[int, float]]) -> None:
+        if self._waiters.get(seq) is waiter:
+            del self._waiters[seq]
+        if not waiter.done():
+            waiter.cancel()
 
     def _socket(self, version: int) -> Any:
         icmp = self._sockets.get(version)

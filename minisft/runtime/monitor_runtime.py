@@ -25,6 +25,7 @@ from minisft.core.io import (
     CancelProbe,
     Emit,
     Input,
+    LateReply,
     PeerPingResult,
     PeerServiceResult,
     PingResult,
@@ -308,7 +309,10 @@ class MonitorRuntime:
             await self._wait_until(lambda: self.machine.wants_looksalive)
             started = self.clock()
             timeout = self.machine.ping_timeout  # the RTO: adapts to the measured RTTs
-            outcome = await self._pinger.ping(self.config.ip, timeout)
+            # a reply slower than the RTO but within the configured timeout still counts:
+            # the miss already started the retries and the probe, the late reply undoes it
+            outcome = await self._pinger.ping(self.config.ip, timeout, linger=la.timeout,
+                                              on_late=self._late_reply)
             self.feed(PingResult(outcome.ok, outcome.rtt, outcome.detail))
             elapsed = self.clock() - started
             # Retries after a miss go back to back (delay 0) because a lost ping already
@@ -322,6 +326,10 @@ class MonitorRuntime:
             if not outcome.ok:
                 delay = max(delay, timeout - elapsed)
             await asyncio.sleep(max(0.0, delay))
+
+    def _late_reply(self, rtt: float) -> None:
+        if self._loops and not self._stopping:  # not for a ping of loops since stopped
+            self.feed(LateReply(rtt))
 
     async def _isalive_loop(self) -> None:
         if self._check is None:

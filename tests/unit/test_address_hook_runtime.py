@@ -122,7 +122,7 @@ class FakeNeighbours:
 
 
 class NoPinger:
-    async def ping(self, ip: Any, timeout: float) -> Any:
+    async def ping(self, ip: Any, timeout: float, **late: Any) -> Any:
         await asyncio.sleep(3600)
 
 

@@ -22,6 +22,7 @@ from minisft.core.io import (
     Command,
     ConflictSeen,
     Input,
+    LateReply,
     LinkChanged,
     PingResult,
     ProbeDone,
@@ -337,6 +338,32 @@ def test_a_slow_reply_raises_the_rto_and_a_miss_backs_it_off() -> None:
     node.feed(PingResult(False, None, "timeout"))
     node.feed(PingResult(False, None, "timeout"))
     assert node.machine.ping_timeout == 0.1  # capped at the configured timeout
+
+
+def test_a_late_reply_is_not_a_lost_ping_and_stops_the_probe() -> None:
+    """A ping waits only the RTO, so on a busy host a reply can come after its ping was
+    counted missed (but within the configured timeout). That reply is an answer: the ping
+    is not lost, the misses and the probe round it started are undone, no alarm."""
+    node = backup(interval=1.0, timeout=0.3)
+    for _ in range(20):
+        node.feed(PingResult(True, 0.001))
+    looks = node.machine.looks
+    sent, lost = looks.sent, looks.lost
+    out = node.feed(PingResult(False, None, "no reply within 0.005s"))
+    assert of(out, StartProbe) and looks.lost == lost + 1 and looks.misses == 1
+    out = node.feed(LateReply(0.012))
+    assert of(out, CancelProbe)
+    assert (looks.sent, looks.lost, looks.misses, looks.icmp_misses) == (sent + 1, lost, 0, 0)
+    assert looks.last_rtt == 0.012 and looks.loss < 0.01
+    assert node.machine.state is State.WATCHING
+    assert K.LOOKSALIVE_DOWN not in node.kinds()
+
+
+def test_a_late_reply_after_the_address_came_here_changes_nothing() -> None:
+    node = took_over()
+    before = node.machine.snapshot()
+    assert node.feed(LateReply(0.2)) == []
+    assert node.machine.snapshot() == before
 
 
 # =============================================================================== ping pacing

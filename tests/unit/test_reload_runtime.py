@@ -95,7 +95,7 @@ class FakeHost:
         self.watched.pop(ip, None)
 
     # pinger
-    async def ping(self, address: Any, timeout: float) -> PingOutcome:
+    async def ping(self, address: Any, timeout: float, **late: Any) -> PingOutcome:
         alive = self.peer_alive if address == PEER else self.holder_alive
         if alive:
             await asyncio.sleep(0.001)
