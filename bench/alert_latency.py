@@ -40,8 +40,8 @@ from benchlib import (
     median,
     monitor,
     pct,
-    quiet_env,
     table,
+    use_quiet_env,
     wait_until,
 )
 
@@ -189,9 +189,7 @@ def main() -> None:
     ap.add_argument("--burst", type=int, default=6, help="mail burst events (6)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    env = quiet_env()
-    os.environ.clear()
-    os.environ.update(env)
+    use_quiet_env()
     print(f"machine: {machine_line()}\n", flush=True)
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-alerts-") as tmpdir:

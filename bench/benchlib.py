@@ -81,6 +81,13 @@ def quiet_env() -> dict[str, str]:
     return env
 
 
+def use_quiet_env() -> None:
+    """Make `quiet_env()` this process's environment, so every daemon started inherits it."""
+    env = quiet_env()
+    os.environ.clear()
+    os.environ.update(env)
+
+
 def ns_addresses(ns: str, ifname: str = "eth0") -> set[str]:
     """Addresses (without prefix) on `ifname` in namespace `ns`; `ip -n` (no mount ns)."""
     out = subprocess.run(["ip", "-n", ns, "-o", "addr", "show", "dev", ifname],

@@ -52,8 +52,8 @@ from benchlib import (
     monitor,
     ns_addresses,
     pss_kib,
-    quiet_env,
     table,
+    use_quiet_env,
     wait_until,
 )
 
@@ -318,9 +318,7 @@ def main() -> None:
                     help="seconds after the last delivery before reading memory (5)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    env = quiet_env()
-    os.environ.clear()
-    os.environ.update(env)
+    use_quiet_env()
     os.environ["PYTHONPATH"] = str(ROOT)
     print(f"machine:    {machine_line()}")
     print(f"keepalived: {keepalived_version()}\n", flush=True)

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import machine_line, median, monitor, pct, quiet_env, table, wait_until
+from benchlib import machine_line, median, monitor, pct, table, use_quiet_env, wait_until
 
 from tests.integration.cluster import Cluster
 from tests.integration.test_monitoring_e2e import private_file
@@ -118,9 +117,7 @@ def main() -> None:
     ap.add_argument("--spacing", type=float, default=2.0, help="s between events (2)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    env = quiet_env()
-    os.environ.clear()
-    os.environ.update(env)
+    use_quiet_env()
     print(f"machine: {machine_line()}\n", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-push-") as tmpdir:
         out = run(Path(tmpdir), args.events, args.spacing)
