@@ -45,13 +45,11 @@ def result_body(host: str, service: str, state: State, output: str,
     }
 
 
-class Icinga2Sink(CheckResultSink):
+class Icinga2Sink(CheckResultSink[Icinga2Config]):
     name = "icinga2"
 
     def __init__(self, config: Icinga2Config, *, node: str, status: StatusSource) -> None:
-        super().__init__(node=node, host=config.host, service_prefix=config.service_prefix,
-                         status=status)
-        self.config = config
+        super().__init__(config, node=node, status=status)
         self._session: Any = None  # requests.Session, made in the worker thread
         self._lock = asyncio.Lock()
 

@@ -33,7 +33,7 @@ import select
 import stat
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from minisft.config.model import NagiosConfig
 from minisft.core.events import Event
@@ -41,6 +41,19 @@ from minisft.nagios.plugin import State, check_output
 from minisft.sinks.base import DeliveryError, Sink
 
 StatusSource = Callable[[], dict[str, Any]]
+
+
+class PushTarget(Protocol):
+    """What every check-result push config names: the host and the service prefix."""
+
+    @property
+    def host(self) -> str | None: ...
+
+    @property
+    def service_prefix(self) -> str: ...
+
+
+PushConfig = TypeVar("PushConfig", bound=PushTarget)
 LINE_LIMIT = select.PIPE_BUF - 1  # bytes, with the newline: one atomic write
 
 
@@ -79,15 +92,15 @@ def command_line(host: str, service: str, state: State, output: str, now: float)
     return head.encode() + body + b"\n"
 
 
-class CheckResultSink(Sink):
-    """What the Nagios, NSCA and Icinga 2 pushes share: who they speak for (`host`, the
-    node by default) and the results to push for an event."""
+class CheckResultSink(Sink, Generic[PushConfig]):
+    """What the Nagios, NSCA and Icinga 2 pushes share: their config, who they speak for
+    (`host`, the node by default) and the results to push for an event."""
 
-    def __init__(self, *, node: str, host: str | None, service_prefix: str,
-                 status: StatusSource) -> None:
+    def __init__(self, config: PushConfig, *, node: str, status: StatusSource) -> None:
+        self.config = config
         self.node = node
-        self.host = host or node
-        self.service_prefix = service_prefix
+        self.host = config.host or node
+        self.service_prefix = config.service_prefix
         self.status = status
         self.stats: dict[str, int] = {"results": 0}
 
@@ -101,13 +114,8 @@ class CheckResultSink(Sink):
                                        self.name)
 
 
-class NagiosCommandSink(CheckResultSink):
+class NagiosCommandSink(CheckResultSink[NagiosConfig]):
     name = "nagios"
-
-    def __init__(self, config: NagiosConfig, *, node: str, status: StatusSource) -> None:
-        super().__init__(node=node, host=config.host, service_prefix=config.service_prefix,
-                         status=status)
-        self.config = config
 
     async def deliver(self, event: Event) -> None:
         now = time.time()

@@ -23,7 +23,7 @@ from minisft.core.events import Event
 from minisft.nagios.plugin import State
 from minisft.sinks.base import DeliveryError
 from minisft.sinks.exec_sink import last_line, run_bounded
-from minisft.sinks.nagios_cmd import CheckResultSink, StatusSource
+from minisft.sinks.nagios_cmd import CheckResultSink
 
 SET_DELIMITER = "\x17"  # send_nsca's default between entries
 GRACE = 2.0  # s beyond send_nsca's own connect timeout before it is killed
@@ -35,13 +35,8 @@ def nsca_entry(host: str, service: str, state: State, output: str) -> str:
     return "\t".join(f.replace("\t", " ") for f in fields) + "\n"
 
 
-class NscaSink(CheckResultSink):
+class NscaSink(CheckResultSink[NscaConfig]):
     name = "nsca"
-
-    def __init__(self, config: NscaConfig, *, node: str, status: StatusSource) -> None:
-        super().__init__(node=node, host=config.host, service_prefix=config.service_prefix,
-                         status=status)
-        self.config = config
 
     async def deliver(self, event: Event) -> None:
         entries = [nsca_entry(self.host, service, state, text)
