@@ -437,6 +437,8 @@ class PoolMachine:
                 or not self._sure_quorum():
             self.slots[a] = Slot.FREE  # the world changed while probing
             return
+        if self._outranked(a):
+            return
         self._start_bind(a)
 
     def _on_bind_done(self, ev: BindDone) -> None:
@@ -622,6 +624,12 @@ class PoolMachine:
             elif self.now >= self._retry_at.get(a, 0.0) and sure:
                 self._take(a)
         self._probe_suspects(active)
+        # Free addresses being probed are claimed in `wants` too: two members whose views
+        # differ (a member back from silence counts itself while its peers still hold it
+        # down) can probe the same orphan at once, and neither probe sees the other's
+        # bind. The claim lets the one ranked second back off before binding.
+        wants |= {a for a in self.keys if self.slots[a] is Slot.PROBING}
+        wants |= set(self._early) | set(self._early_done)
         if wants != self.wants:
             self.wants = frozenset(wants)
             self._do(SendHeartbeat())
@@ -635,12 +643,30 @@ class PoolMachine:
             self._probe_tokens[early[0]] = a
             self.slots[a] = Slot.PROBING
         elif done is not None and self._still_valid(*done):
-            self._start_bind(a)
+            if not self._outranked(a):
+                self._start_bind(a)
         else:
             if early is not None:  # begun before the suspect's farewell: ask again
                 self._do(CancelProbe(early[0], a))
             self._probe_tokens[self._start_probe(a)] = a
             self.slots[a] = Slot.PROBING
+
+    def _outranked(self, a: str) -> bool:
+        """Another live member claims the free address `a` too and ranks first by HRW
+        among the claimants: it binds, this node does not (and says why)."""
+        rivals = {n for n, v in self.views.items() if v.alive and a in v.wants}
+        if not rivals:
+            return False
+        claimants = rivals | {self.me}
+        first = ranking(self.pool.name, a, {m: self.weights[m] for m in claimants})[0]
+        if first == self.me:
+            return False
+        self.slots[a] = Slot.FREE
+        self._retry_at[a] = self.now + self.detection_time
+        self._emit(EventKind.YIELDED, f"{first} claims this free address too and ranks "
+                   f"first among {', '.join(sorted(claimants))}: not binding it here, so "
+                   "it is never bound twice", address=a, keeper=first)
+        return True
 
     def _start_probe(self, a: str) -> int:
         token = self._next_token()

@@ -577,6 +577,26 @@ def test_snapshot_shape() -> None:
     assert set(snap["held"]) == sim.nodes["a"].bound
 
 
+def test_a_member_back_from_silence_and_a_peer_never_both_bind_an_orphan() -> None:
+    """The shrunk history of the hypothesis test below, as a plain example: a is muted
+    long enough to be lost, comes back (a counts itself at once, its peers hold it down
+    for HOLD_DOWN), then c dies. The formula with a gives c's 192.0.2.104 to a, without a
+    to d: both probed it at once and both bound it (neither probe saw the other's bind)."""
+    orphan = "192.0.2.104/24"
+    assert formula(NAMES, ["a", "b", "d"])[orphan] == "a"
+    assert formula(NAMES, ["b", "d"])[orphan] == "d"
+    sim = started()
+    for what, who, wait in [("mute", "a", 1.0), ("unmute", "a", 0.3), ("kill", "c", 2.0)]:
+        sim.apply(what, who)
+        for _ in range(round(wait / STEP)):
+            sim.step()
+            for address in ADDRESSES:
+                assert len(sim.holders(address)) <= 1, f"{address}: {sim.holders(address)}"
+    assert len(sim.holders(orphan)) == 1
+    binds = [n for n in NAMES if [t for t in _moments(sim.nodes[n], Bind, orphan) if t > 3.0]]
+    assert len(binds) == 1, f"bound by {binds}"
+
+
 # ---------------------------------------------------------------- random histories
 
 faults = st.lists(st.tuples(
