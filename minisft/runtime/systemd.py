@@ -38,9 +38,21 @@ def notify_stopping() -> None:
 
 def watchdog_interval() -> float:
     """Seconds between WATCHDOG=1 pings: half of $WATCHDOG_USEC, as sd_watchdog_enabled(3)
-    advises; 0.0 when the watchdog is off or the value is not a usable number."""
+    advises; 0.0 when the watchdog is off, the value is not a positive whole number, or
+    $WATCHDOG_PID names another process (the setting was inherited from a parent the
+    watchdog is meant for, and systemd would drop our pings under NotifyAccess=main)."""
     usec = os.environ.get("WATCHDOG_USEC")
+    if not usec:
+        return 0.0
+    owner = os.environ.get("WATCHDOG_PID")
+    if owner:
+        try:
+            if int(owner) != os.getpid():
+                return 0.0
+        except ValueError:
+            return 0.0
     try:
-        return int(usec) / 2e6 if usec else 0.0
+        value = int(usec)
     except ValueError:
         return 0.0
+    return value / 2e6 if value > 0 else 0.0
