@@ -19,8 +19,10 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+
+from minisft.status import MonitorStatus, StatusDocument
 
 log = logging.getLogger("minisft.prometheus")
 
@@ -111,14 +113,11 @@ def _with(known: tuple[str, ...], current: Any) -> tuple[str, ...]:
     return known
 
 
-def failed_over(mon: dict[str, Any]) -> bool:
-    """The address runs on its backup, seen from this node (as check_minisft judges it)."""
-    role, holder = mon.get("role"), mon.get("holder")
-    return (role == "backup" and holder == "self") or (role == "primary" and holder == "other")
-
-
-def render_metrics(status: dict[str, Any]) -> bytes:
-    """The status dict (as in status.json) as a Prometheus text exposition."""
+def render_metrics(status: StatusDocument | Mapping[str, Any]) -> bytes:
+    """The status document (or its dict, as in status.json) as a Prometheus text
+    exposition."""
+    if not isinstance(status, StatusDocument):
+        status = StatusDocument.from_dict(status)
     fam: dict[str, _Family] = {}
 
     def family(name: str, kind: str, help_text: str) -> _Family:
@@ -127,30 +126,28 @@ def render_metrics(status: dict[str, Any]) -> bytes:
         return fam[name]
 
     family("minisft_info", "gauge", "MiniSFT daemon identity; always 1.").add(
-        1, node=str(status.get("node") or ""), version=str(status.get("software_version") or ""),
-        interface=str(status.get("interface") or ""))
+        1, node=status.node or "", version=status.software_version or "",
+        interface=status.interface or "")
     family("minisft_link_up", "gauge", "1 when the node's interface link is up.").add(
-        _num(status.get("link_up")))
+        _num(status.link_up))
     family("minisft_start_time_seconds", "gauge",
-           "Daemon start time, seconds since the epoch.").add(_num(status.get("started_at")))
+           "Daemon start time, seconds since the epoch.").add(_num(status.started_at))
     family("minisft_status_updated_timestamp_seconds", "gauge",
            "When the daemon last refreshed this state, seconds since the epoch.").add(
-        _num(status.get("updated_at")))
+        _num(status.updated_at))
     family("minisft_events_total", "counter",
            "Events emitted (the last event sequence number).").add(
-        _num(status.get("last_event_seq")))
+        _num(status.last_event_seq))
 
-    monitors = [m for m in status.get("monitors") or [] if isinstance(m, dict)]
-    _render_monitors(monitors, family)
-    sinks = [s for s in status.get("sinks") or [] if isinstance(s, dict)]
-    _render_sinks(sinks, family)
+    _render_monitors(status.monitors, family)
+    _render_sinks(status.sinks, family)
     family("minisft_pools", "gauge", "Address pools configured on this node.").add(
-        len(status.get("pools") or []))
+        len(status.pools))
 
     return "".join(f.render() for f in fam.values()).encode("utf-8")
 
 
-def _render_monitors(monitors: Iterable[dict[str, Any]],
+def _render_monitors(monitors: Iterable[MonitorStatus],
                      family: Callable[[str, str, str], _Family]) -> None:
     info = family("minisft_monitor_info", "gauge",
                   "Monitor configuration: address and role; always 1.")
@@ -197,7 +194,7 @@ def _render_monitors(monitors: Iterable[dict[str, Any]],
     rows = list(monitors)
     counter_keys: list[str] = list(COUNTER_HELP)
     for mon in rows:
-        for key in mon.get("counters") or {}:
+        for key in mon.counters:
             if key not in counter_keys:
                 counter_keys.append(str(key))
     counters = {
@@ -207,44 +204,41 @@ def _render_monitors(monitors: Iterable[dict[str, Any]],
     }
 
     for mon in rows:
-        m = str(mon.get("name", ""))
-        info.add(1, monitor=m, address=str(mon.get("address", "")),
-                 role=str(mon.get("role", "")))
-        for value in _with(MONITOR_STATES, mon.get("state")):
-            state.add(mon.get("state") == value, monitor=m, state=value)
-        for value in _with(HOLDERS, mon.get("holder")):
-            holder.add(mon.get("holder") == value, monitor=m, holder=value)
-        failed.add(failed_over(mon), monitor=m)
-        paused.add(bool(mon.get("paused")), monitor=m)
-        link.add(mon.get("link_up") is not False, monitor=m)
-        conflict.add(bool(mon.get("conflict_open")), monitor=m)
-        looks = mon.get("looksalive") or {}
-        for value in _with(HEALTHS, looks.get("health")):
-            health.add(looks.get("health") == value, monitor=m, health=value)
-        up.add(looks.get("health") in ("up", "degraded"), monitor=m)
-        rtt.add(_seconds(looks.get("rtt_ms")), monitor=m)
-        rto.add(_seconds(looks.get("rto_ms")), monitor=m)
-        sent.add(_num(looks.get("sent")), monitor=m)
-        lost.add(_num(looks.get("lost")), monitor=m)
-        isalive = mon.get("isalive") or {}
-        ia_enabled.add(bool(isalive.get("enabled")), monitor=m)
-        if isalive.get("enabled"):
-            ia_ok.add(_num(isalive.get("ok")), monitor=m)
-            ia_dead.add(bool(isalive.get("dead")), monitor=m)
-            ia_latency.add(_seconds(isalive.get("latency_ms")), monitor=m)
-        p = mon.get("peer") or {}
-        if p.get("ip"):
+        m = mon.name or ""
+        info.add(1, monitor=m, address=mon.address or "", role=mon.role or "")
+        for value in _with(MONITOR_STATES, mon.state):
+            state.add(mon.state == value, monitor=m, state=value)
+        for value in _with(HOLDERS, mon.holder):
+            holder.add(mon.holder == value, monitor=m, holder=value)
+        failed.add(mon.failed_over, monitor=m)
+        paused.add(mon.paused, monitor=m)
+        link.add(mon.link_up is not False, monitor=m)
+        conflict.add(mon.conflict_open, monitor=m)
+        looks = mon.looksalive
+        for value in _with(HEALTHS, looks.health):
+            health.add(looks.health == value, monitor=m, health=value)
+        up.add(looks.health in ("up", "degraded"), monitor=m)
+        rtt.add(_seconds(looks.rtt_ms), monitor=m)
+        rto.add(_seconds(looks.rto_ms), monitor=m)
+        sent.add(_num(looks.sent), monitor=m)
+        lost.add(_num(looks.lost), monitor=m)
+        isalive = mon.isalive
+        ia_enabled.add(isalive.enabled, monitor=m)
+        if isalive.enabled:
+            ia_ok.add(_num(isalive.ok), monitor=m)
+            ia_dead.add(isalive.dead, monitor=m)
+            ia_latency.add(_seconds(isalive.latency_ms), monitor=m)
+        if mon.peer.ip:
             for value in HEALTHS:
-                peer.add(p.get("health") == value, monitor=m, health=value)
-            suspended.add(bool(p.get("auto_fallback_suspended")), monitor=m)
-        changed.add(_num(mon.get("last_change_time")), monitor=m)
-        since.add(_num(mon.get("seconds_since_change")), monitor=m)
-        mon_counters = mon.get("counters") or {}
+                peer.add(mon.peer.health == value, monitor=m, health=value)
+            suspended.add(mon.peer.auto_fallback_suspended, monitor=m)
+        changed.add(_num(mon.last_change_time), monitor=m)
+        since.add(_num(mon.seconds_since_change), monitor=m)
         for key, fam in counters.items():
-            fam.add(_num(mon_counters.get(key, 0)), monitor=m)
+            fam.add(_num(mon.counters.get(key, 0)), monitor=m)
 
 
-def _render_sinks(sinks: Iterable[dict[str, Any]],
+def _render_sinks(sinks: Iterable[Mapping[str, Any]],
                   family: Callable[[str, str, str], _Family]) -> None:
     delivered = family("minisft_sink_delivered_total", "counter",
                        "Events the alert sink's endpoint confirmed (informs, HTTP, syslog).")
