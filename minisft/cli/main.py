@@ -392,8 +392,8 @@ def _test_alert_wait(args: argparse.Namespace) -> float:
     bound plus a margin. A config that does not load (the daemon runs an older one):
     a wait no configured sink can exceed."""
     from minisft.config.loader import load_config
-    from minisft.runtime.daemon import build_sinks
     from minisft.runtime.delivery import alert_test_bound
+    from minisft.sinks.factory import build_sinks
 
     try:
         sinks = build_sinks(load_config(Path(args.config)))

@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -29,9 +28,11 @@ from minisft.core.events import Event, EventKind, Notice, Severity
 from minisft.core.io import AddressVanished, Command, ConflictSeen, LinkChanged, Tick, Verb
 from minisft.core.monitor import AlreadyDone, CommandRefused, Purpose, State
 from minisft.probes.looksalive import Pinger
+from minisft.runtime import systemd
 from minisft.runtime.control import ControlError, ControlServer
-from minisft.runtime.journald import EVENT_ATTR, is_journal_syslog_socket
+from minisft.runtime.journald import EVENT_ATTR
 from minisft.runtime.monitor_runtime import Check, MonitorRuntime
+from minisft.sinks.factory import build_sinks
 
 log = logging.getLogger("minisft")
 event_log = logging.getLogger("minisft.events")
@@ -126,7 +127,7 @@ class Daemon:
             loop.add_signal_handler(sig, self.request_stop, why)
         loop.add_signal_handler(signal.SIGHUP,
                                 lambda: asyncio.ensure_future(self._reload_on_signal()))
-        _sd_notify("READY=1\nSTATUS=watching " + ", ".join(self.runtimes) or "no monitors")
+        systemd.notify_ready("watching " + ", ".join(self.runtimes) or "no monitors")
         if reload_asked.is_set():  # a SIGHUP that came during start-up
             await self._reload_on_signal()
         await self._stop.wait()
@@ -342,14 +343,14 @@ class Daemon:
     # ================================================================= loops
 
     async def _tick_loop(self) -> None:
-        watchdog = _watchdog_interval()
+        watchdog = systemd.watchdog_interval()
         next_watchdog = 0.0
         while True:
             await asyncio.sleep(TICK)
             for rt in list(self.runtimes.values()):
                 rt.feed(Tick())
             if watchdog and self.clock() >= next_watchdog:
-                _sd_notify("WATCHDOG=1")
+                systemd.notify_watchdog()
                 next_watchdog = self.clock() + watchdog
 
     async def _link_loop(self) -> None:
@@ -647,7 +648,7 @@ class Daemon:
 
     async def _shutdown(self) -> None:
         cfg = self.config
-        _sd_notify("STOPPING=1")
+        systemd.notify_stopping()
         for task in self._tasks:
             task.cancel()
         for rt in self.runtimes.values():
@@ -699,53 +700,6 @@ class Daemon:
             self._lock_fd = None
 
 
-def build_sinks(cfg: Config, status: Callable[[], dict[str, Any]] | None = None, *,
-                logs_to_journal: bool = False) -> list[Any]:
-    """One sink per destination; heavy libraries load only for configured sinks. `status`
-    gives the live status document to the sinks that push check results."""
-    sinks: list[Any] = []
-    if cfg.logging.syslog and logs_to_journal and \
-            is_journal_syslog_socket(cfg.logging.syslog_socket):
-        log.info("syslog sink off: %s is journald's own socket and every event is already "
-                 "in the journal (journald forwards it to syslog)", cfg.logging.syslog_socket)
-    elif cfg.logging.syslog:
-        from minisft.sinks.syslog import SyslogSink
-
-        sinks.append(SyslogSink(cfg.logging))
-    for target in cfg.alerting.snmp_targets:
-        from minisft.sinks.snmp import SnmpSink
-
-        sinks.append(SnmpSink(target, state_dir=cfg.state_dir, node=cfg.node.name))
-    if cfg.alerting.apprise is not None:
-        from minisft.sinks.apprise_sink import AppriseSink
-
-        sinks.append(AppriseSink(cfg.alerting.apprise))
-    for hook in cfg.alerting.exec_hooks:
-        from minisft.sinks.exec_sink import ExecSink
-
-        sinks.append(ExecSink(hook))
-    if cfg.alerting.nagios is not None and status is not None:
-        from minisft.sinks.nagios_cmd import NagiosCommandSink
-
-        sinks.append(NagiosCommandSink(cfg.alerting.nagios, node=cfg.node.name, status=status))
-    if cfg.alerting.icinga2 is not None and status is not None:
-        from minisft.sinks.icinga2 import Icinga2Sink
-
-        sinks.append(Icinga2Sink(cfg.alerting.icinga2, node=cfg.node.name, status=status))
-    if cfg.alerting.nsca is not None and status is not None:
-        from minisft.sinks.nsca import NscaSink
-
-        sinks.append(NscaSink(cfg.alerting.nsca, node=cfg.node.name, status=status))
-    # each sink's name keys its spool cursor: two targets must never share one
-    seen: dict[str, int] = {}
-    for sink in sinks:
-        n = seen.get(sink.name, 0)
-        seen[sink.name] = n + 1
-        if n:
-            sink.name = f"{sink.name}-{n + 1}"
-    return sinks
-
-
 def _last_seq_in_status(path: Path) -> int:
     """The last event seq the previous daemon published: seqs never go back, even when
     the journal directory was deleted."""
@@ -754,22 +708,3 @@ def _last_seq_in_status(path: Path) -> int:
     except (OSError, ValueError, RecursionError, AttributeError):
         return 0
     return seq if isinstance(seq, int) and seq > 0 else 0
-
-
-def _sd_notify(message: str) -> None:
-    """systemd's notify protocol: one datagram to $NOTIFY_SOCKET (no-op outside systemd)."""
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return
-    if addr.startswith("@"):
-        addr = "\0" + addr[1:]
-    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        s.sendto(message.encode(), addr)
-
-
-def _watchdog_interval() -> float:
-    usec = os.environ.get("WATCHDOG_USEC")
-    try:
-        return int(usec) / 2e6 if usec else 0.0
-    except ValueError:
-        return 0.0
