@@ -127,7 +127,8 @@ class Daemon:
             loop.add_signal_handler(sig, self.request_stop, why)
         loop.add_signal_handler(signal.SIGHUP,
                                 lambda: asyncio.ensure_future(self._reload_on_signal()))
-        systemd.notify_ready("watching " + ", ".join(self.runtimes) or "no monitors")
+        systemd.notify_ready("watching " + ", ".join(self.runtimes) if self.runtimes
+                             else "no monitors")
         if reload_asked.is_set():  # a SIGHUP that came during start-up
             await self._reload_on_signal()
         await self._stop.wait()
