@@ -18,23 +18,28 @@ root-only while monitoring runs as an unprivileged user.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
 from typing import Any, NoReturn
 
 from minisft import __version__
+from minisft.status import (
+    DEFAULT_CONFIG,
+    DEFAULT_STATE_DIR,
+    MonitorStatus,
+    StatusDocument,
+    StatusError,
+    load,
+    status_file,
+)
 
 PROG = "check_minisft"
-DEFAULT_CONFIG = "/etc/minisft/minisft.yaml"
-DEFAULT_STATE_DIR = "/var/lib/minisft"
-STATUS_NAME = "status.json"
-SUPPORTED_VERSION = 1
 # The daemon rewrites the file about every second; 5 s tolerates a slow disk or a busy
 # event loop while still catching a hung daemon within one check interval.
 DEFAULT_MAX_AGE = 5.0
@@ -142,79 +147,33 @@ def parse_range(text: str) -> Range:
 
 def status_path(args: argparse.Namespace) -> tuple[Path, str]:
     """Where the status file is, and how we found it (for -vvv)."""
-    if args.status:
-        return Path(args.status), "from --status"
-    config = Path(args.config or DEFAULT_CONFIG)
     try:
-        text = config.read_text(encoding="utf-8")
-    except OSError as exc:
-        if args.config:
-            raise CheckError(f"cannot read config {config}: {exc.strerror or exc}") from None
-        # The default config may be root-only (it can hold secrets); the default state dir
-        # is then the best guess, and a wrong guess shows up as missing or stale.
-        return Path(DEFAULT_STATE_DIR) / STATUS_NAME, f"default ({config} not readable)"
-    state_dir = _state_dir_from_yaml(text, config)
-    return Path(state_dir) / STATUS_NAME, f"state_dir from {config}"
+        return status_file(args.status, args.config)
+    except StatusError as exc:
+        raise CheckError(str(exc)) from None
 
 
-def _state_dir_from_yaml(text: str, config: Path) -> str:
-    import yaml  # lazily: only this path needs it, and it costs ~15 ms to import
-
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    try:
-        data = yaml.load(text, Loader=loader)  # a SafeLoader variant
-    except yaml.YAMLError as exc:
-        raise CheckError(f"config {config} is not valid YAML: {exc}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise CheckError(f"config {config}: top level is not a mapping")
-    value = data.get("state_dir", DEFAULT_STATE_DIR)
-    if not isinstance(value, str) or not value:
-        raise CheckError(f"config {config}: state_dir must be a path")
-    return value
-
-
-def read_status(path: Path, max_age: float, now: float) -> dict[str, Any]:
+def read_status(path: Path, max_age: float, now: float) -> StatusDocument:
     """Read the status file and prove the daemon behind it is alive, or raise CheckError."""
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise CheckError(f"status file {path} not found: is minisft running "
-                         "(or use --config/--status)?") from None
-    except PermissionError:
-        raise CheckError(f"status file {path}: permission denied") from None
-    except OSError as exc:
-        raise CheckError(f"cannot read status file {path}: {exc.strerror or exc}") from None
-    try:
-        status = json.loads(raw)
-    except ValueError as exc:
-        raise CheckError(f"status file {path} is not valid JSON: {exc}") from None
-    if not isinstance(status, dict):
-        raise CheckError(f"status file {path}: not a JSON object")
-    version = status.get("version")
-    if version != SUPPORTED_VERSION:
-        raise CheckError(f"status file {path}: format version {version!r} not supported "
-                         f"(this plugin reads version {SUPPORTED_VERSION})")
-    stopped = status.get("stopped_at")
-    if isinstance(stopped, (int, float)):
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stopped))
+        status = load(path)
+    except StatusError as exc:
+        raise CheckError(str(exc)) from None
+    if status.stopped_at is not None:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(status.stopped_at))
         raise CheckError(f"daemon stopped at {when} (status file {path})")
-    pid = status.get("pid")
-    if isinstance(pid, int) and not pid_alive(pid):
-        raise CheckError(f"daemon pid {pid} is not running (status file {path} left behind)")
-    updated = status.get("updated_at")
-    if not isinstance(updated, (int, float)):
+    if status.pid is not None and not pid_alive(status.pid):
+        raise CheckError(f"daemon pid {status.pid} is not running "
+                         f"(status file {path} left behind)")
+    if status.updated_at is None:
         raise CheckError(f"status file {path}: no updated_at")
-    age = now - float(updated)
+    age = now - float(status.updated_at)
     if age > max_age:
         raise CheckError(f"status file {path} is {age:.0f} s old (max {max_age:g} s): "
                          "daemon hung or stopped")
     if age < -max_age:
         raise CheckError(f"status file {path} is dated {-age:.0f} s in the future: "
                          "clock skew?")
-    if not isinstance(status.get("monitors", []), list):
-        raise CheckError(f"status file {path}: monitors is not a list")
     return status
 
 
@@ -288,38 +247,39 @@ class Thresholds:
         self.lat_critical: Range | None = args.isalive_critical
 
 
-def monitor_metrics(mon: dict[str, Any], th: Thresholds, now: float) -> list[Metric]:
-    name = str(mon.get("name", "?"))
-    looks = mon.get("looksalive") or {}
-    isalive = mon.get("isalive") or {}
-    counters = mon.get("counters") or {}
+def monitor_metrics(mon: MonitorStatus, th: Thresholds, now: float) -> list[Metric]:
+    name = _name(mon)
     out = [
         Metric(f"{name}_rtt", _watched_rtt(mon), "ms", warning=th.rtt_warning,
                critical=th.rtt_critical, minimum=0),
     ]
-    if isalive.get("enabled"):
-        out.append(Metric(f"{name}_isalive", _float(isalive.get("latency_ms")), "ms",
+    if mon.isalive.enabled:
+        out.append(Metric(f"{name}_isalive", _float(mon.isalive.latency_ms), "ms",
                           warning=th.lat_warning, critical=th.lat_critical, minimum=0))
     for key in ("takeovers", "fallbacks", "conflicts", "service_alarms"):
-        out.append(Metric(f"{name}_{key}", _float(counters.get(key, 0)), "c"))
-    out.append(Metric(f"{name}_lost", _float(looks.get("lost", 0)), "c"))
+        out.append(Metric(f"{name}_{key}", _float(mon.counters.get(key, 0)), "c"))
+    lost = mon.looksalive.lost
+    out.append(Metric(f"{name}_lost", _float(0 if lost is None else lost), "c"))
     out.append(Metric(f"{name}_since_change", _since_change(mon, now), "s", minimum=0))
     return out
 
 
-def _watched_rtt(mon: dict[str, Any]) -> float | None:
+def _name(mon: MonitorStatus) -> str:
+    return "?" if mon.name is None else mon.name
+
+
+def _watched_rtt(mon: MonitorStatus) -> float | None:
     # The RTT is measured only while another node holds the address: once this node binds,
     # the last value is history, so report it as undetermined instead.
-    if mon.get("state") != "watching":
+    if mon.state != "watching":
         return None
-    return _float((mon.get("looksalive") or {}).get("rtt_ms"))
+    return _float(mon.looksalive.rtt_ms)
 
 
-def _since_change(mon: dict[str, Any], now: float) -> float | None:
-    changed = mon.get("last_change_time")
-    if isinstance(changed, (int, float)):
-        return round(max(0.0, now - float(changed)), 3)
-    return _float(mon.get("seconds_since_change"))
+def _since_change(mon: MonitorStatus, now: float) -> float | None:
+    if mon.last_change_time is not None:
+        return round(max(0.0, now - float(mon.last_change_time)), 3)
+    return _float(mon.seconds_since_change)
 
 
 def _float(value: Any) -> float | None:
@@ -328,7 +288,7 @@ def _float(value: Any) -> float | None:
     return float(value)
 
 
-def sink_metrics(sink: dict[str, Any]) -> list[Metric]:
+def sink_metrics(sink: Mapping[str, Any]) -> list[Metric]:
     name = str(sink.get("name", "?"))
     return [
         Metric(f"sink_{name}_pending", _float(sink.get("pending")), "", minimum=0),
@@ -354,49 +314,45 @@ class Result:
         return f"{self.subject}: {self.text}"
 
 
-def evaluate_monitor(mon: dict[str, Any], th: Thresholds) -> list[Result]:
+def evaluate_monitor(mon: MonitorStatus, th: Thresholds) -> list[Result]:
     """The failover rules: what is wrong with one monitor, worst first; [] when OK."""
-    name = str(mon.get("name", "?"))
-    addr = str(mon.get("address", "?"))
-    role = mon.get("role")
-    state = mon.get("state")
-    holder = mon.get("holder")
-    looks = mon.get("looksalive") or {}
-    isalive = mon.get("isalive") or {}
+    name = _name(mon)
+    addr = "?" if mon.address is None else mon.address
+    holder = mon.holder
+    isalive = mon.isalive
     found: list[Result] = []
 
     def add(st: State, text: str) -> None:
         found.append(Result(st, name, _clean(text)))
 
-    if mon.get("conflict_open"):
+    if mon.conflict_open:
         add(State.CRITICAL, f"address conflict on {addr}: another host answers for it")
     if holder == "none":
         add(State.CRITICAL, f"{addr} is held by nobody")
-    if isalive.get("dead"):
-        detail = isalive.get("detail") or "no detail"
+    if isalive.dead:
+        detail = isalive.detail or "no detail"
         add(State.CRITICAL, f"service dead behind a live host ({detail})")
-    if mon.get("link_up") is False:
+    if mon.link_up is False:
         if holder == "self":
             add(State.CRITICAL, f"holds {addr} but its link is down")
         else:
             add(State.WARNING, "link down: cannot take over")
-    if holder == "self" and role == "backup":
-        add(State.WARNING, f"{addr} runs on this backup node (failover, no fallback yet)")
-    elif holder == "other" and role == "primary":
-        add(State.WARNING, f"{addr} runs on the backup (failover, no fallback yet)")
+    if mon.failed_over:
+        where = "this backup node" if mon.role == "backup" else "the backup"
+        add(State.WARNING, f"{addr} runs on {where} (failover, no fallback yet)")
     elif holder not in ("self", "other", "none"):
-        add(State.WARNING, f"holder of {addr} not known yet (state {state})")
-    if mon.get("paused"):
+        add(State.WARNING, f"holder of {addr} not known yet (state {mon.state})")
+    if mon.paused:
         add(State.WARNING, "paused: no takeover until resumed")
-    if looks.get("health") == "degraded":
+    if mon.looksalive.health == "degraded":
         add(State.WARNING, "LooksAlive degraded: ping unanswered, ARP/NDP answers")
-    if isalive.get("ok") is False and not isalive.get("dead"):
-        add(State.WARNING, f"service check failing ({isalive.get('detail') or 'no detail'})")
+    if isalive.ok is False and not isalive.dead:
+        add(State.WARNING, f"service check failing ({isalive.detail or 'no detail'})")
     rtt = _watched_rtt(mon)
     if rtt is not None:
         _threshold(found, name, "rtt", rtt, th.rtt_warning, th.rtt_critical)
-    latency = _float(isalive.get("latency_ms"))
-    if latency is not None and isalive.get("enabled"):
+    latency = _float(isalive.latency_ms)
+    if latency is not None and isalive.enabled:
         _threshold(found, name, "isalive latency", latency, th.lat_warning, th.lat_critical)
     found.sort(key=lambda r: -r.state.code)
     return found
@@ -410,13 +366,13 @@ def _threshold(found: list[Result], name: str, what: str, value: float,
         found.append(Result(State.WARNING, name, f"{what} {_num(value)} ms (warning {warning})"))
 
 
-def describe_monitor(mon: dict[str, Any]) -> str:
+def describe_monitor(mon: MonitorStatus) -> str:
     """The short all-is-well phrase: `web holding`, `db watching`."""
-    state = str(mon.get("state", "?"))
-    return f"{mon.get('name', '?')} {state}" + (" (paused)" if mon.get("paused") else "")
+    state = "?" if mon.state is None else mon.state
+    return f"{_name(mon)} {state}" + (" (paused)" if mon.paused else "")
 
 
-def evaluate_sink(sink: dict[str, Any]) -> list[Result]:
+def evaluate_sink(sink: Mapping[str, Any]) -> list[Result]:
     state = str(sink.get("state", "ok"))
     if state == "ok":
         return []
@@ -441,8 +397,8 @@ class Check:
 
     def __init__(self, node: str) -> None:
         self.node = node
-        self.monitors: list[dict[str, Any]] = []
-        self.sinks: list[dict[str, Any]] = []
+        self.monitors: list[MonitorStatus] = []
+        self.sinks: list[Mapping[str, Any]] = []
         self.results: list[Result] = []
         self.metrics: list[Metric] = []
         self.details: list[str] = []
@@ -452,18 +408,18 @@ class Check:
         return worst([r.state for r in self.results])
 
 
-def run_check(status: dict[str, Any], args: argparse.Namespace, now: float) -> Check:
-    node = _clean(str(status.get("node") or "?"))
+def run_check(status: StatusDocument, args: argparse.Namespace, now: float) -> Check:
+    node = _clean(status.node or "?")
     check = Check(node)
     th = Thresholds(args)
-    monitors = [m for m in status.get("monitors", []) if isinstance(m, dict)]
+    monitors = list(status.monitors)
     if args.monitor:
-        known = {str(m.get("name")) for m in monitors}
+        known = {str(m.name) for m in monitors}
         missing = [n for n in args.monitor if n not in known]
         if missing:
             raise CheckError(f"no monitor named {', '.join(missing)} on {node} "
                              f"(known: {', '.join(sorted(known)) or 'none'})")
-        monitors = [m for m in monitors if m.get("name") in args.monitor]
+        monitors = [m for m in monitors if m.name in args.monitor]
     if args.no_monitors:
         monitors = []
     check.monitors = monitors
@@ -471,43 +427,42 @@ def run_check(status: dict[str, Any], args: argparse.Namespace, now: float) -> C
         check.results.extend(evaluate_monitor(mon, th))
         check.metrics.extend(monitor_metrics(mon, th, now))
     if not args.no_sinks:
-        check.sinks = [s for s in status.get("sinks", []) if isinstance(s, dict)]
+        check.sinks = list(status.sinks)
         for sink in check.sinks:
             check.results.extend(evaluate_sink(sink))
             check.metrics.extend(sink_metrics(sink))
-    age = now - float(status["updated_at"])
+    # read_status refused a document without updated_at; check_output's live one has it
+    age = now - float(status.updated_at or 0.0)
     check.metrics.append(Metric("status_age", round(max(0.0, age), 3), "s", minimum=0))
     check.details = _details(status, check, args.verbose)
     return check
 
 
-def _details(status: dict[str, Any], check: Check, verbose: int) -> list[str]:
+def _details(status: StatusDocument, check: Check, verbose: int) -> list[str]:
     if verbose < 1:
         return []
     lines: list[str] = []
     for mon in check.monitors:
-        looks = mon.get("looksalive") or {}
-        isalive = mon.get("isalive") or {}
-        problems = [r for r in check.results if r.subject == mon.get("name")]
+        looks, isalive = mon.looksalive, mon.isalive
+        problems = [r for r in check.results if r.subject == _name(mon)]
         st = worst([r.state for r in problems]).label
         lines.append(_clean(
-            f"[{st}] {mon.get('name')} {mon.get('address')} role={mon.get('role')} "
-            f"state={mon.get('state')} holder={mon.get('holder')}"
-            + (" paused" if mon.get("paused") else "")
+            f"[{st}] {mon.name} {mon.address} role={mon.role} "
+            f"state={mon.state} holder={mon.holder}"
+            + (" paused" if mon.paused else "")
             + (f": {'; '.join(r.text for r in problems)}" if problems else "")))
         if verbose >= 2:
-            lines.append("    " + _clean(f"reason: {mon.get('reason')}"))
+            lines.append("    " + _clean(f"reason: {mon.reason}"))
             lines.append("    " + _clean(
-                f"looksalive: health={looks.get('health')} rtt_ms={looks.get('rtt_ms')} "
-                f"misses={looks.get('misses')} sent={looks.get('sent')} "
-                f"lost={looks.get('lost')}"))
-            if isalive.get("enabled"):
+                f"looksalive: health={looks.health} rtt_ms={looks.rtt_ms} "
+                f"misses={looks.misses} sent={looks.sent} lost={looks.lost}"))
+            if isalive.enabled:
                 lines.append("    " + _clean(
-                    f"isalive: {isalive.get('check')} ok={isalive.get('ok')} "
-                    f"dead={isalive.get('dead')} latency_ms={isalive.get('latency_ms')} "
-                    f"{isalive.get('detail') or ''}"))
-            counters = mon.get("counters") or {}
-            lines.append("    counters: " + " ".join(f"{k}={v}" for k, v in counters.items()))
+                    f"isalive: {isalive.check} ok={isalive.ok} "
+                    f"dead={isalive.dead} latency_ms={isalive.latency_ms} "
+                    f"{isalive.detail or ''}"))
+            lines.append("    counters: " + " ".join(
+                f"{k}={v}" for k, v in mon.counters.items()))
     for sink in check.sinks:
         bad = evaluate_sink(sink)
         lines.append(_clean(
@@ -518,9 +473,9 @@ def _details(status: dict[str, Any], check: Check, verbose: int) -> list[str]:
             + (f" last_error={sink.get('last_error')}" if sink.get("last_error") else "")))
     if verbose >= 3:
         lines.append(_clean(
-            f"daemon: node={status.get('node')} pid={status.get('pid')} "
-            f"version={status.get('software_version')} started_at={status.get('started_at')} "
-            f"updated_at={status.get('updated_at')} last_event_seq={status.get('last_event_seq')}"))
+            f"daemon: node={status.node} pid={status.pid} "
+            f"version={status.software_version} started_at={status.started_at} "
+            f"updated_at={status.updated_at} last_event_seq={status.last_event_seq}"))
     return lines
 
 
@@ -546,10 +501,13 @@ def summarize(check: Check) -> str:
     return "\n".join(lines)
 
 
-def check_output(status: dict[str, Any], argv: list[str], now: float) -> tuple[State, str]:
+def check_output(status: StatusDocument | Mapping[str, Any], argv: list[str],
+                 now: float) -> tuple[State, str]:
     """What `check_minisft ARGV` prints and means for this status document, without a
     process: the daemon's passive-check sinks (alerting.nagios, alerting.icinga2) push
     exactly this. Raises CheckError (e.g. an unknown --monitor) like the CLI would."""
+    if not isinstance(status, StatusDocument):
+        status = StatusDocument.from_dict(status)
     check = run_check(status, build_parser().parse_args(argv), now)
     return check.state, summarize(check)
 
