@@ -594,8 +594,8 @@ class PoolMachine:
             others = {n for n, v in self.views.items() if v.alive and a in v.holds}
             if slot is Slot.HELD:
                 if others:
-                    keeper = everyone[a] if everyone[a] in others | {self.me} else ranking(
-                        pool, a, {m: self.weights[m] for m in others | {self.me}})[0]
+                    keeper = everyone[a] if everyone[a] in others | {self.me} else \
+                        self._ranked_first(a, others | {self.me})
                     if keeper != self.me:
                         self.counters.yields += 1
                         self._release(a)
@@ -658,7 +658,7 @@ class PoolMachine:
         if not rivals:
             return False
         claimants = rivals | {self.me}
-        first = ranking(self.pool.name, a, {m: self.weights[m] for m in claimants})[0]
+        first = self._ranked_first(a, claimants)
         if first == self.me:
             return False
         self.slots[a] = Slot.FREE
@@ -667,6 +667,11 @@ class PoolMachine:
                    f"first among {', '.join(sorted(claimants))}: not binding it here, so "
                    "it is never bound twice", address=a, keeper=first)
         return True
+
+    def _ranked_first(self, a: str, members: set[str]) -> str:
+        """The member HRW ranks first for `a` among `members`: who keeps an address two
+        hold, and who binds a free one two claim."""
+        return ranking(self.pool.name, a, {m: self.weights[m] for m in members})[0]
 
     def _start_probe(self, a: str) -> int:
         token = self._next_token()
