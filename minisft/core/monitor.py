@@ -61,31 +61,34 @@ from enum import StrEnum
 from typing import Any
 
 from minisft.config.model import FallbackMode, MonitorConfig, Role
-from minisft.core.edges import check_edge
-from minisft.core.events import EventKind, Notice
-from minisft.core.io import (
+from minisft.core.actions import (
     Action,
-    AddressVanished,
     Announce,
     Bind,
     BindDone,
     CancelProbe,
+    Emit,
+    IllegalInput,
+    OnProber,
+    ProbeDone,
+    Release,
+    StartProbe,
+)
+from minisft.core.edges import check_edge
+from minisft.core.events import EventKind, Notice
+from minisft.core.io import (
+    AddressVanished,
     Command,
     ConflictSeen,
-    Emit,
     Input,
     LateReply,
     LinkChanged,
-    OnProber,
     PeerPingResult,
     PeerServiceResult,
     PingResult,
-    ProbeDone,
     Reconfigured,
-    Release,
     ServiceResult,
     Started,
-    StartProbe,
     Tick,
     Verb,
 )
@@ -122,10 +125,6 @@ class Health(StrEnum):
     UP = "up"
     DEGRADED = "degraded"  # ICMP unanswered but the holder answers ARP/NDP
     DOWN = "down"
-
-
-class IllegalInput(RuntimeError):
-    """An input arrived that the current state cannot receive: a bug in the caller."""
 
 
 class CommandRefused(Exception):
@@ -244,6 +243,11 @@ class MonitorMachine:
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def address(self) -> str:
+        """The service address as the actions name it ("192.0.2.10/24")."""
+        return str(self.config.address)
 
     def handle(self, event: Input, now: float) -> list[Action]:
         """Feed one input; return the actions to carry out, in order."""
@@ -426,7 +430,7 @@ class MonitorMachine:
         token = self._next_token()
         self._probe_token = token
         p = self.config.probe
-        self._do(StartProbe(token, p.count, p.interval, self._on_prober()))
+        self._do(StartProbe(token, self.address, p.count, p.interval, self._on_prober()))
 
     def _on_prober(self) -> OnProber:
         """What another node probing at the same moment counts as (module docstring)."""
@@ -458,7 +462,7 @@ class MonitorMachine:
 
     def _cancel_probe(self) -> None:
         if self._probe_token is not None:
-            self._do(CancelProbe(self._probe_token))
+            self._do(CancelProbe(self._probe_token, self.address))
             self._probe_token = None
         self._clear_rounds = 0
 
@@ -467,7 +471,7 @@ class MonitorMachine:
         token = self._next_token()
         self._bind_token = token
         self._go(State.BINDING, reason, purpose)
-        self._do(Bind(token))
+        self._do(Bind(token, self.address))
 
     def _reset_looks(self) -> None:
         self.looks.misses = 0
@@ -489,7 +493,7 @@ class MonitorMachine:
             self._next_refresh_at = self.now + self.config.announce.refresh
             self._emit(EventKind.ADOPTED, "address already bound here at start-up: adopted "
                        "without an outage and announced again")
-            self._do(Announce())
+            self._do(Announce(self.address))
         elif self.config.role is Role.PRIMARY and self.link_up:
             self._go(State.PROBING, "primary starting: probing before binding", Purpose.STARTUP)
             self._start_probe()
@@ -669,7 +673,7 @@ class MonitorMachine:
                        "not binding it", mac=mac, phase="takeover")
         elif purpose is Purpose.REPROBE:
             self.counters.yields += 1
-            self._do(Release())
+            self._do(Release(self.address))
             self._to_watching(f"yielded to {mac}, which took the address while our link was down")
             self._emit(EventKind.YIELDED, f"while our link was down {mac} took the address "
                        "over: released it and watching", mac=mac)
@@ -697,7 +701,8 @@ class MonitorMachine:
         purpose = self.purpose
         if ev.error is not None:
             if purpose is Purpose.REPROBE:
-                self._do(Release())  # it was still on the interface: do not leave it there
+                # it was still on the interface: do not leave it there
+                self._do(Release(self.address))
             self._to_watching(f"bind failed: {ev.error}")
             self._emit(EventKind.TAKEOVER_FAILED, f"could not bind the address: {ev.error}",
                        phase=purpose.value if purpose else "")
@@ -749,7 +754,7 @@ class MonitorMachine:
     def _on_conflict(self, ev: ConflictSeen) -> None:
         if self.cut_off or self.config.role is Role.BACKUP:
             self.counters.yields += 1
-            self._do(Release())
+            self._do(Release(self.address))
             self._to_watching(f"yielded to {ev.mac}")
             self.holder_mac = ev.mac
             if self.cut_off:
@@ -773,7 +778,7 @@ class MonitorMachine:
                        "it, re-announcing", mac=ev.mac, phase="holding")
         if self.now - self._last_defend_at >= DEFEND_SPACING:
             self._last_defend_at = self.now
-            self._do(Announce())
+            self._do(Announce(self.address))
 
     def _on_vanished(self, ev: AddressVanished) -> None:
         if not self.link_up or self.state is not State.HOLDING:
@@ -899,7 +904,7 @@ class MonitorMachine:
         refresh = self.config.announce.refresh
         if refresh > 0 and self.link_up and not self.cut_off and self.now >= self._next_refresh_at:
             self._next_refresh_at = self.now + refresh
-            self._do(Announce())
+            self._do(Announce(self.address))
         self._consider_fallback()
 
     def _consider_fallback(self) -> None:
@@ -912,7 +917,7 @@ class MonitorMachine:
         if up_for < c.fallback.hold_down:
             return
         self.counters.fallbacks += 1
-        self._do(Release())
+        self._do(Release(self.address))
         self._to_watching("handed the address back to the primary")
         self._fallback_at = self.now
         self._hold_off(Grace.FALLBACK, self.fallback_grace)
@@ -959,7 +964,7 @@ class MonitorMachine:
                 raise CommandRefused(f"{self.name}: this node does not hold "
                                      f"{self.config.ip} (state {self.state.value})")
             self.counters.releases += 1
-            self._do(Release())
+            self._do(Release(self.address))
             self._to_watching("released by admin; watching paused")
             self.paused = True
             self._emit(EventKind.RELEASED, f"released by {ev.by}; watching is paused so the "

@@ -13,23 +13,25 @@ import pytest
 
 from minisft.cli.main import format_status
 from minisft.config.model import FallbackMode, MonitorConfig, Role
-from minisft.core.events import EventKind
-from minisft.core.io import (
+from minisft.core.actions import (
     Announce,
     Bind,
     BindDone,
     CancelProbe,
+    ProbeDone,
+    Release,
+    StartProbe,
+)
+from minisft.core.events import EventKind
+from minisft.core.io import (
     Command,
     ConflictSeen,
     Input,
     LateReply,
     LinkChanged,
     PingResult,
-    ProbeDone,
-    Release,
     ServiceResult,
     Started,
-    StartProbe,
     Tick,
     Verb,
 )
@@ -759,7 +761,7 @@ def test_pause_during_the_last_probe_round_cancels_the_takeover() -> None:
     assert node.probe is not None
     token = node.probe.token
     out = node.command(Verb.PAUSE)
-    assert CancelProbe(token) in out
+    assert CancelProbe(token, node.machine.address) in out
     assert state(node) is State.WATCHING
     node.stale_probe_done(None)
     assert node.bind_count() == 0
