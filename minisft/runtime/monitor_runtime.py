@@ -26,6 +26,7 @@ from minisft.core.io import (
     Emit,
     Input,
     LateReply,
+    PeerAsked,
     PeerPingResult,
     PeerServiceResult,
     PingResult,
@@ -34,6 +35,7 @@ from minisft.core.io import (
     Release,
     ServiceResult,
     StartProbe,
+    SwitchoverFacts,
 )
 from minisft.core.monitor import MonitorMachine
 from minisft.net.neighbour import ProbeAnswer
@@ -223,6 +225,41 @@ class MonitorRuntime:
     async def _netlink(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, *args)
+
+    def peer_asked(self, sender: Any, mac: str) -> None:
+        """A host resolved the address (NeighbourWatch.watch_askers): if it is this
+        monitor's peer_ip, the core learns the peer watches the address."""
+        if self.config.peer_ip is not None and sender == self.config.peer_ip:
+            self.feed(PeerAsked(mac))
+
+    async def switchover_facts(self, local_ip: Any) -> SwitchoverFacts:
+        """What a switchover needs to know, found out at once and side by side: who answers
+        ARP/NDP for the address and for peer_ip, and whether the IsAlive check passes
+        against this node's own local_ip (the check a backup runs on its peer before an
+        automatic fallback). The core judges them (MonitorMachine._switchover)."""
+        probe = self.config.probe
+
+        async def who_answers(ip: Any) -> str | None:
+            if ip is None:
+                return None
+            try:
+                answer = await self._neighbours.probe_answer(ip, probe.count, probe.interval,
+                                                             on_prober="ignore")
+            except OSError as exc:  # the link is down: the core refuses on that first
+                log.warning("%s: switchover: cannot probe %s: %s", self.config.name, ip, exc)
+                return None
+            return answer.mac if answer is not None else None
+
+        async def own_check() -> tuple[bool | None, str]:
+            if self._check is None:
+                return None, ""
+            result = await self._check.run(str(local_ip))
+            return bool(result.ok), str(result.detail)
+
+        holder, peer, (ok, detail) = await asyncio.gather(
+            who_answers(self.config.ip), who_answers(self.config.peer_ip), own_check())
+        return SwitchoverFacts(holder_mac=holder, peer_mac=peer, own_check_ok=ok,
+                               own_check_detail=detail)
 
     # ------------------------------------------------------------- actions
 
