@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
+from types import FrameType
 
 import pytest
 
@@ -28,3 +30,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         uses_package = "installed_minisft" in getattr(item, "fixturenames", ())
         return uses_package, item.get_closest_marker("package_purge") is not None
     items.sort(key=order)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A run stopped by SIGTERM (`timeout`, CI cancelling a job) unwinds like Ctrl-C, so
+    fixture teardowns and the labs' atexit handlers still stop the daemons and delete the
+    network namespaces; with the default action they were left on the host for good."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is signal.SIG_DFL:
+            signal.signal(signum, _interrupt)

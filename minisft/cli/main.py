@@ -12,6 +12,7 @@ from typing import Any
 
 from minisft import __version__
 from minisft.config.model import DEFAULT_CONFIG_PATH
+from minisft.status import StatusDocument, StatusError, parse
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -267,69 +268,70 @@ def _request(args: argparse.Namespace, payload: dict[str, Any],
 
 def cmd_status(args: argparse.Namespace) -> int:
     answer = _request(args, {"cmd": "status"})
-    status = answer.get("status", {})
     if args.json:
-        print(json.dumps(status, indent=2, sort_keys=True))
+        print(json.dumps(answer.get("status", {}), indent=2, sort_keys=True))
         return EXIT_OK
+    try:
+        status = parse(answer.get("status"), "the daemon's status answer")
+    except StatusError as exc:  # a daemon of another version
+        print(f"minisft: {exc}", file=sys.stderr)
+        return EXIT_NO_DAEMON
     print(format_status(status))
     return EXIT_OK
 
 
-def format_status(st: dict[str, Any]) -> str:
-    up = time.time() - float(st.get("started_at") or time.time())
-    lines = [f"node {st.get('node')} on {st.get('interface')} ({st.get('local_ip')}), pid "
-             f"{st.get('pid')}, up {_duration(up)}, link "
-             f"{'up' if st.get('link_up') else 'DOWN'}"]
+def format_status(st: StatusDocument, now: float | None = None) -> str:
+    now = time.time() if now is None else now
+    up = now - (st.started_at if st.started_at is not None else now)
+    lines = [f"node {st.node} on {st.interface} ({st.local_ip}), pid {st.pid}, up "
+             f"{_duration(up)}, link {'up' if st.link_up else 'DOWN'}"]
     header = ("MONITOR", "ADDRESS", "ROLE", "STATE", "HOLDER", "LOOKSALIVE", "ISALIVE",
               "TAKEOVERS", "CONFLICTS", "SINCE")
-    rows = [header]
-    for m in st.get("monitors", []):
-        la = m["looksalive"]
-        rtt = f" {la['rtt_ms']}ms" if la.get("rtt_ms") is not None and la["health"] == "up" \
-            else ""
-        if la.get("rto_ms") is not None and la["health"] != "unknown":
-            rtt += f" rto {la['rto_ms']:g}ms"  # how long the next ping waits for its reply
-        ia = m["isalive"]
-        if not ia["enabled"]:
+    rows: list[tuple[str, ...]] = [header]
+    for m in st.monitors:
+        la, ia = m.looksalive, m.isalive
+        rtt = f" {la.rtt_ms}ms" if la.rtt_ms is not None and la.health == "up" else ""
+        if la.rto_ms is not None and la.health != "unknown":
+            rtt += f" rto {la.rto_ms:g}ms"  # how long the next ping waits for its reply
+        if not ia.enabled:
             isalive = "-"
-        elif ia["dead"]:
+        elif ia.dead:
             isalive = "DEAD"
         else:
-            isalive = {True: "ok", False: "failing", None: "pending"}[ia["ok"]]
-            if ia.get("latency_ms") is not None:
-                isalive += f" {ia['latency_ms']:.0f}ms"
-        state = m["state"] + (" (paused)" if m["paused"] else "")
-        if m["conflict_open"]:
+            isalive = {True: "ok", False: "failing", None: "pending"}[ia.ok]
+            if ia.latency_ms is not None:
+                isalive += f" {ia.latency_ms:.0f}ms"
+        state = f"{m.state}{' (paused)' if m.paused else ''}"
+        if m.conflict_open:
             state += " CONFLICT"
-        rows.append((m["name"], f"{m['address']}/{m['prefixlen']}", m["role"], state,
-                     m["holder"], la["health"] + rtt, isalive, str(m["counters"]["takeovers"]),
-                     str(m["counters"]["conflicts"]), _duration(m["seconds_since_change"])))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    for r in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-    for m in st.get("monitors", []):
-        lines.append(f"  {m['name']}: {m['reason']}")
-    for pool in st.get("pools", []):
-        alive = [m["name"] for m in pool["members"] if m["alive"]]
-        lines.append(f"pool {pool['name']} as {pool['member']}: {pool['phase']}"
-                     f"{' ISOLATED' if pool['isolated'] else ''}, members alive: "
-                     f"{', '.join(alive)}; holding here: {', '.join(pool['held']) or 'none'}"
-                     + (f"; CONFIG DRIFT with {', '.join(pool['drift'])}" if pool["drift"]
+        rows.append((str(m.name), f"{m.address}/{m.prefixlen}", str(m.role), state,
+                     str(m.holder), f"{la.health}{rtt}", isalive,
+                     str(m.counters.get("takeovers", 0)), str(m.counters.get("conflicts", 0)),
+                     _duration(m.seconds_since_change or 0.0)))
+    lines.extend(_table(rows))
+    for m in st.monitors:
+        lines.append(f"  {m.name}: {m.reason}")
+    for pool in st.pools:
+        alive = [str(m.name) for m in pool.members if m.alive]
+        lines.append(f"pool {pool.name} as {pool.member}: {pool.phase}"
+                     f"{' ISOLATED' if pool.isolated else ''}, members alive: "
+                     f"{', '.join(alive)}; holding here: {', '.join(pool.held) or 'none'}"
+                     + (f"; CONFIG DRIFT with {', '.join(pool.drift)}" if pool.drift
                         else ""))
-        if pool.get("backend") == "etcd":
-            etcd = pool["etcd"]
-            lines.append(f"  etcd {etcd['endpoint']}: "
-                         + ("connected" if etcd["connected"] else "NOT CONNECTED")
-                         + f", lease {etcd['lease'] or 'none'} (ttl {etcd['ttl']}s)"
-                         + (f", last error: {etcd['last_error']}" if etcd["last_error"]
-                            and not etcd["connected"] else ""))
-            if pool.get("config_drift"):
-                lines.append(f"  CONFIG DRIFT: {pool['config_drift']}")
-        if pool.get("reason"):
-            lines.append(f"  {pool['reason']}")
-        for address, owner in sorted(pool["assignment"].items()):
+        if pool.etcd is not None:
+            etcd = pool.etcd
+            lines.append(f"  etcd {etcd.endpoint}: "
+                         + ("connected" if etcd.connected else "NOT CONNECTED")
+                         + f", lease {etcd.lease or 'none'} (ttl {etcd.ttl}s)"
+                         + (f", last error: {etcd.last_error}" if etcd.last_error
+                            and not etcd.connected else ""))
+            if pool.config_drift:
+                lines.append(f"  CONFIG DRIFT: {pool.config_drift}")
+        if pool.reason:
+            lines.append(f"  {pool.reason}")
+        for address, owner in sorted((pool.assignment or {}).items()):
             lines.append(f"  {address} -> {owner}")
-    sinks = st.get("sinks", [])
+    sinks = st.sinks
     if sinks:
         parts = []
         for s in sinks:
@@ -346,6 +348,13 @@ def format_status(st: dict[str, Any]) -> str:
             parts.append(text)
         lines.append("sinks: " + "; ".join(parts))
     return "\n".join(lines)
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    """Rows as left-aligned columns two spaces apart (the first row is the header)."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+            for r in rows]
 
 
 def _duration(seconds: float) -> str:

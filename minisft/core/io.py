@@ -1,9 +1,10 @@
-"""Inputs to and actions from the failover core. Plain data: no behaviour, no I/O.
+"""Inputs to the failover core. Plain data: no behaviour, no I/O.
 
 The runtime turns the world into inputs (probe results, admin commands, clock ticks) and
-carries out the actions (probe, bind, release, announce, emit). Results of actions carry
-the `token` of the action they answer, so a result that arrives after the machine moved on
-is recognised as stale and ignored rather than misapplied.
+carries out the actions (probe, bind, release, announce, emit: `minisft.core.actions`, the
+vocabulary the pool machine shares). Results of actions carry the `token` of the action
+they answer, so a result that arrives after the machine moved on is recognised as stale
+and ignored rather than misapplied.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from minisft.config.model import MonitorConfig
-from minisft.core.events import Notice
+from minisft.core.actions import BindDone, ProbeDone
 
 # ---------------------------------------------------------------- inputs
 
@@ -65,27 +66,6 @@ class PeerServiceResult:
     ok: bool
     latency: float | None = None
     detail: str = ""
-
-
-@dataclass(frozen=True)
-class ProbeDone:
-    """An ARP probe (IPv4) or DAD-style neighbour solicitation (IPv6) finished.
-
-    `answered_by` is the link-layer address that answered for the address, or None when
-    nobody did. A probe that gets an answer reports at once, without waiting out its rounds.
-    `prober`: the answer was another host probing for the address at the same time (it
-    does not hold it yet), counted as an answer under the probe's `OnProber` rule.
-    """
-
-    token: int
-    answered_by: str | None
-    prober: bool = False
-
-
-@dataclass(frozen=True)
-class BindDone:
-    token: int
-    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -162,55 +142,3 @@ Input = (
     | ProbeDone | BindDone | ConflictSeen | PeerAsked | LinkChanged | AddressVanished | Tick
     | Command | Reconfigured
 )
-
-# ---------------------------------------------------------------- actions
-
-
-class OnProber(StrEnum):
-    """What a probe makes of another host probing for the same address at the same time
-    (RFC 5227 2.1.1 "simultaneous probe"); the core picks one per probe (see monitor.py)."""
-
-    YIELD = "yield"  # it counts as an answer: this node backs off
-    IGNORE = "ignore"  # only a real holder counts: this node goes ahead
-    TIEBREAK = "tiebreak"  # it counts only if its MAC is lower: exactly one goes ahead
-
-
-@dataclass(frozen=True)
-class StartProbe:
-    """Send `count` probes `interval` apart; report ProbeDone(token, ...) at the first
-    answer or `interval` after the last probe. Replaces any probe still running."""
-
-    token: int
-    count: int
-    interval: float
-    on_prober: OnProber = OnProber.TIEBREAK
-
-
-@dataclass(frozen=True)
-class CancelProbe:
-    token: int
-
-
-@dataclass(frozen=True)
-class Bind:
-    """Add the address with its prefix on the local interface, then announce it."""
-
-    token: int
-
-
-@dataclass(frozen=True)
-class Release:
-    """Remove the address from the local interface (no error if it is already gone)."""
-
-
-@dataclass(frozen=True)
-class Announce:
-    """Gratuitous ARP / unsolicited NA for the address, `announce.count` times."""
-
-
-@dataclass(frozen=True)
-class Emit:
-    notice: Notice
-
-
-Action = StartProbe | CancelProbe | Bind | Release | Announce | Emit

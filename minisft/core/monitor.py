@@ -71,32 +71,35 @@ from enum import StrEnum
 from typing import Any
 
 from minisft.config.model import FallbackMode, MonitorConfig, Role
-from minisft.core.edges import check_edge
-from minisft.core.events import EventKind, Notice
-from minisft.core.io import (
+from minisft.core.actions import (
     Action,
-    AddressVanished,
     Announce,
     Bind,
     BindDone,
     CancelProbe,
+    Emit,
+    IllegalInput,
+    OnProber,
+    ProbeDone,
+    Release,
+    StartProbe,
+)
+from minisft.core.edges import check_edge
+from minisft.core.events import EventKind, Notice
+from minisft.core.io import (
+    AddressVanished,
     Command,
     ConflictSeen,
-    Emit,
     Input,
     LateReply,
     LinkChanged,
-    OnProber,
     PeerAsked,
     PeerPingResult,
     PeerServiceResult,
     PingResult,
-    ProbeDone,
     Reconfigured,
-    Release,
     ServiceResult,
     Started,
-    StartProbe,
     Tick,
     Verb,
 )
@@ -134,10 +137,6 @@ class Health(StrEnum):
     UP = "up"
     DEGRADED = "degraded"  # ICMP unanswered but the holder answers ARP/NDP
     DOWN = "down"
-
-
-class IllegalInput(RuntimeError):
-    """An input arrived that the current state cannot receive: a bug in the caller."""
 
 
 class CommandRefused(Exception):
@@ -259,6 +258,11 @@ class MonitorMachine:
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def address(self) -> str:
+        """The service address as the actions name it ("192.0.2.10/24")."""
+        return str(self.config.address)
 
     def handle(self, event: Input, now: float) -> list[Action]:
         """Feed one input; return the actions to carry out, in order."""
@@ -441,7 +445,7 @@ class MonitorMachine:
         token = self._next_token()
         self._probe_token = token
         p = self.config.probe
-        self._do(StartProbe(token, p.count, p.interval, self._on_prober()))
+        self._do(StartProbe(token, self.address, p.count, p.interval, self._on_prober()))
 
     def _on_prober(self) -> OnProber:
         """What another node probing at the same moment counts as (module docstring)."""
@@ -473,7 +477,7 @@ class MonitorMachine:
 
     def _cancel_probe(self) -> None:
         if self._probe_token is not None:
-            self._do(CancelProbe(self._probe_token))
+            self._do(CancelProbe(self._probe_token, self.address))
             self._probe_token = None
         self._clear_rounds = 0
 
@@ -482,7 +486,7 @@ class MonitorMachine:
         token = self._next_token()
         self._bind_token = token
         self._go(State.BINDING, reason, purpose)
-        self._do(Bind(token))
+        self._do(Bind(token, self.address))
 
     def _reset_looks(self) -> None:
         self.looks.misses = 0
@@ -504,7 +508,7 @@ class MonitorMachine:
             self._next_refresh_at = self.now + self.config.announce.refresh
             self._emit(EventKind.ADOPTED, "address already bound here at start-up: adopted "
                        "without an outage and announced again")
-            self._do(Announce())
+            self._do(Announce(self.address))
         elif self.config.role is Role.PRIMARY and self.link_up:
             self._go(State.PROBING, "primary starting: probing before binding", Purpose.STARTUP)
             self._start_probe()
@@ -684,7 +688,7 @@ class MonitorMachine:
                        "not binding it", mac=mac, phase="takeover")
         elif purpose is Purpose.REPROBE:
             self.counters.yields += 1
-            self._do(Release())
+            self._do(Release(self.address))
             self._to_watching(f"yielded to {mac}, which took the address while our link was down")
             self._emit(EventKind.YIELDED, f"while our link was down {mac} took the address "
                        "over: released it and watching", mac=mac)
@@ -712,7 +716,8 @@ class MonitorMachine:
         purpose = self.purpose
         if ev.error is not None:
             if purpose is Purpose.REPROBE:
-                self._do(Release())  # it was still on the interface: do not leave it there
+                # it was still on the interface: do not leave it there
+                self._do(Release(self.address))
             self._to_watching(f"bind failed: {ev.error}")
             self._emit(EventKind.TAKEOVER_FAILED, f"could not bind the address: {ev.error}",
                        phase=purpose.value if purpose else "")
@@ -774,7 +779,7 @@ class MonitorMachine:
         if self.cut_off or self.config.role is Role.BACKUP:
             switchover = not self.cut_off and ev.mac == self.peer.watching_mac
             self.counters.yields += 1
-            self._do(Release())
+            self._do(Release(self.address))
             self._to_watching(f"yielded to {ev.mac}"
                               + (" (switchover by the primary)" if switchover else ""))
             self.holder_mac = ev.mac
@@ -805,7 +810,7 @@ class MonitorMachine:
                        "it, re-announcing", mac=ev.mac, phase="holding")
         if self.now - self._last_defend_at >= DEFEND_SPACING:
             self._last_defend_at = self.now
-            self._do(Announce())
+            self._do(Announce(self.address))
 
     def _on_peer_asked(self, ev: PeerAsked) -> None:
         """The peer resolved the address: it watches it (module docstring, switchover)."""
@@ -941,7 +946,7 @@ class MonitorMachine:
         refresh = self.config.announce.refresh
         if refresh > 0 and self.link_up and not self.cut_off and self.now >= self._next_refresh_at:
             self._next_refresh_at = self.now + refresh
-            self._do(Announce())
+            self._do(Announce(self.address))
         self._consider_fallback()
 
     def _consider_fallback(self) -> None:
@@ -954,7 +959,7 @@ class MonitorMachine:
         if up_for < c.fallback.hold_down:
             return
         self.counters.fallbacks += 1
-        self._do(Release())
+        self._do(Release(self.address))
         self._to_watching("handed the address back to the primary")
         self._fallback_at = self.now
         self._hold_off(Grace.FALLBACK, self.fallback_grace)
@@ -1001,7 +1006,7 @@ class MonitorMachine:
                 raise CommandRefused(f"{self.name}: this node does not hold "
                                      f"{self.config.ip} (state {self.state.value})")
             self.counters.releases += 1
-            self._do(Release())
+            self._do(Release(self.address))
             self._to_watching("released by admin; watching paused")
             self.paused = True
             self._emit(EventKind.RELEASED, f"released by {ev.by}; watching is paused so the "

@@ -113,11 +113,8 @@ def _with(known: tuple[str, ...], current: Any) -> tuple[str, ...]:
     return known
 
 
-def render_metrics(status: StatusDocument | Mapping[str, Any]) -> bytes:
-    """The status document (or its dict, as in status.json) as a Prometheus text
-    exposition."""
-    if not isinstance(status, StatusDocument):
-        status = StatusDocument.from_dict(status)
+def render_metrics(status: StatusDocument) -> bytes:
+    """The status document as a Prometheus text exposition."""
     fam: dict[str, _Family] = {}
 
     def family(name: str, kind: str, help_text: str) -> _Family:
@@ -292,7 +289,7 @@ def parse_listen(listen: str) -> tuple[str, int]:
 DEFAULT_MAX_CONNECTIONS = 16  # alerting.prometheus.max_connections: scrapers are few
 
 
-async def serve_metrics(listen: str, get_status: Callable[[], dict[str, Any]], *,
+async def serve_metrics(listen: str, get_status: Callable[[], StatusDocument], *,
                         max_connections: int = DEFAULT_MAX_CONNECTIONS,
                         ) -> asyncio.AbstractServer:
     """Serve `GET /metrics` on `listen`; each scrape renders `get_status()` afresh. At most
@@ -321,7 +318,7 @@ async def serve_metrics(listen: str, get_status: Callable[[], dict[str, Any]], *
 
 
 async def _respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                   get_status: Callable[[], dict[str, Any]]) -> None:
+                   get_status: Callable[[], StatusDocument]) -> None:
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
     request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
     parts = request_line.split()

@@ -501,13 +501,10 @@ def summarize(check: Check) -> str:
     return "\n".join(lines)
 
 
-def check_output(status: StatusDocument | Mapping[str, Any], argv: list[str],
-                 now: float) -> tuple[State, str]:
+def check_output(status: StatusDocument, argv: list[str], now: float) -> tuple[State, str]:
     """What `check_minisft ARGV` prints and means for this status document, without a
     process: the daemon's passive-check sinks (alerting.nagios, alerting.icinga2) push
     exactly this. Raises CheckError (e.g. an unknown --monitor) like the CLI would."""
-    if not isinstance(status, StatusDocument):
-        status = StatusDocument.from_dict(status)
     check = run_check(status, build_parser().parse_args(argv), now)
     return check.state, summarize(check)
 

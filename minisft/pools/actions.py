@@ -1,22 +1,34 @@
 """Inputs to and actions from the pool machine. Plain data, no behaviour, no I/O.
 
 Same pattern as `minisft.core.io`: results carry the token of the action they answer, so a
-stale result is recognised and ignored. `Tick`, `ProbeDone`, `BindDone`, `LinkChanged` and
-`Emit` are the core's own classes; the pool's probe/bind/release/announce carry the address
-(as `str(ip_interface)`, e.g. "192.0.2.101/24") because one machine manages many.
+stale result is recognised and ignored. `Tick` and `LinkChanged` are the core's own inputs;
+probe, bind, release, announce and emit are the shared vocabulary of
+`minisft.core.actions`; only `SendHeartbeat` is the pool's own.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from minisft.core.io import BindDone, Emit, LinkChanged, ProbeDone, Tick
+from minisft.core.actions import (
+    Action,
+    Announce,
+    Bind,
+    BindDone,
+    CancelProbe,
+    Emit,
+    OnProber,
+    ProbeDone,
+    Release,
+    StartProbe,
+)
+from minisft.core.io import LinkChanged, Tick
 
 __all__ = [
     "Action", "AddressGone", "Announce", "Bind", "BindDone", "CancelProbe", "Emit",
-    "HeartbeatSeen", "LinkChanged", "PoolInput", "ProbeDone", "Rebalance", "Release",
-    "SendHeartbeat",
-    "StartProbe", "Started", "Tick", "WitnessResult",
+    "HeartbeatSeen", "LinkChanged", "OnProber", "PoolAction", "PoolInput", "ProbeDone",
+    "Rebalance", "Release", "SendHeartbeat", "StartProbe", "Started", "Tick",
+    "WitnessResult",
 ]
 
 # ---------------------------------------------------------------- inputs
@@ -69,42 +81,8 @@ PoolInput = (Started | HeartbeatSeen | WitnessResult | AddressGone | Tick | Prob
 
 
 @dataclass(frozen=True)
-class StartProbe:
-    """ARP/NDP probe for `address`; report ProbeDone(token, mac or None)."""
-
-    token: int
-    address: str
-    count: int
-    interval: float
-
-
-@dataclass(frozen=True)
-class CancelProbe:
-    token: int
-    address: str
-
-
-@dataclass(frozen=True)
-class Bind:
-    """Add the address on the interface, announce it, report BindDone(token, error)."""
-
-    token: int
-    address: str
-
-
-@dataclass(frozen=True)
-class Release:
-    address: str
-
-
-@dataclass(frozen=True)
-class Announce:
-    address: str
-
-
-@dataclass(frozen=True)
 class SendHeartbeat:
     """Something peers must know changed (bound, released): send a heartbeat now."""
 
 
-Action = StartProbe | CancelProbe | Bind | Release | Announce | SendHeartbeat | Emit
+PoolAction = Action | SendHeartbeat

@@ -73,10 +73,10 @@ from enum import StrEnum
 from typing import Any
 
 from minisft.config.model import AnnounceConfig, FallbackMode, PoolConfig, ProbeConfig
+from minisft.core.actions import IllegalInput
 from minisft.core.edges import check_edge
 from minisft.core.events import EventKind, Notice, Severity
 from minisft.pools.actions import (
-    Action,
     AddressGone,
     Announce,
     Bind,
@@ -85,6 +85,8 @@ from minisft.pools.actions import (
     Emit,
     HeartbeatSeen,
     LinkChanged,
+    OnProber,
+    PoolAction,
     PoolInput,
     ProbeDone,
     Rebalance,
@@ -111,10 +113,6 @@ class Slot(StrEnum):
     PROBING = "probing"
     BINDING = "binding"
     HELD = "held"
-
-
-class IllegalInput(RuntimeError):
-    """An input the current phase cannot receive: a bug in the caller."""
 
 
 @dataclass
@@ -164,7 +162,7 @@ class PoolMachine:
     witness_ok: bool | None = None
     counters: Counters = field(default_factory=Counters)
     _token: int = 0
-    _pending: list[Action] = field(default_factory=list)
+    _pending: list[PoolAction] = field(default_factory=list)
     _rebalance_by: str | None = None
 
     def __post_init__(self) -> None:
@@ -210,7 +208,7 @@ class PoolMachine:
         la = self.pool.looksalive
         return la.retry * la.interval + la.timeout
 
-    def handle(self, event: PoolInput, now: float) -> list[Action]:
+    def handle(self, event: PoolInput, now: float) -> list[PoolAction]:
         handlers = TRANSITIONS[self.phase]
         kind = type(event)
         if kind not in handlers:
@@ -293,7 +291,7 @@ class PoolMachine:
 
     # ------------------------------------------------------------------ helpers
 
-    def _do(self, *actions: Action) -> None:
+    def _do(self, *actions: PoolAction) -> None:
         self._pending.extend(actions)
 
     def _emit(self, kind: EventKind, reason: str, address: str | None = None, *,
@@ -675,7 +673,7 @@ class PoolMachine:
 
     def _start_probe(self, a: str) -> int:
         token = self._next_token()
-        self._do(StartProbe(token, a, PROBE.count, PROBE.interval))
+        self._do(StartProbe(token, a, PROBE.count, PROBE.interval, OnProber.YIELD))
         return token
 
     def _start_bind(self, a: str) -> None:

@@ -24,7 +24,6 @@ from typing import Any, Protocol, TypeVar
 from minisft.config.model import IPAddress, IPInterface, PoolConfig
 from minisft.core.events import EventKind, Notice
 from minisft.pools.actions import (
-    Action,
     AddressGone,
     Announce,
     Bind,
@@ -33,6 +32,7 @@ from minisft.pools.actions import (
     Emit,
     HeartbeatSeen,
     LinkChanged,
+    PoolAction,
     PoolInput,
     ProbeDone,
     Rebalance,
@@ -167,7 +167,7 @@ class PoolRuntime:
         self.feed(HeartbeatSeen(msg.member, frozenset(msg.holds), msg.digest, msg.state,
                                 frozenset(msg.wants), frozenset(msg.lost)))
 
-    def _execute(self, action: Action) -> None:
+    def _execute(self, action: PoolAction) -> None:
         if isinstance(action, Emit):
             self._emit(action.notice)
         elif isinstance(action, StartProbe):

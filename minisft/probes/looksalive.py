@@ -1,22 +1,29 @@
-"""LooksAlive: ICMP echo with icmplib, one raw socket per address family for the whole daemon.
+"""LooksAlive: ICMP echo, one ping hub for the whole daemon.
 
 Every raw ICMP socket receives a copy of every ICMP packet, so a socket per monitor would
 cost (monitors x replies) copies; one socket per family with replies matched to waiters by
 (identifier, sequence) keeps 500 monitors cheap. A kernel ICMP filter keeps echo requests
 and other noise out of userspace.
 
-icmplib builds and sends the requests. Replies are read here, by an event-loop reader that
-never times out, and not with icmplib's `AsyncSocket.receive(timeout)`: that call throws
-away a packet it has already taken off the socket when it reads it after its own deadline
-(`if current_time > time_limit: raise TimeoutError`). A reader looping on
-`receive(timeout=1.0)` re-arms right after each reply, so with one ping a second its
-deadline fell on the next reply, and a quarter to a third of all replies were read and
-dropped on a loss-free network (issue 10, defect 3).
+The per-ping cost is what limits how many addresses one daemon can watch (issue 14: 500
+monitors at 1 s must stay under 15% of a core), so a ping costs one `sendto`, one entry in
+a dict and one in a heap, and one future for its caller to await:
+* The request is built here, not by icmplib's `send`, which costs two `setsockopt` calls
+  (TTL, traffic class) and an address lookup per packet. icmplib only opens the sockets.
+* Replies are drained by one event-loop reader per socket, every packet that is ready per
+  wake-up. The reader never times out: icmplib's `AsyncSocket.receive(timeout)` throws away
+  a packet it has already taken off the socket when it reads it after its own deadline, and
+  a quarter to a third of all replies were read and dropped that way (issue 10, defect 3).
+* All deadlines (a ping's timeout, then how long a late reply is still matched) live in one
+  heap, served by one asyncio timer armed for the earliest: no `wait_for`, no `call_later`
+  and no task per ping. A deadline whose ping was answered stays in the heap and is skipped
+  when it comes up, which is cheaper than taking it out.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import ipaddress
 import logging
 import os
@@ -25,10 +32,9 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
-from icmplib import ICMPRequest, ICMPv4Socket, ICMPv6Socket
-from icmplib.exceptions import ICMPLibError
+from icmplib import ICMPv4Socket, ICMPv6Socket
 
 log = logging.getLogger("minisft.looksalive")
 
@@ -43,7 +49,13 @@ _ICMP_FILTER = 1  # linux/icmp.h: bit set = type blocked
 _ICMP6_FILTER = 1  # netinet/icmp6.h, level IPPROTO_ICMPV6
 _IPV6_HEADER = 40  # our requests carry no extension headers, so neither do their quotes
 _READ_SIZE = 1024  # more than an echo reply or an error quoting one ever needs
-_READS_PER_WAKEUP = 64  # a flood of ICMP must not hold the event loop: the rest waits
+# A flood of ICMP must not hold the event loop: what is left after this many waits for the
+# next wake-up (the socket stays readable). 500 monitors at 1 s get ~500 replies a second.
+_READS_PER_WAKEUP = 256
+_PAYLOAD = b"MiniSFT-LooksAlv"  # 16 bytes, as icmplib's payload_size=16 sent before
+_FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
+# the clock resolution asyncio itself allows a timer to fire early by
+_CLOCK_RESOLUTION = time.get_clock_info("monotonic").resolution
 
 
 @dataclass(frozen=True)
@@ -53,9 +65,9 @@ class PingOutcome:
     detail: str
 
 
-@dataclass(frozen=True)
-class EchoAnswer:
-    """What an ICMP packet says about one of our echo requests."""
+class EchoAnswer(NamedTuple):
+    """What an ICMP packet says about one of our echo requests. A tuple, not a dataclass:
+    the reader builds one for every packet it reads."""
 
     icmp_type: int  # echo reply, or the error (unreachable, time exceeded)
     identifier: int
@@ -95,16 +107,95 @@ def _ipv4_payload(packet: bytes) -> bytes:
     return packet[(packet[0] & 0x0F) * 4:]
 
 
-class Pinger:
-    """Send echo requests and await their replies; safe for many concurrent callers."""
+def echo_request(version: int, identifier: int, sequence: int) -> bytes:
+    """An ICMP echo request as a raw socket of that family sends it (no IP header). The
+    IPv4 checksum is ours to fill in; for ICMPv6 the kernel computes it (RFC 3542 3.1),
+    over a pseudo-header we do not know, so it is left 0."""
+    header = struct.pack("!BBHHH", _ECHO_REQUEST[version], 0, 0, identifier, sequence)
+    if version == 6:
+        return header + _PAYLOAD
+    total = sum(struct.unpack("!12H", header + _PAYLOAD))
+    total = (total & 0xFFFF) + (total >> 16)
+    total += total >> 16
+    checksum = ~total & 0xFFFF
+    return struct.pack("!BBHHH", _ECHO_REQUEST[version], 0, checksum, identifier,
+                       sequence) + _PAYLOAD
 
-    def __init__(self) -> None:
+
+class IcmpSocket(Protocol):
+    """What the hub needs of a raw ICMP socket (a `socket.socket`, or a test's fake)."""
+
+    def fileno(self) -> int: ...
+    def recv(self, bufsize: int, /) -> bytes: ...
+    def sendto(self, data: bytes, address: Any, /) -> int: ...
+    def close(self) -> None: ...
+
+
+def open_icmp_socket(version: int) -> socket.socket:
+    """A raw ICMP socket of that family, non-blocking, with the kernel filter installed.
+
+    icmplib opens it (its errors say which privilege is missing); the socket is then taken
+    out of icmplib's object, which would close it when garbage-collected."""
+    icmp = ICMPv4Socket(privileged=True) if version == 4 else ICMPv6Socket(privileged=True)
+    raw = socket.socket(fileno=icmp.sock.detach())
+    icmp.close()  # closes only the detached husk
+    raw.setblocking(False)
+    _install_filter(raw, version)
+    return raw
+
+
+# a ping's phase; also tags its deadlines in the heap, so a stale deadline is recognised
+_WAITING, _LINGERING, _DONE = 0, 1, 2
+
+
+class _Ping:
+    """One echo request in flight."""
+
+    __slots__ = ("future", "linger_until", "on_late", "phase", "sent", "sequence", "timeout",
+                 "version")
+
+    def __init__(self, sequence: int, version: int, sent: float, timeout: float,
+                 linger_until: float | None, future: asyncio.Future[PingOutcome],
+                 on_late: Callable[[float], object] | None) -> None:
+        self.sequence = sequence
+        self.version = version
+        self.sent = sent
+        self.timeout = timeout
+        self.linger_until = linger_until  # None: forget it at the timeout
+        self.future = future
+        self.on_late = on_late
+        self.phase = _WAITING
+
+
+class Pinger:
+    """Send echo requests and await their replies; safe for many concurrent callers.
+
+    The hub: one socket per family (opened on first use), one reader per socket, one heap of
+    deadlines and at most one armed timer. `open_socket` and the event loop's clock are the
+    only ways it touches the world, so tests run it on fakes and in simulated time.
+    """
+
+    def __init__(self, *, open_socket: Callable[[int], IcmpSocket] = open_icmp_socket) -> None:
+        self._open_socket = open_socket
         self._ident = int.from_bytes(os.urandom(2), "big") or 1
         self._seq = 0
-        self._sockets: dict[int, Any] = {}  # icmplib ICMPv4Socket / ICMPv6Socket
+        self._sockets: dict[int, IcmpSocket] = {}
+        self._sockaddrs: dict[IPAddress, Any] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._waiters: dict[int, asyncio.Future[tuple[int, float]]] = {}
-        self.stats = {"sent": 0, "answered": 0, "timeouts": 0, "errors": 0, "late": 0}
+        self._waiters: dict[int, _Ping] = {}  # by sequence, while waiting or lingering
+        # (deadline, tie-breaker, phase it ends, ping): a ping waiting has its timeout in
+        # here, a ping lingering its linger end; entries of pings since answered are stale
+        self._deadlines: list[tuple[float, int, int, _Ping]] = []
+        self._pushed = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._serving_deadlines = False  # _deadlines_due arms the timer once, at its end
+        self.stats = {"sent": 0, "answered": 0, "timeouts": 0, "errors": 0, "late": 0,
+                      "deadline_wakeups": 0, "reader_wakeups": 0, "packets_read": 0}
+
+    @property
+    def in_flight(self) -> int:
+        """Echo requests still matched to a reply (waiting, or lingering for a late one)."""
+        return len(self._waiters)
 
     async def ping(self, address: IPAddress, timeout: float, *, linger: float = 0.0,
                    on_late: Callable[[float], object] | None = None) -> PingOutcome:
@@ -114,99 +205,174 @@ class Pinger:
         start retries early, and still learns that a slow reply was not a lost one."""
         version = address.version
         sock = self._socket(version)
-        self._seq = (self._seq + 1) & 0xFFFF
-        seq = self._seq
-        request = ICMPRequest(destination=str(address), id=self._ident, sequence=seq,
-                              payload_size=16)
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[tuple[int, float]] = loop.create_future()
-        self._waiters[seq] = waiter
-        lingering = False
+        loop = self._loop
+        assert loop is not None
+        sequence = self._next_sequence()
+        sockaddr = self._sockaddrs.get(address) or self._resolve(address)
+        sent = loop.time()
         try:
-            try:
-                sock.send(request)
-            except ICMPLibError as exc:
-                self.stats["errors"] += 1
-                return PingOutcome(False, None, f"send failed: {exc}")
-            self.stats["sent"] += 1
-            try:
-                # shielded: a timeout must not cancel the waiter, which may linger on
-                icmp_type, received = await asyncio.wait_for(asyncio.shield(waiter), timeout)
-            except TimeoutError:
-                self.stats["timeouts"] += 1
-                if on_late is not None and linger > timeout:
-                    lingering = True
-                    self._linger(seq, waiter, request.time, version, linger - timeout, on_late)
-                return PingOutcome(False, None, f"no reply within {timeout:g}s")
+            sock.sendto(echo_request(version, self._ident, sequence), sockaddr)
+        except OSError as exc:  # e.g. ENETUNREACH: our own link is down
+            self.stats["errors"] += 1
+            return PingOutcome(False, None, f"send failed: {exc}")
+        self.stats["sent"] += 1
+        lingers = on_late is not None and linger > timeout
+        ping = _Ping(sequence, version, sent, timeout, sent + linger if lingers else None,
+                     loop.create_future(), on_late)
+        self._waiters[sequence] = ping
+        self._push(sent + timeout, _WAITING, ping)
+        try:
+            return await ping.future
+        except asyncio.CancelledError:
+            self._forget(ping)  # a cancelled caller wants no late reply either
+            raise
+
+    def _next_sequence(self) -> int:
+        sequence = (self._seq + 1) & 0xFFFF
+        while sequence in self._waiters:  # only with >65k in flight, or a huge linger
+            sequence = (sequence + 1) & 0xFFFF
+        self._seq = sequence
+        return sequence
+
+    def _resolve(self, address: IPAddress) -> Any:
+        """The socket address of `address`, as icmplib looked it up for every packet (an
+        IPv6 address's scope id included); looked up once per address here."""
+        sockaddr = socket.getaddrinfo(str(address), None, _FAMILY[address.version],
+                                      socket.SOCK_RAW)[0][4]
+        if len(self._sockaddrs) >= 4096:  # addresses come from the config: never this many
+            self._sockaddrs.clear()
+        self._sockaddrs[address] = sockaddr
+        return sockaddr
+
+    # ------------------------------------------------------------------ deadlines
+
+    def _push(self, deadline: float, phase: int, ping: _Ping) -> None:
+        self._pushed += 1
+        heapq.heappush(self._deadlines, (deadline, self._pushed, phase, ping))
+        timer = self._timer
+        if not self._serving_deadlines and (timer is None or deadline < timer.when()):
+            self._arm(deadline)
+
+    def _arm(self, deadline: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        assert self._loop is not None
+        self._timer = self._loop.call_at(deadline, self._deadlines_due)
+
+    def _deadlines_due(self) -> None:
+        """The one timer fired: end every ping whose deadline has come, then arm the timer
+        for the earliest deadline still live (stale ones on top are dropped on the way)."""
+        self._timer = None
+        self.stats["deadline_wakeups"] += 1
+        assert self._loop is not None
+        now = self._loop.time() + _CLOCK_RESOLUTION
+        heap = self._deadlines
+        self._serving_deadlines = True
+        try:
+            while heap:
+                deadline, _, phase, ping = heap[0]
+                if ping.phase != phase:  # answered, forgotten, or moved on to lingering
+                    heapq.heappop(heap)
+                    continue
+                if deadline > now:
+                    self._arm(deadline)
+                    return
+                heapq.heappop(heap)
+                if phase == _WAITING:
+                    self._timed_out(ping)
+                else:  # the linger is over: a reply now is simply not matched
+                    self._forget(ping)
         finally:
-            if not lingering:
-                self._forget(seq, waiter)
-        if icmp_type != _ECHO_REPLY[version]:
-            return PingOutcome(False, None, _UNREACHABLE[version].get(icmp_type,
-                                                                      f"ICMP type {icmp_type}"))
-        self.stats["answered"] += 1
-        return PingOutcome(True, max(0.0, received - request.time), "echo reply")
+            self._serving_deadlines = False
 
-    def _linger(self, seq: int, waiter: asyncio.Future[tuple[int, float]], sent_at: float,
-                version: int, remaining: float, on_late: Callable[[float], object]) -> None:
-        """Keep matching a reply to `seq` for `remaining` seconds more."""
-        def arrived(done: asyncio.Future[tuple[int, float]]) -> None:
-            give_up.cancel()
-            self._forget(seq, done)
-            if done.cancelled():
-                return
-            icmp_type, received = done.result()
-            if icmp_type == _ECHO_REPLY[version]:
-                self.stats["late"] += 1
-                on_late(max(0.0, received - sent_at))
+    def _timed_out(self, ping: _Ping) -> None:
+        self.stats["timeouts"] += 1
+        if ping.linger_until is not None:
+            ping.phase = _LINGERING
+            self._push(ping.linger_until, _LINGERING, ping)
+        else:
+            self._forget(ping)
+        if not ping.future.done():
+            ping.future.set_result(PingOutcome(False, None,
+                                               f"no reply within {ping.timeout:g}s"))
 
-        give_up = asyncio.get_running_loop().call_later(remaining, waiter.cancel)
-        waiter.add_done_callback(arrived)
+    def _forget(self, ping: _Ping) -> None:
+        ping.phase = _DONE
+        if self._waiters.get(ping.sequence) is ping:
+            del self._waiters[ping.sequence]
 
-    def _forget(self, seq: int, waiter: asyncio.Future[tuple[int, float]]) -> None:
-        if self._waiters.get(seq) is waiter:
-            del self._waiters[seq]
-        if not waiter.done():
-            waiter.cancel()
+    # ------------------------------------------------------------------ replies
 
-    def _socket(self, version: int) -> Any:
-        icmp = self._sockets.get(version)
-        if icmp is None:
-            icmp = ICMPv4Socket(privileged=True) if version == 4 else \
-                ICMPv6Socket(privileged=True)
-            raw: socket.socket = icmp.sock
-            raw.setblocking(False)
-            _install_filter(raw, version)
+    def _socket(self, version: int) -> IcmpSocket:
+        sock = self._sockets.get(version)
+        if sock is None:
+            sock = self._open_socket(version)
             self._loop = asyncio.get_running_loop()
-            self._loop.add_reader(raw.fileno(), self._read, raw, version)
-            self._sockets[version] = icmp
-        return icmp
+            self._loop.add_reader(sock.fileno(), self._read, sock, version)
+            self._sockets[version] = sock
+        return sock
 
-    def _read(self, raw: socket.socket, version: int) -> None:
-        """The socket is readable: hand every waiting reply to its ping. Nothing read is
-        ever dropped for lack of time, and no timer races the read."""
+    def _read(self, sock: IcmpSocket, version: int) -> None:
+        """The socket is readable: drain it, handing every reply to its ping. Nothing read
+        is ever dropped for lack of time, and no timer races the read."""
+        assert self._loop is not None
+        clock = self._loop.time
+        self.stats["reader_wakeups"] += 1
         for _ in range(_READS_PER_WAKEUP):
             try:
-                packet = raw.recv(_READ_SIZE)
+                packet = sock.recv(_READ_SIZE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # a socket hiccup: the next readable event retries
                 log.debug("ICMP receive error: %s", exc)
                 return
-            received = time.time()  # the clock icmplib stamps request.time with
+            received = clock()
+            self.stats["packets_read"] += 1
             answer = parse_answer(packet, version)
             if answer is None or answer.identifier != self._ident:
-                continue
-            waiter = self._waiters.get(answer.sequence)
-            if waiter is not None and not waiter.done():
-                waiter.set_result((answer.icmp_type, received))
+                continue  # not ours: another process's ping, or noise
+            ping = self._waiters.get(answer.sequence)
+            if ping is not None and ping.version == version:
+                self._answered(ping, answer.icmp_type, received)
+
+    def _answered(self, ping: _Ping, icmp_type: int, received: float) -> None:
+        phase = ping.phase
+        self._forget(ping)
+        is_reply = icmp_type == _ECHO_REPLY[ping.version]
+        rtt = max(0.0, received - ping.sent)
+        if phase == _LINGERING:
+            if is_reply and ping.on_late is not None:
+                self.stats["late"] += 1
+                try:
+                    ping.on_late(rtt)
+                except Exception:  # the caller's bug must not cost the replies after it
+                    log.exception("late-reply callback failed")
+            return
+        if ping.future.done():  # its caller was cancelled an instant ago
+            return
+        if is_reply:
+            self.stats["answered"] += 1
+            ping.future.set_result(PingOutcome(True, rtt, "echo reply"))
+        else:
+            ping.future.set_result(PingOutcome(
+                False, None, _UNREACHABLE[ping.version].get(icmp_type,
+                                                            f"ICMP type {icmp_type}")))
 
     async def close(self) -> None:
-        for icmp in self._sockets.values():
-            if self._loop is not None and icmp.sock is not None:
-                self._loop.remove_reader(icmp.sock.fileno())
-            icmp.close()
+        """Close the sockets. Pings still waiting end as unanswered now; none lingers."""
+        for sock in self._sockets.values():
+            if self._loop is not None:
+                self._loop.remove_reader(sock.fileno())
+            sock.close()
         self._sockets.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for ping in list(self._waiters.values()):
+            self._forget(ping)
+            if not ping.future.done():
+                ping.future.set_result(PingOutcome(False, None, "pinger closed"))
+        self._deadlines.clear()
         self._loop = None
 
 

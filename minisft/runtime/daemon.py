@@ -33,6 +33,13 @@ from minisft.runtime.control import ControlError, ControlServer
 from minisft.runtime.journald import EVENT_ATTR
 from minisft.runtime.monitor_runtime import Check, MonitorRuntime
 from minisft.sinks.factory import build_sinks
+from minisft.status import (
+    STATUS_NAME,
+    MonitorStatus,
+    PoolStatus,
+    StatusDocument,
+    dump,
+)
 
 log = logging.getLogger("minisft")
 event_log = logging.getLogger("minisft.events")
@@ -158,7 +165,7 @@ class Daemon:
         self.journal = EventJournal(cfg.state_dir / "journal", retention=cfg.journal.max_age,
                                     max_bytes=cfg.journal.max_bytes)
         try:
-            self.journal.open(floor=_last_seq_in_status(cfg.state_dir / "status.json"))
+            self.journal.open(floor=_last_seq_in_status(cfg.state_dir / STATUS_NAME))
         except OSError as exc:  # unwritable state_dir: run anyway, say so loudly
             log.error("event journal unavailable (%s): events still reach the sinks but are "
                       "not kept across restarts", exc)
@@ -391,49 +398,44 @@ class Daemon:
 
     # ================================================================= status
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> StatusDocument:
+        """The live status document: what status.json, the control socket's `status`,
+        the Prometheus endpoint and the check-result sinks all show."""
         now_wall = self.wall()
         monitors = []
         for rt in self.runtimes.values():
             snap = rt.machine.snapshot()
             rt.machine.now = self.clock()
-            snap["seconds_since_change"] = round(max(0.0, self.clock() -
-                                                     rt.machine.last_change), 3)
-            snap["last_change_time"] = now_wall - snap["seconds_since_change"]
-            monitors.append(snap)
-        return {
-            "version": 1,
-            "node": self.config.node.name,
-            "pid": os.getpid(),
-            "software_version": __version__,
-            "started_at": self.started_at,
-            "updated_at": now_wall,
-            "interface": self.iface.name if self.iface else None,
-            "local_ip": str(self.config.node.local_ip),
-            "link_up": self._link_up,
-            "config": str(self.config_path) if self.config_path else None,
-            "last_event_seq": self.journal.last_seq if self.journal else 0,
-            "monitors": monitors,
-            "sinks": self.delivery.status() if self.delivery else [],
-            "pools": [rt.snapshot() for rt in self.pools.values()],
-        }
+            since = round(max(0.0, self.clock() - rt.machine.last_change), 3)
+            monitors.append(MonitorStatus.from_dict(
+                {**snap, "seconds_since_change": since, "last_change_time": now_wall - since}))
+        return StatusDocument(
+            node=self.config.node.name,
+            pid=os.getpid(),
+            software_version=__version__,
+            started_at=self.started_at,
+            updated_at=now_wall,
+            interface=self.iface.name if self.iface else None,
+            local_ip=str(self.config.node.local_ip),
+            link_up=self._link_up,
+            config=str(self.config_path) if self.config_path else None,
+            last_event_seq=self.journal.last_seq if self.journal else 0,
+            monitors=tuple(monitors),
+            sinks=tuple(self.delivery.status() if self.delivery else ()),
+            pools=tuple(PoolStatus.from_dict(rt.snapshot()) for rt in self.pools.values()),
+        )
 
-    def write_status(self, extra: dict[str, Any] | None = None) -> None:
-        path = self.config.state_dir / "status.json"
+    def write_status(self, stopped_at: float | None = None) -> None:
+        """status.json for check_minisft, the SNMP helper and admins; `stopped_at` marks
+        the last one, written by a cleanly stopping daemon."""
+        path = self.config.state_dir / STATUS_NAME
         doc = self.status()
-        if extra:
-            doc.update(extra)
-        tmp = path.with_suffix(".json.tmp")
+        if stopped_at is not None:
+            doc = replace(doc, stopped_at=stopped_at)
         try:
-            # one write of one string: json.dump makes a write() call per token (~1% CPU
-            # at 500 monitors, once a second)
-            text = json.dumps(doc, default=str)
-            with open(tmp, "w") as fh:
-                fh.write(text)
-            os.chmod(tmp, 0o644)  # readable by monitoring users: holds no secrets
-            os.replace(tmp, path)
+            dump(doc, path)
         except OSError as exc:
-            self._status_failed(path, tmp, exc)
+            self._status_failed(path, path.with_suffix(".json.tmp"), exc)
         else:
             if self._status_failing:
                 self._status_failing = False
@@ -461,7 +463,7 @@ class Daemon:
     async def _handle_request(self, req: dict[str, Any]) -> dict[str, Any]:
         cmd = req.get("cmd")
         if cmd == "status":
-            return {"ok": True, "status": self.status()}
+            return {"ok": True, "status": self.status().to_dict()}
         if cmd in ("release", "claim", "pause", "resume", "switchover"):
             return await self._admin(Verb(cmd), str(req.get("monitor", "")),
                                      str(req.get("by") or "cli"))
@@ -678,7 +680,7 @@ class Daemon:
                 self.emit(Notice(EventKind.RELEASED, "daemon stopping (node.release_on_stop):"
                                  " released the address", monitor=rt.config.name,
                                  address=str(rt.config.ip), state="stopped"))
-        self.write_status({"stopped_at": self.wall()})
+        self.write_status(stopped_at=self.wall())
         await self._teardown()
 
     async def _teardown(self) -> None:
@@ -708,7 +710,8 @@ class Daemon:
 
 def _last_seq_in_status(path: Path) -> int:
     """The last event seq the previous daemon published: seqs never go back, even when
-    the journal directory was deleted."""
+    the journal directory was deleted. Read leniently, without status.load's format
+    check: any seq a file of any version holds is a floor worth keeping."""
     try:
         seq = json.loads(path.read_bytes()).get("last_event_seq")
     except (OSError, ValueError, RecursionError, AttributeError):

@@ -16,25 +16,27 @@ from concurrent.futures import Executor
 from typing import Any, Literal, Protocol, TypeVar
 
 from minisft.config.model import MonitorConfig
-from minisft.core.events import EventKind, Notice
-from minisft.core.io import (
+from minisft.core.actions import (
     Action,
     Announce,
     Bind,
     BindDone,
     CancelProbe,
     Emit,
+    ProbeDone,
+    Release,
+    StartProbe,
+)
+from minisft.core.events import EventKind, Notice
+from minisft.core.io import (
     Input,
     LateReply,
     PeerAsked,
     PeerPingResult,
     PeerServiceResult,
     PingResult,
-    ProbeDone,
     Reconfigured,
-    Release,
     ServiceResult,
-    StartProbe,
     SwitchoverFacts,
 )
 from minisft.core.monitor import MonitorMachine

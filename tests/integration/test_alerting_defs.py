@@ -25,6 +25,7 @@ import yaml
 
 from minisft.monitoring.prometheus import render_metrics
 from minisft.nagios.plugin import build_parser
+from minisft.status import StatusDocument
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTING = ROOT / "alerting"
@@ -71,9 +72,9 @@ def _monitor(name: str, role: str, state: str, holder: str, **over: Any) -> dict
     return mon
 
 
-def alarm_status(dropped: int = 0, yields: int = 0) -> dict[str, Any]:
+def alarm_status(dropped: int = 0, yields: int = 0) -> StatusDocument:
     """One monitor per alert condition, and a sink that drops."""
-    return {
+    return StatusDocument.from_dict({
         "version": 1, "node": "alpha", "pid": 1, "started_at": 1_700_000_000.0,
         "updated_at": 1_700_000_100.0, "software_version": "0.1.0", "last_event_seq": 7,
         "monitors": [
@@ -94,15 +95,16 @@ def alarm_status(dropped: int = 0, yields: int = 0) -> dict[str, Any]:
                    "dropped": dropped, "failures": 4, "last_error": "timeout",
                    "state": "retrying"}],
         "pools": [],
-    }
+    })
 
 
 # ------------------------------------------------------------------------------ Prometheus
 
 
-@pytest.mark.parametrize("status", [alarm_status(), {}, {"monitors": [], "sinks": []}],
+@pytest.mark.parametrize("status", [alarm_status(), StatusDocument(),
+                                    StatusDocument.from_dict({"monitors": [], "sinks": []})],
                          ids=["alarms", "empty", "no-monitors"])
-def test_promtool_check_metrics(status: dict[str, Any]) -> None:
+def test_promtool_check_metrics(status: StatusDocument) -> None:
     proc = sh(tool("promtool"), "check", "metrics", input=render_metrics(status).decode())
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip() == "" and proc.stderr.strip() == ""  # no lint findings

@@ -35,29 +35,31 @@ from minisft.config.model import (
     ProbeConfig,
     Role,
 )
-from minisft.core.events import EventKind, Notice
-from minisft.core.io import (
+from minisft.core.actions import (
     Action,
-    AddressVanished,
     Announce,
     Bind,
     BindDone,
     CancelProbe,
+    Emit,
+    OnProber,
+    ProbeDone,
+    Release,
+    StartProbe,
+)
+from minisft.core.events import EventKind, Notice
+from minisft.core.io import (
+    AddressVanished,
     Command,
     ConflictSeen,
-    Emit,
     Input,
     LinkChanged,
-    OnProber,
     PeerPingResult,
     PeerServiceResult,
     PingResult,
-    ProbeDone,
     Reconfigured,
-    Release,
     ServiceResult,
     Started,
-    StartProbe,
     SwitchoverFacts,
     Tick,
     Verb,

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from minisft.config.model import START_SKEW, MonitorConfig, Role
+from minisft.core.actions import Bind
 from minisft.core.events import EventKind
-from minisft.core.io import Bind
 from minisft.core.monitor import State
 from tests.unit.core_driver import BIND_LATENCY, TICK, Host, Lan, Node, make_config
 

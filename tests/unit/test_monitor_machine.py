@@ -13,23 +13,25 @@ import pytest
 
 from minisft.cli.main import format_status
 from minisft.config.model import FallbackMode, MonitorConfig, Role
-from minisft.core.events import EventKind
-from minisft.core.io import (
+from minisft.core.actions import (
     Announce,
     Bind,
     BindDone,
     CancelProbe,
+    ProbeDone,
+    Release,
+    StartProbe,
+)
+from minisft.core.events import EventKind
+from minisft.core.io import (
     Command,
     ConflictSeen,
     Input,
     LateReply,
     LinkChanged,
     PingResult,
-    ProbeDone,
-    Release,
     ServiceResult,
     Started,
-    StartProbe,
     Tick,
     Verb,
 )
@@ -44,6 +46,7 @@ from minisft.core.monitor import (
     State,
 )
 from minisft.core.rto import RTO_FLOOR
+from minisft.status import MonitorStatus, StatusDocument
 from tests.unit.core_driver import (
     HOLDER_MAC,
     INTRUDER_MAC,
@@ -320,7 +323,8 @@ def test_status_shows_the_rto_next_to_the_rtt() -> None:
     for _ in range(20):
         node.feed(PingResult(True, 0.02))
     snapshot = node.machine.snapshot()
-    line = next(row for row in format_status({"monitors": [snapshot]}).splitlines()
+    line = next(row for row in format_status(
+        StatusDocument(monitors=(MonitorStatus.from_dict(snapshot),))).splitlines()
                 if row.startswith("web "))
     assert f"up 20.0ms rto {snapshot['looksalive']['rto_ms']:g}ms" in line
     assert 20 <= snapshot["looksalive"]["rto_ms"] < 30
@@ -759,7 +763,7 @@ def test_pause_during_the_last_probe_round_cancels_the_takeover() -> None:
     assert node.probe is not None
     token = node.probe.token
     out = node.command(Verb.PAUSE)
-    assert CancelProbe(token) in out
+    assert CancelProbe(token, node.machine.address) in out
     assert state(node) is State.WATCHING
     node.stale_probe_done(None)
     assert node.bind_count() == 0

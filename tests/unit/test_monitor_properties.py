@@ -16,12 +16,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from minisft.config.model import FallbackMode, MonitorConfig, Role
-from minisft.core.io import (
-    AddressVanished,
+from minisft.core.actions import (
     Bind,
     BindDone,
     ProbeDone,
     Release,
+)
+from minisft.core.io import (
+    AddressVanished,
     Started,
     Verb,
 )

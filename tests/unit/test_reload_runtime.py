@@ -22,10 +22,12 @@ import yaml
 
 from minisft.config.loader import load_config
 from minisft.config.model import IsAliveConfig
+from minisft.core.actions import (
+    Emit,
+)
 from minisft.core.events import EventKind, Notice
 from minisft.core.io import (
     Command,
-    Emit,
     LinkChanged,
     PingResult,
     Reconfigured,

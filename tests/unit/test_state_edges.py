@@ -13,9 +13,10 @@ import pytest
 
 from minisft.config.model import Role
 from minisft.core import monitor
+from minisft.core.actions import CancelProbe, Release, StartProbe
 from minisft.core.edges import IllegalTransition, mermaid
 from minisft.core.events import EventKind
-from minisft.core.io import CancelProbe, Command, LinkChanged, PingResult, Release, StartProbe, Verb
+from minisft.core.io import Command, LinkChanged, PingResult, Verb
 from minisft.core.io import Started as MonitorStarted
 from minisft.core.monitor import MonitorMachine, Purpose, State
 from minisft.pools import machine as pool_machine

@@ -81,7 +81,8 @@ def test_typed_fields_read_from_the_document(tmp_path: Path) -> None:
         "primary", "self", 200.0, 12)
     assert isinstance(web.isalive.latency_ms, int)  # printed as written: "12", not "12.0"
     assert web.peer.ip == "192.0.2.2"
-    assert web.extra["prefixlen"] == 24  # a key the model does not name is kept
+    assert web.prefixlen == 24
+    assert "purpose" in web.extra  # a key the model does not name is kept
     assert doc.pools[0].held == ("192.0.2.50",)
     assert doc.pools[0].extra["port"] == 9999
     assert doc.monitor("nope") is None

@@ -16,17 +16,10 @@ from typing import Any
 import pytest
 
 from minisft.config.model import MonitorConfig, Role
+from minisft.core.actions import Bind, IllegalInput, Release, StartProbe
 from minisft.core.events import EventKind, Notice
-from minisft.core.io import (
-    Bind,
-    Command,
-    PeerAsked,
-    Release,
-    StartProbe,
-    SwitchoverFacts,
-    Verb,
-)
-from minisft.core.monitor import AlreadyDone, CommandRefused, IllegalInput, Purpose, State
+from minisft.core.io import Command, PeerAsked, SwitchoverFacts, Verb
+from minisft.core.monitor import AlreadyDone, CommandRefused, Purpose, State
 from minisft.net.neighbour import ProbeAnswer
 from minisft.runtime.monitor_runtime import MonitorRuntime
 from tests.unit.core_driver import INTRUDER_MAC, Lan, Node, make_config
