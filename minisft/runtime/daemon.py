@@ -30,6 +30,7 @@ from minisft.core.monitor import AlreadyDone, CommandRefused, Purpose, State
 from minisft.probes.looksalive import Pinger
 from minisft.runtime import systemd
 from minisft.runtime.control import ControlError, ControlServer
+from minisft.runtime.driver import in_netlink_thread
 from minisft.runtime.journald import EVENT_ATTR
 from minisft.runtime.monitor_runtime import Check, MonitorRuntime
 from minisft.sinks.factory import build_sinks
@@ -310,7 +311,7 @@ class Daemon:
             emit=self.emit, check=check)
 
     async def _in_netlink(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._netlink_pool, fn, *args)
+        return await in_netlink_thread(self._netlink_pool, fn, *args)
 
     # ================================================================= events
 

@@ -1,7 +1,8 @@
-"""Runs one MonitorMachine: feeds it probe results and ticks, carries out its actions.
+"""Runs one MonitorMachine: feeds it probe results and ticks; its actions go to the driver.
 
-All calls to `machine.handle` happen on the event loop, one at a time, from `feed`; actions
-become tasks, so nothing here ever waits inside a decision. Netlink calls go to a single
+All calls to `machine.handle` happen on the event loop, one at a time, from `feed`; the
+actions go to `minisft.runtime.driver.ActionDriver` (shared with the pools), which makes
+them tasks, so nothing here ever waits inside a decision. Netlink calls go to a single
 worker thread (pyroute2's sync API must not run inside the event loop).
 """
 
@@ -11,23 +12,12 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Protocol
 
 from minisft.config.model import MonitorConfig
-from minisft.core.actions import (
-    Action,
-    Announce,
-    Bind,
-    BindDone,
-    CancelProbe,
-    Emit,
-    ProbeDone,
-    Release,
-    StartProbe,
-)
-from minisft.core.events import EventKind, Notice
+from minisft.core.events import Notice
 from minisft.core.io import (
     Input,
     LateReply,
@@ -37,31 +27,18 @@ from minisft.core.io import (
     PingResult,
     Reconfigured,
     ServiceResult,
+    Started,
     SwitchoverFacts,
 )
 from minisft.core.monitor import MonitorMachine
-from minisft.net.neighbour import ProbeAnswer
-from minisft.probes.looksalive import Pinger
-from minisft.runtime.address_hooks import AddressHooks, HookFailure, HookName
+from minisft.runtime.driver import ActionDriver, cancel_and_wait
+from minisft.runtime.ports import Neighbours, Netlink, Pinger
 
 log = logging.getLogger("minisft.monitor")
-T = TypeVar("T")
 
 
 class Check(Protocol):
     async def run(self, address: str) -> Any: ...
-
-
-class Neighbours(Protocol):
-    async def probe_answer(self, ip: Any, count: int, interval: float, *,
-                           on_prober: Literal["yield", "ignore", "tiebreak"] = "yield",
-                           ) -> ProbeAnswer | None: ...
-    async def announce(self, ip: Any, count: int, interval: float) -> None: ...
-
-
-class Addresses(Protocol):
-    def bind(self, iface: Any, address: Any) -> None: ...
-    def release(self, iface: Any, address: Any) -> None: ...
 
 
 class Broadcast:
@@ -83,18 +60,6 @@ class Broadcast:
                 await event.wait()
 
 
-async def _cancel_and_wait(cancel: set[asyncio.Task[Any]],
-                           keep: set[asyncio.Task[Any]] | None = None) -> None:
-    """Cancel `cancel`, wait until it and `keep` are done. Cancels again while waiting: on
-    3.11 asyncio.wait_for (in icmplib, in our pinger) can swallow a cancellation that lands
-    as its result arrives, and a loop that survives it would keep a reload waiting."""
-    pending = cancel | (keep or set())
-    while pending:
-        for task in pending & cancel:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=0.1)
-
-
 class MonitorRuntime:
     def __init__(
         self,
@@ -103,7 +68,7 @@ class MonitorRuntime:
         clock: Callable[[], float],
         pinger: Pinger,
         neighbours: Neighbours,
-        addresses: Addresses,
+        addresses: Netlink,
         iface: Any,
         netlink_executor: Executor,
         emit: Callable[[Notice], object],
@@ -114,27 +79,18 @@ class MonitorRuntime:
         self.machine = MonitorMachine(config, now=clock())
         self._pinger = pinger
         self._neighbours = neighbours
-        self._addresses = addresses
-        self._iface = iface
-        self._executor = netlink_executor
-        self._emit = emit
         self._check = check
         self.changed = Broadcast()
-        self._tasks: set[asyncio.Task[Any]] = set()
-        # binds and releases under way: they change the interface, so they are never
-        # cancelled half-way (the netlink call would finish anyway, unreported)
-        self._interface_changes: set[asyncio.Task[Any]] = set()
-        self._stopping = False
         self._loops: list[asyncio.Task[None]] = []
-        self._probe: tuple[int, asyncio.Task[None]] | None = None
-        self._last_change_wall: float | None = None
-        self._hooks = AddressHooks(config.hooks, monitor=config.name)
+        self.driver = ActionDriver(
+            owner=config.name, task_prefix=config.name, report=self.feed, emit=emit,
+            neighbours=neighbours, netlink=addresses, iface=iface,
+            netlink_executor=netlink_executor, hooks=config.hooks, announce=config.announce,
+            log=log, replace_probes=True)
 
     # ------------------------------------------------------------- lifecycle
 
     def start(self, address_bound: bool) -> None:
-        from minisft.core.io import Started
-
         self.feed(Started(address_bound))
         self.resume()
 
@@ -157,6 +113,8 @@ class MonitorRuntime:
         await self._stop_loops()
         self.config = config
         self._check = check
+        self.driver.hooks = config.hooks
+        self.driver.announce_settings = config.announce
         self.feed(Reconfigured(config))
         self.resume()
 
@@ -164,21 +122,17 @@ class MonitorRuntime:
         """Stop for good (shutdown, monitor removed): cancel the loops, the probe and the
         announcements; let a bind or release under way finish and report, so that
         `machine.holds` says afterwards whether the address is on the interface."""
-        self._stopping = True
+        self.driver.stopping = True
         await self._stop_loops()
-        self._cancel_probe()
-        while self._tasks:  # a finishing bind may start an announcement: cancel it too
-            await _cancel_and_wait(self._tasks - self._interface_changes, keep=self._tasks)
+        await self.driver.stop()
 
     async def _stop_loops(self) -> None:
-        await _cancel_and_wait(set(self._loops))
+        await cancel_and_wait(set(self._loops))
         self._loops.clear()
 
     async def release_now(self) -> None:
         """Remove the address at shutdown (release_on_stop), then run the down hook."""
-        if self.config.hooks.binds_locally:
-            await self._netlink(self._addresses.release, self._iface, self.config.address)
-        await self._run_hook("down")
+        await self.driver.remove(self.machine.address)
 
     # ------------------------------------------------------------- the one entry point
 
@@ -190,43 +144,7 @@ class MonitorRuntime:
             if (self.machine.state, self.machine.paused) != before:
                 self.changed.fire()
         for action in actions:
-            self._execute(action)
-
-    def _execute(self, action: Action) -> None:
-        if isinstance(action, Emit):
-            self._emit(action.notice)
-        elif self._stopping and isinstance(action, StartProbe | Announce):
-            return  # stopped: nobody is left to act on a probe or to announce for
-        elif isinstance(action, StartProbe):
-            self._cancel_probe()
-            task = self._spawn(self._run_probe(action), f"probe-{action.token}")
-            self._probe = (action.token, task)
-        elif isinstance(action, CancelProbe):
-            if self._probe and self._probe[0] == action.token:
-                self._cancel_probe()
-        elif isinstance(action, Bind):
-            self._interface_changes.add(self._spawn(self._run_bind(action.token), "bind"))
-        elif isinstance(action, Release):
-            self._interface_changes.add(self._spawn(self._run_release(), "release"))
-        elif isinstance(action, Announce):
-            self._spawn(self._announce(), "announce")
-
-    def _spawn(self, coro: Awaitable[Any], what: str) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
-        task.set_name(f"{self.config.name}-{what}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        task.add_done_callback(self._interface_changes.discard)
-        return task
-
-    def _cancel_probe(self) -> None:
-        if self._probe is not None:
-            self._probe[1].cancel()
-            self._probe = None
-
-    async def _netlink(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
+            self.driver.execute(action)
 
     def peer_asked(self, sender: Any, mac: str) -> None:
         """A host resolved the address (NeighbourWatch.watch_askers): if it is this
@@ -263,78 +181,6 @@ class MonitorRuntime:
         return SwitchoverFacts(holder_mac=holder, peer_mac=peer, own_check_ok=ok,
                                own_check_detail=detail)
 
-    # ------------------------------------------------------------- actions
-
-    async def _run_probe(self, action: StartProbe) -> None:
-        done: ProbeDone
-        try:
-            # the core decides what a simultaneous prober counts as (core docstring)
-            answer = await self._neighbours.probe_answer(
-                self.config.ip, action.count, action.interval,
-                on_prober=action.on_prober.value)
-            done = ProbeDone(action.token, answer.mac if answer else None,
-                             prober=answer.prober if answer else False)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a probe that cannot run must not look like "free"
-            log.error("%s: probe failed: %s", self.config.name, exc)
-            done = ProbeDone(action.token, "unknown (probe failed)")
-        if self._probe and self._probe[0] == action.token:
-            self._probe = None
-        self.feed(done)
-
-    async def _run_bind(self, token: int) -> None:
-        if not self.config.hooks.binds_locally:
-            # mode instead: the up hook moves the address (a cloud API); its failure is a
-            # failed bind, which the core decides about
-            failure = await self._run_hook("up")
-            self.feed(BindDone(token, failure.reason if failure else None))
-            return
-        error: str | None = None
-        try:
-            await self._netlink(self._addresses.bind, self._iface, self.config.address)
-        except Exception as exc:
-            error = str(exc) or type(exc).__name__
-        announced = None
-        if error is None:
-            # announce first: routers must learn the new MAC as early as possible
-            announced = self._spawn(self._announce(), "announce")
-        self.feed(BindDone(token, error))
-        if announced is not None:
-            # The hook is not on the failover path: the core already holds. A failing hook
-            # is reported (hook_failed) and does not undo the takeover.
-            await announced
-            await self._run_hook("up")
-
-    async def _run_release(self) -> None:
-        if self.config.hooks.binds_locally:
-            try:
-                await self._netlink(self._addresses.release, self._iface, self.config.address)
-            except Exception as exc:
-                log.error("%s: could not remove %s: %s", self.config.name,
-                          self.config.address, exc)
-        await self._run_hook("down")
-
-    async def _run_hook(self, hook: HookName) -> HookFailure | None:
-        """Run an address hook; on failure emit hook_failed and return the failure."""
-        self._hooks.config = self.config.hooks  # a reload may have swapped the config
-        iface_name = str(getattr(self._iface, "name", self._iface))
-        failure = await self._hooks.run(hook, self.config.address, iface_name)
-        if failure is not None:
-            log.warning("%s: %s", self.config.name, failure.reason)
-            self._emit(Notice(EventKind.HOOK_FAILED, failure.reason, monitor=self.config.name,
-                              address=str(self.config.ip), details=failure.details))
-        return failure
-
-    async def _announce(self) -> None:
-        if not self.config.hooks.binds_locally:
-            return  # mode instead: the address is not here to announce
-        a = self.config.announce
-        try:
-            await self._neighbours.announce(self.config.ip, a.count, a.interval)
-        except Exception as exc:
-            log.error("%s: announcement failed: %s", self.config.name, exc)
-
     # ------------------------------------------------------------- probe loops
 
     async def _wait_until(self, wanted: Callable[[], bool]) -> None:
@@ -367,7 +213,7 @@ class MonitorRuntime:
             await asyncio.sleep(max(0.0, delay))
 
     def _late_reply(self, rtt: float) -> None:
-        if self._loops and not self._stopping:  # not for a ping of loops since stopped
+        if self._loops and not self.driver.stopping:  # not for a ping of loops since stopped
             self.feed(LateReply(rtt))
 
     async def _isalive_loop(self) -> None:
