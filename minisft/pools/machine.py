@@ -57,6 +57,10 @@ Rules, each with the reason its event carries:
   count as soon as they are alive (they get free and orphaned addresses), but a holder
   never releases to rebalance: addresses stay where they are until an admin feeds
   `Rebalance` (one hand-over pass, as auto would do it) or their holder dies.
+* **Two claimants of a free address** (both probing it, e.g. their views differ about a
+  member back from silence): each names it in `wants`; the one ranked first by HRW binds,
+  the other backs off (YIELDED) -- unless a claimant lists the other in its `lost`: it does
+  not hear the other's claim and binds whatever the ranks say, so the other backs off.
 * **Duplicates** (two live holders, e.g. after a partition heals): the formula over every
   live, non-isolated member *ignoring* hold-down picks the keeper; if it is none of the
   holders, the holder ranked first by HRW keeps it. Every other holder releases (YIELDED).
@@ -650,20 +654,33 @@ class PoolMachine:
             self.slots[a] = Slot.PROBING
 
     def _outranked(self, a: str) -> bool:
-        """Another live member claims the free address `a` too and ranks first by HRW
-        among the claimants: it binds, this node does not (and says why)."""
+        """Another live member claims the free address `a` too and binds it, not this node
+        (which says why): a claimant that counts this node lost, or else the claimant
+        ranked first by HRW.
+
+        The HRW rank only settles it when each claimant hears the other's claim. One that
+        lists this node in its `lost` does not hear our heartbeats (this node's own are
+        lost on the way, or it only just came back): it will bind whatever the ranks say,
+        so ranking first here would bind the address a second time."""
         rivals = {n for n, v in self.views.items() if v.alive and a in v.wants}
         if not rivals:
             return False
         claimants = rivals | {self.me}
-        first = self._ranked_first(a, claimants)
-        if first == self.me:
-            return False
+        deaf = {n for n in rivals if self.me in self.views[n].lost}
+        if deaf:
+            first = self._ranked_first(a, deaf)
+            why = (f"{first} claims this free address too but counts {self.me} lost, so it "
+                   f"cannot hear this claim and binds it anyway")
+        else:
+            first = self._ranked_first(a, claimants)
+            if first == self.me:
+                return False
+            why = (f"{first} claims this free address too and ranks first among "
+                   f"{', '.join(sorted(claimants))}")
         self.slots[a] = Slot.FREE
         self._retry_at[a] = self.now + self.detection_time
-        self._emit(EventKind.YIELDED, f"{first} claims this free address too and ranks "
-                   f"first among {', '.join(sorted(claimants))}: not binding it here, so "
-                   "it is never bound twice", address=a, keeper=first)
+        self._emit(EventKind.YIELDED, f"{why}: not binding it here, so it is never bound "
+                   "twice", address=a, keeper=first)
         return True
 
     def _ranked_first(self, a: str, members: set[str]) -> str:

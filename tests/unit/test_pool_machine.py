@@ -597,6 +597,29 @@ def test_a_member_back_from_silence_and_a_peer_never_both_bind_an_orphan() -> No
     assert len(binds) == 1, f"bound by {binds}"
 
 
+def test_a_member_whose_heartbeats_are_lost_never_binds_what_a_deaf_peer_claims() -> None:
+    """The shrunk history of the hypothesis test below (seed 119), as a plain example: c
+    dies and restarts before its peers judge it lost (they still count it, holding
+    nothing), then its heartbeats are lost while it joins. c probes its 192.0.2.104; a
+    judges c lost, probes it too and claims it in `wants`. c hears that claim and ranks
+    first by HRW, but a lists c in `lost`: a never hears c's claim, so c binding on its
+    rank put the address on both (a's probe ended just before c's bind landed)."""
+    orphan = "192.0.2.104/24"
+    assert formula(NAMES, NAMES)[orphan] == "c"
+    assert formula(NAMES, ["a", "b", "d"])[orphan] == "a"
+    sim = Sim({n: make_pool(NAMES) for n in NAMES})
+    sim.run(2.875)  # the timing decides which probe ends first: this one lets both bind
+    for what, who, wait in [("kill", "c", 0.5), ("restart", "c", 0.25), ("mute", "c", 2.0)]:
+        sim.apply(what, who)
+        for _ in range(round(wait / STEP)):
+            sim.step()
+            assert len(sim.holders(orphan)) <= 1, f"{sim.holders(orphan)} at t={sim.t}"
+    assert sim.holders(orphan) == ["a"]
+    backed_off = [e for e in sim.events("c", EventKind.YIELDED) if e.address == orphan]
+    assert backed_off and "counts c lost" in backed_off[0].reason
+    assert not sim.events("a", EventKind.YIELDED)
+
+
 # ---------------------------------------------------------------- random histories
 
 faults = st.lists(st.tuples(
