@@ -254,6 +254,7 @@ class Daemon:
         self.runtimes[mcfg.name] = rt
         bound = await self._in_netlink(self.netlink.has_address, self.iface, mcfg.ip)
         self.neighbours.watch(mcfg.ip, lambda mac, rt=rt: rt.feed(ConflictSeen(mac)))
+        self.neighbours.watch_askers(mcfg.ip, rt.peer_asked)
         rt.start(bound)
         if self._link_up is False:
             rt.feed(LinkChanged(False))
@@ -465,7 +466,7 @@ class Daemon:
         cmd = req.get("cmd")
         if cmd == "status":
             return {"ok": True, "status": self.status().to_dict()}
-        if cmd in ("release", "claim", "pause", "resume"):
+        if cmd in ("release", "claim", "pause", "resume", "switchover"):
             return await self._admin(Verb(cmd), str(req.get("monitor", "")),
                                      str(req.get("by") or "cli"))
         if cmd == "rebalance":
@@ -488,8 +489,11 @@ class Daemon:
         if rt is None:
             known = ", ".join(sorted(self.runtimes)) or "none"
             return {"ok": False, "error": f"no monitor named {name!r} (known: {known})"}
+        facts = None
+        if verb is Verb.SWITCHOVER and not rt.holds:
+            facts = await rt.switchover_facts(self.config.node.local_ip)
         try:
-            refused = await rt.command(Command(verb, by=by))
+            refused = await rt.command(Command(verb, by=by, facts=facts))
         except AlreadyDone as exc:  # the wanted end state holds: success, nothing changed
             return {"ok": True, "already": str(exc), "monitor": rt.snapshot()}
         except CommandRefused as exc:

@@ -23,12 +23,14 @@ from minisft.core.io import (
     Command,
     Input,
     LateReply,
+    PeerAsked,
     PeerPingResult,
     PeerServiceResult,
     PingResult,
     Reconfigured,
     ServiceResult,
     Started,
+    SwitchoverFacts,
     Verb,
 )
 from minisft.core.monitor import MonitorMachine, Purpose, State
@@ -79,6 +81,7 @@ class MonitorRuntime:
         self.clock = clock
         self.machine = MonitorMachine(config, now=clock())
         self._pinger = pinger
+        self._neighbours = neighbours
         self._check = check
         self.changed = Broadcast()
         self._loops: list[asyncio.Task[None]] = []
@@ -145,19 +148,20 @@ class MonitorRuntime:
         """The monitor's status, its durations as of now."""
         return self.machine.snapshot(now=self.clock())
 
-    async def command(self, command: Command, claim_wait: float = 10.0) -> str | None:
+    async def command(self, command: Command, outcome_wait: float = 10.0) -> str | None:
         """An admin command (raises AlreadyDone or CommandRefused, see the core). A claim
-        is answered with its outcome, not just "started": wait up to `claim_wait` for it
-        and return why it was refused, or None."""
+        or switchover is answered with its outcome, not just "started": wait up to
+        `outcome_wait` for it and return why it was refused, or None."""
         self.feed(command)
-        if command.verb is Verb.CLAIM:
-            deadline = self.clock() + claim_wait
+        if command.verb in (Verb.CLAIM, Verb.SWITCHOVER):
+            purpose = Purpose.CLAIM if command.verb is Verb.CLAIM else Purpose.SWITCHOVER
+            deadline = self.clock() + outcome_wait
             m = self.machine
-            while (m.state in (State.PROBING, State.BINDING) and m.purpose is Purpose.CLAIM
+            while (m.state in (State.PROBING, State.BINDING) and m.purpose is purpose
                    and self.clock() < deadline):
                 await self.changed.wait(timeout=0.5)
             if m.state is not State.HOLDING:
-                return f"claim refused: {m.reason}"
+                return f"{command.verb.value} refused: {m.reason}"
         await asyncio.sleep(0)  # let the release/bind task start
         return None
 
@@ -182,6 +186,41 @@ class MonitorRuntime:
                 self.changed.fire()
         for action in actions:
             self.driver.execute(action)
+
+    def peer_asked(self, sender: Any, mac: str) -> None:
+        """A host resolved the address (NeighbourWatch.watch_askers): if it is this
+        monitor's peer_ip, the core learns the peer watches the address."""
+        if self.config.peer_ip is not None and sender == self.config.peer_ip:
+            self.feed(PeerAsked(mac))
+
+    async def switchover_facts(self, local_ip: Any) -> SwitchoverFacts:
+        """What a switchover needs to know, found out at once and side by side: who answers
+        ARP/NDP for the address and for peer_ip, and whether the IsAlive check passes
+        against this node's own local_ip (the check a backup runs on its peer before an
+        automatic fallback). The core judges them (MonitorMachine._switchover)."""
+        probe = self.config.probe
+
+        async def who_answers(ip: Any) -> str | None:
+            if ip is None:
+                return None
+            try:
+                answer = await self._neighbours.probe_answer(ip, probe.count, probe.interval,
+                                                             on_prober="ignore")
+            except OSError as exc:  # the link is down: the core refuses on that first
+                log.warning("%s: switchover: cannot probe %s: %s", self.config.name, ip, exc)
+                return None
+            return answer.mac if answer is not None else None
+
+        async def own_check() -> tuple[bool | None, str]:
+            if self._check is None:
+                return None, ""
+            result = await self._check.run(str(local_ip))
+            return bool(result.ok), str(result.detail)
+
+        holder, peer, (ok, detail) = await asyncio.gather(
+            who_answers(self.config.ip), who_answers(self.config.peer_ip), own_check())
+        return SwitchoverFacts(holder_mac=holder, peer_mac=peer, own_check_ok=ok,
+                               own_check_detail=detail)
 
     # ------------------------------------------------------------- probe loops
 
