@@ -25,8 +25,10 @@ from typing import Any
 from minisft import __version__
 from minisft.config.model import Config, MonitorConfig, PoolConfig
 from minisft.core.events import Event, EventKind, Notice, Severity
-from minisft.core.io import AddressVanished, Command, ConflictSeen, LinkChanged, Tick, Verb
-from minisft.core.monitor import AlreadyDone, CommandRefused, Purpose, State
+from minisft.core.io import Command, ConflictSeen, LinkChanged, Tick, Verb
+from minisft.core.monitor import AlreadyDone, CommandRefused
+from minisft.pools.backend import PoolBackend
+from minisft.pools.runtime import PoolRuntime
 from minisft.probes.looksalive import Pinger
 from minisft.runtime import systemd
 from minisft.runtime.control import ControlError, ControlServer
@@ -65,7 +67,7 @@ class _ReloadPlan:
 
     config: Config
     checks: dict[str, Check | None] = field(default_factory=dict)  # changed/added monitors
-    pools: dict[str, Any] = field(default_factory=dict)  # embedded pools, socket open
+    pools: dict[str, PoolRuntime] = field(default_factory=dict)  # embedded, socket open
     sinks: list[Any] | None = None  # None: alerting unchanged
 
     def discard(self) -> None:
@@ -95,7 +97,7 @@ class Daemon:
         self.wall = wall
         self.started_at = wall()
         self.runtimes: dict[str, MonitorRuntime] = {}
-        self.pools: dict[str, Any] = {}  # name -> PoolRuntime (same interface per backend)
+        self.pools: dict[str, PoolBackend] = {}
         self._stop = asyncio.Event()
         self._stop_reason = "stopped"
         self._netlink_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
@@ -258,32 +260,37 @@ class Daemon:
             rt.feed(LinkChanged(False))
         return rt
 
-    async def _add_pool(self, pool: PoolConfig, resume: Any = None) -> None:
-        rt = self._make_pool_runtime(pool, resume)
-        if not pool.coordination.etcd:
+    async def _add_pool(self, pool: PoolConfig, resume: object | None = None) -> None:
+        rt: PoolBackend
+        if pool.coordination.etcd:
+            rt = self._make_etcd_pool(pool, resume)
+        else:
+            rt = embedded = self._make_embedded_pool(pool)
             try:
-                rt.transport.open()
+                embedded.transport.open()
             except OSError as exc:
                 raise StartupError(self._cannot_listen(pool, exc)) from None
         await self._start_pool(pool, rt)
 
-    def _make_pool_runtime(self, pool: PoolConfig, resume: Any = None) -> Any:
-        common: dict[str, Any] = dict(
-            node=self.config.node.name, clock=self.clock, neighbours=self.neighbours,
-            addresses=self.netlink, iface=self.iface, netlink_executor=self._netlink_pool,
-            emit=self.emit, wall=self.wall)
-        if pool.coordination.etcd:
-            # Imported here: aetcd and grpc load only on nodes with an etcd pool.
-            from minisft.pools.etcd_backend import EtcdPoolRuntime
+    def _make_embedded_pool(self, pool: PoolConfig) -> PoolRuntime:
+        return PoolRuntime(pool, node=self.config.node.name, clock=self.clock,
+                           neighbours=self.neighbours, addresses=self.netlink,
+                           iface=self.iface, netlink_executor=self._netlink_pool,
+                           emit=self.emit, wall=self.wall, pinger=self.pinger)
 
-            # No listening socket: etcd being down at start is not fatal, the
-            # runtime keeps retrying and holds nothing until it has a lease.
-            return EtcdPoolRuntime(pool, pinger=None, resume=resume, **common)
-        from minisft.pools.runtime import PoolRuntime
+    def _make_etcd_pool(self, pool: PoolConfig, resume: object | None) -> PoolBackend:
+        # Imported here: aetcd and grpc load only on nodes with an etcd pool.
+        from minisft.pools.etcd_backend import EtcdPoolRuntime, LeaseHandover
 
-        return PoolRuntime(pool, pinger=self.pinger, **common)
+        # No listening socket: etcd being down at start is not fatal, the
+        # runtime keeps retrying and holds nothing until it has a lease.
+        return EtcdPoolRuntime(pool, node=self.config.node.name, clock=self.clock,
+                               neighbours=self.neighbours, addresses=self.netlink,
+                               iface=self.iface, netlink_executor=self._netlink_pool,
+                               emit=self.emit, wall=self.wall, pinger=None,
+                               resume=resume if isinstance(resume, LeaseHandover) else None)
 
-    async def _start_pool(self, pool: PoolConfig, rt: Any) -> None:
+    async def _start_pool(self, pool: PoolConfig, rt: PoolBackend) -> None:
         """Start a pool runtime (an embedded one has its socket open already), adopting
         the pool's addresses that are on the interface."""
         held = [a for a in pool.addresses
@@ -381,12 +388,7 @@ class Daemon:
             if up and self.clock() >= next_address_check:
                 next_address_check = self.clock() + ADDRESS_POLL
                 for rt in list(self.runtimes.values()):
-                    # mode instead: the address lives in a cloud API, not on this link
-                    if rt.machine.state is State.HOLDING and rt.config.hooks.binds_locally:
-                        present = await self._in_netlink(self.netlink.has_address, self.iface,
-                                                         rt.config.ip)
-                        if not present and rt.machine.state is State.HOLDING:
-                            rt.feed(AddressVanished())
+                    await rt.look_for_vanished_address()
 
     async def _status_loop(self) -> None:
         last = 0.0
@@ -405,9 +407,8 @@ class Daemon:
         now_wall = self.wall()
         monitors = []
         for rt in self.runtimes.values():
-            snap = rt.machine.snapshot()
-            rt.machine.now = self.clock()
-            since = round(max(0.0, self.clock() - rt.machine.last_change), 3)
+            snap = rt.snapshot()
+            since = snap["seconds_since_change"]
             monitors.append(MonitorStatus.from_dict(
                 {**snap, "seconds_since_change": since, "last_change_time": now_wall - since}))
         return StatusDocument(
@@ -489,25 +490,17 @@ class Daemon:
             known = ", ".join(sorted(self.runtimes)) or "none"
             return {"ok": False, "error": f"no monitor named {name!r} (known: {known})"}
         facts = None
-        if verb is Verb.SWITCHOVER and not rt.machine.holds:
+        if verb is Verb.SWITCHOVER and not rt.holds:
             facts = await rt.switchover_facts(self.config.node.local_ip)
         try:
-            rt.feed(Command(verb, by=by, facts=facts))
+            refused = await rt.command(Command(verb, by=by, facts=facts))
         except AlreadyDone as exc:  # the wanted end state holds: success, nothing changed
-            return {"ok": True, "already": str(exc), "monitor": rt.machine.snapshot()}
+            return {"ok": True, "already": str(exc), "monitor": rt.snapshot()}
         except CommandRefused as exc:
             return {"ok": False, "error": str(exc)}
-        if verb in (Verb.CLAIM, Verb.SWITCHOVER):  # answer with the outcome, not "started"
-            purpose = Purpose.CLAIM if verb is Verb.CLAIM else Purpose.SWITCHOVER
-            deadline = self.clock() + 10.0
-            while (rt.machine.state in (State.PROBING, State.BINDING)
-                   and rt.machine.purpose is purpose and self.clock() < deadline):
-                await rt.changed.wait(timeout=0.5)
-            if rt.machine.state is not State.HOLDING:
-                return {"ok": False, "error": f"{name}: {verb.value} refused: "
-                        f"{rt.machine.reason}", "monitor": rt.machine.snapshot()}
-        await asyncio.sleep(0)  # let the release/bind task start
-        return {"ok": True, "monitor": rt.machine.snapshot()}
+        if refused is not None:
+            return {"ok": False, "error": f"{name}: {refused}", "monitor": rt.snapshot()}
+        return {"ok": True, "monitor": rt.snapshot()}
 
     async def test_alert(self) -> dict[str, str | None]:
         event = Event.stamp(Notice(EventKind.TEST_ALERT, "test alert from `minisft test-alert`:"
@@ -576,7 +569,7 @@ class Daemon:
             for pool in new.pools:
                 if old_pools.get(pool.name) == pool or pool.coordination.etcd:
                     continue  # etcd pools have no socket; they start as at start-up
-                rt = self._make_pool_runtime(pool)
+                rt = self._make_embedded_pool(pool)
                 plan.pools[pool.name] = rt
                 try:
                     rt.transport.open()
@@ -610,7 +603,7 @@ class Daemon:
                 rt = self.runtimes.pop(name)
                 await rt.stop()  # lets a bind under way finish: `holds` is then the truth
                 self.neighbours.unwatch(mcfg.ip)
-                if rt.machine.holds:
+                if rt.holds:
                     await rt.release_now()
                     self.emit(Notice(EventKind.RELEASED, "monitor removed from the config: "
                                      "released its address", monitor=name,
@@ -632,7 +625,7 @@ class Daemon:
             if pool.name in self.pools:  # no hot swap: restart it, keeping its addresses
                 old_rt = self.pools.pop(pool.name)
                 await old_rt.stop(release=False)
-                resume = getattr(old_rt, "handover", lambda: None)()  # etcd: its lease
+                resume = old_rt.handover()  # etcd: its lease
             if pool.name in plan.pools:
                 await self._start_pool(pool, plan.pools.pop(pool.name))
             else:
@@ -662,7 +655,7 @@ class Daemon:
             task.cancel()
         for rt in self.runtimes.values():
             await rt.stop()  # lets a bind under way finish: `holds` is then the truth
-        holding = [rt for rt in self.runtimes.values() if rt.machine.holds]
+        holding = [rt for rt in self.runtimes.values() if rt.holds]
         plan = (f"releasing {len(holding)} address(es)" if cfg.node.release_on_stop and holding
                 else "leaving addresses in place" if holding else "holding no address")
         self.emit(Notice(EventKind.DAEMON_STOPPING, f"{self._stop_reason}: {plan}"))
