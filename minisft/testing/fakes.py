@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import selectors
+import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
@@ -156,6 +157,9 @@ class FakeHost:
         self.probe_error: str | None = None  # probes cannot be sent (e.g. ENETDOWN)
         self.probe_ignores_cancel = False  # a probe that reports despite its cancel
         self.fail_bind: str | None = None
+        # seconds a bind blocks its netlink thread (real time: for a real worker thread
+        # only, e.g. so that a reload can land while a bind is under way)
+        self.bind_latency = 0.0
         self.log: list[str] = []
         self.watched: dict[IPAddress, Callable[[str], object]] = {}
         self.askers: dict[IPAddress, Callable[[IPAddress, str], object]] = {}
@@ -183,6 +187,8 @@ class FakeHost:
     def bind(self, iface: object, address: IPInterface) -> None:
         if self.fail_bind:
             raise OSError(self.fail_bind)
+        if self.bind_latency:
+            time.sleep(self.bind_latency)
         self.bound.add(address)
         self.log.append(f"bind {address}")
 
