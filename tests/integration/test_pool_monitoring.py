@@ -10,15 +10,16 @@ automatic fallback brings them home and check_minisft says OK again.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from minisft.pools.formula import home
 from tests.integration.cluster import Cluster, Node, wait_until
@@ -26,20 +27,13 @@ from tests.integration.test_monitoring_e2e import as_nobody, unprivileged_python
 
 pytestmark = pytest.mark.netns
 
+ROOT = Path(__file__).resolve().parents[2]
+RULES = ROOT / "alerting" / "prometheus" / "minisft-rules.yml"
 NAMES = ["a", "b", "c"]
 ADDRESSES = [f"192.0.2.{n}/24" for n in range(101, 107)]
 HOME = home(ADDRESSES, dict.fromkeys(NAMES, 1), pool="front")
-
-
-@pytest.fixture
-def base() -> Iterator[Path]:
-    """A directory uid 65534 can traverse (pytest's tmp_path is root-only), as /var/lib."""
-    path = Path(tempfile.mkdtemp(prefix="sft-poolmon-"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+METRICS_PORT = 9523
+PROM_PORT = 9090
 
 
 def pool_cluster(base: Path) -> Cluster:
@@ -55,7 +49,8 @@ def pool_cluster(base: Path) -> Cluster:
         "fallback": {"mode": "auto", "hold_down": "2s"},
     }
     for n in NAMES:
-        c.nodes[n].configure([], pools=[front])
+        metrics = {"prometheus": {"listen": f"{c.nodes[n].host.ip}:{METRICS_PORT}"}}
+        c.nodes[n].configure([], pools=[front], alerting=metrics)
     for n in NAMES:  # together, as a rack powers up
         c.nodes[n].start(wait=False)
     for n in NAMES:
@@ -82,20 +77,81 @@ def check_pool(node: Node, python: str) -> subprocess.CompletedProcess[str]:
                                     "--pool", "front", "--no-sinks"), check=False)
 
 
-def test_the_monitoring_names_the_real_holder_and_the_preferred_member(base: Path) -> None:
+def check_until(node: Node, python: str, code: int, what: str
+                ) -> subprocess.CompletedProcess[str]:
+    """check_pool's first answer with exit `code` (status.json trails the live state, which
+    `minisft status` shows, by up to a second)."""
+    seen: list[str] = []
+
+    def answer() -> subprocess.CompletedProcess[str] | None:
+        proc = check_pool(node, python)
+        seen.append(proc.stdout + proc.stderr)
+        return proc if proc.returncode == code else None
+    return wait_until(f"check_minisft to see {what}", answer, timeout=5, step=0.2,
+                      describe=lambda: seen[-1] if seen else "")
+
+
+class PrometheusServer:
+    """Debian's prometheus, as user prometheus on the client host, scraping the three
+    members every second with the shipped rules."""
+
+    def __init__(self, c: Cluster, base: Path) -> None:
+        self.c = c
+        storage = base / "prometheus-data"
+        storage.mkdir()
+        shutil.chown(storage, "prometheus", "prometheus")
+        shutil.copy(RULES, base / "minisft-rules.yml")
+        config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(base / "minisft-rules.yml")],
+            "scrape_configs": [{"job_name": "minisft", "static_configs": [{"targets": [
+                f"{c.nodes[n].host.ip}:{METRICS_PORT}" for n in NAMES]}]}],
+        }
+        (base / "prometheus.yml").write_text(yaml.safe_dump(config))
+        c.client.popen(["runuser", "-u", "prometheus", "--", "prometheus",
+                        f"--config.file={base / 'prometheus.yml'}",
+                        f"--storage.tsdb.path={storage}",
+                        f"--web.listen-address={c.client.ip}:{PROM_PORT}"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def api(self, path: str) -> Any:
+        proc = self.c.client.run(
+            "python3", "-c", "import urllib.request,sys;sys.stdout.write(urllib.request."
+            f"urlopen('http://{self.c.client.ip}:{PROM_PORT}{path}',timeout=5).read()"
+            ".decode())", check=False)
+        return json.loads(proc.stdout) if proc.returncode == 0 else None
+
+    def owners_seen_by(self, node: str) -> dict[str, str]:
+        """minisft_pool_address_owner as scraped from `node`: address -> owner."""
+        instance = f"{self.c.nodes[node].host.ip}:{METRICS_PORT}"
+        answer = self.api("/api/v1/query?query=minisft_pool_address_owner") or {}
+        return {r["metric"]["address"]: r["metric"]["owner"]
+                for r in answer.get("data", {}).get("result", [])
+                if r["metric"]["instance"] == instance}
+
+    def firing(self, alertname: str) -> list[dict[str, Any]]:
+        answer = self.api("/api/v1/alerts") or {}
+        return [a for a in answer.get("data", {}).get("alerts", [])
+                if a["state"] == "firing" and a["labels"]["alertname"] == alertname]
+
+
+def test_the_monitoring_names_the_real_holder_and_the_preferred_member(
+        service_tmp: Path) -> None:
     if shutil.which("setpriv") is None:
         pytest.skip("setpriv not installed")
     python = unprivileged_python()
-    with pool_cluster(base) as c:
+    with pool_cluster(service_tmp) as c:
         a = c.nodes["a"]
+        prometheus = PrometheusServer(c, service_tmp)
         wait_until("every address held once, on its preferred member", lambda: all(
             c.holders(addr) == [HOME[addr]] for addr in ADDRESSES), timeout=30)
         wait_until("a's table to show them all at home", lambda: pool_table(a) == {
             addr: (HOME[addr], HOME[addr], "held", "0") for addr in ADDRESSES}, timeout=10)
-        ok = check_pool(a, python)
-        assert ok.returncode == 0, ok.stdout + ok.stderr
+        ok = check_until(a, python, 0, "the pool at home")
         assert ok.stdout.startswith("MINISFT OK - a: pool front: 6 addresses on their "
                                     "preferred members |"), ok.stdout
+        wait_until("Prometheus to scrape a's owners", lambda: prometheus.owners_seen_by(
+            "a") == {addr: HOME[addr] for addr in ADDRESSES}, timeout=30, step=0.5)
 
         c.nodes["c"].host.link_down()
         moved = [addr for addr in ADDRESSES if HOME[addr] == "c"]
@@ -112,13 +168,20 @@ def test_the_monitoring_names_the_real_holder_and_the_preferred_member(base: Pat
                 assert table[addr] == (truth[addr], "c", "held, not preferred", "1"), table
             else:
                 assert table[addr] == (HOME[addr], HOME[addr], "held", "0"), table
-        warning = check_pool(a, python)
-        assert warning.returncode == 1, warning.stdout + warning.stderr
+        warning = check_until(a, python, 1, "c's addresses away")
         first = warning.stdout.splitlines()[0]
         assert first.startswith("MINISFT WARNING - a: pool front: "), first
         for addr in moved:
             assert f"{addr} is on {truth[addr]}, not on its preferred member c " \
                    "(no fallback yet)" in first
+        wait_until("Prometheus to scrape where c's addresses went", lambda: prometheus.
+                   owners_seen_by("a") == truth, timeout=15, step=0.5)
+        away = wait_until("Prometheus to fire MiniSFTPoolAddressNotOnPreferred", lambda: [
+            x for x in prometheus.firing("MiniSFTPoolAddressNotOnPreferred")
+            if x["labels"]["instance"] == f"{a.host.ip}:{METRICS_PORT}"], timeout=20,
+            step=0.5)
+        assert sorted(x["labels"]["address"] for x in away) == sorted(moved)
+        assert not prometheus.firing("MiniSFTPoolAddressHeldByNobody")
 
         c.nodes["c"].host.link_up()
         seen: list[str] = []
@@ -127,8 +190,6 @@ def test_the_monitoring_names_the_real_holder_and_the_preferred_member(base: Pat
             proc = check_pool(a, python)
             seen.append(proc.stdout)
             return proc.returncode == 0
-        try:
-            wait_until("the fallback to bring c's addresses home", back_home, timeout=30)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}; last check_minisft: {seen[-1]}") from None
+        wait_until("the fallback to bring c's addresses home", back_home, timeout=30,
+                   describe=lambda: seen[-1] if seen else "")
         assert all(c.live_holders(addr) == [HOME[addr]] for addr in ADDRESSES)
