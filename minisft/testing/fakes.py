@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 from minisft.config.model import IPAddress, IPInterface
 from minisft.net.neighbour import ProbeAnswer
 from minisft.probes.looksalive import PingOutcome
-from minisft.runtime.ports import OnProberRule
+from minisft.runtime.ports import Clock, Neighbours, Netlink, OnProberRule, Pinger
 
 T = TypeVar("T")
 
@@ -261,3 +261,12 @@ class FakeHost:
             asyncio.get_running_loop().call_later(self.rtt, on_late, self.rtt)
         await asyncio.sleep(timeout)
         return PingOutcome(False, None, f"no reply within {timeout:g}s")
+
+
+def _fake_host_fits(host: FakeHost) -> tuple[Netlink, Neighbours, Pinger]:
+    """mypy checks here that FakeHost fits the ports it stands in for."""
+    return host, host, host
+
+
+def _virtual_clock_fits(clock: VirtualClock) -> Clock:
+    return clock
