@@ -18,7 +18,7 @@ import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from minisft.runtime.control import ControlError, ControlServer
 from minisft.runtime.driver import in_netlink_thread
 from minisft.runtime.journald import EVENT_ATTR
 from minisft.runtime.monitor_runtime import Check, MonitorRuntime
+from minisft.runtime.reload import Change, ReloadDiff, ReloadPlan, ReloadRefused, needs_restart
 from minisft.sinks.factory import build_sinks
 from minisft.status import (
     STATUS_NAME,
@@ -55,25 +56,6 @@ STATUS_EVERY = 1.0
 
 class StartupError(Exception):
     """The daemon cannot start; nothing on the host was changed."""
-
-
-class ReloadRefused(Exception):
-    """A reload cannot be applied; nothing running was changed."""
-
-
-@dataclass
-class _ReloadPlan:
-    """What a reload prepared before touching anything running (see Daemon._prepare)."""
-
-    config: Config
-    checks: dict[str, Check | None] = field(default_factory=dict)  # changed/added monitors
-    pools: dict[str, PoolRuntime] = field(default_factory=dict)  # embedded, socket open
-    sinks: list[Any] | None = None  # None: alerting unchanged
-
-    def discard(self) -> None:
-        for rt in self.pools.values():
-            rt.transport.close()
-        self.pools.clear()
 
 
 def _severity_to_logging(sev: Severity) -> int:
@@ -523,16 +505,11 @@ class Daemon:
                 msg = f"reload refused, the running config stays: {exc}"
                 self.emit(Notice(EventKind.CONFIG_REJECTED, msg))
                 return False, msg
-            fixed = [("node.name", new.node.name, self.config.node.name),
-                     ("node.local_ip", new.node.local_ip, self.config.node.local_ip),
-                     ("state_dir", new.state_dir, self.config.state_dir),
-                     ("control_socket", new.control_socket, self.config.control_socket)]
-            for key, a, b in fixed:
-                if a != b:
-                    msg = (f"reload refused, the running config stays: {key} changed "
-                           f"({b} -> {a}); that needs a restart")
-                    self.emit(Notice(EventKind.CONFIG_REJECTED, msg))
-                    return False, msg
+            restart = needs_restart(self.config, new)
+            if restart is not None:
+                msg = f"reload refused, the running config stays: {restart}"
+                self.emit(Notice(EventKind.CONFIG_REJECTED, msg))
+                return False, msg
             try:
                 plan = await self._prepare(new)
             except ReloadRefused as exc:
@@ -550,32 +527,26 @@ class Daemon:
         except Exception:  # nobody awaits a signal's task: say it here, loudly
             log.exception("reload on SIGHUP failed")
 
-    async def _prepare(self, new: Config) -> _ReloadPlan:
+    async def _prepare(self, new: Config) -> ReloadPlan:
         """Everything of a reload that can fail, done before anything running changes: the
         new IsAlive checks, the new pools' sockets (bound now, so a port in use refuses
         the reload while the old pool still runs) and the new sinks."""
-        old = self.config
-        plan = _ReloadPlan(new)
+        plan = ReloadPlan(new, ReloadDiff.between(self.config, new))
         try:
-            old_monitors = {m.name: m for m in old.monitors}
-            for mcfg in new.monitors:
-                if old_monitors.get(mcfg.name) != mcfg:
-                    try:
-                        plan.checks[mcfg.name] = self._build_check(mcfg)
-                    except Exception as exc:
-                        raise ReloadRefused(f"monitor {mcfg.name}: cannot build its IsAlive "
-                                            f"check: {exc}") from None
-            old_pools = {p.name: p for p in old.pools}
-            for pool in new.pools:
-                if old_pools.get(pool.name) == pool or pool.coordination.etcd:
-                    continue  # etcd pools have no socket; they start as at start-up
+            for mcfg in plan.diff.monitors_needing_checks:
+                try:
+                    plan.checks[mcfg.name] = self._build_check(mcfg)
+                except Exception as exc:
+                    raise ReloadRefused(f"monitor {mcfg.name}: cannot build its IsAlive "
+                                        f"check: {exc}") from None
+            for pool in plan.diff.pools_needing_sockets:
                 rt = self._make_embedded_pool(pool)
                 plan.pools[pool.name] = rt
                 try:
                     rt.transport.open()
                 except OSError as exc:
                     raise ReloadRefused(self._cannot_listen(pool, exc)) from None
-            if old.alerting != new.alerting or old.logging != new.logging:
+            if plan.diff.sinks_changed:
                 try:
                     plan.sinks = build_sinks(new, self.status,
                                              logs_to_journal=self.logs_to_journal)
@@ -586,20 +557,15 @@ class Daemon:
             raise
         return plan
 
-    async def _commit(self, plan: _ReloadPlan) -> list[str]:
+    async def _commit(self, plan: ReloadPlan) -> list[str]:
         """Swap to the prepared config. A monitor whose settings changed keeps its runtime
         and machine, with its work in flight (see MonitorRuntime.reconfigure)."""
-        old, new = self.config, plan.config
+        new, diff = plan.config, plan.diff
         changes: list[str] = []
-        old_by_name = {m.name: m for m in old.monitors}
-        new_by_name = {m.name: m for m in new.monitors}
-        for name, mcfg in old_by_name.items():
-            gone = name not in new_by_name
-            # a new hooks.mode changes where the address lives (bound here or moved by
-            # API): release it the old way, then start over the new way
-            moved = not gone and (new_by_name[name].address != mcfg.address
-                                  or new_by_name[name].hooks.mode != mcfg.hooks.mode)
-            if gone or moved:
+        leaving = (Change.REMOVED, Change.REPLACED)
+        for change in diff.monitors:
+            mcfg, name = change.config, change.config.name
+            if change.change in leaving:
                 rt = self.runtimes.pop(name)
                 await rt.stop()  # lets a bind under way finish: `holds` is then the truth
                 self.neighbours.unwatch(mcfg.ip)
@@ -608,19 +574,18 @@ class Daemon:
                     self.emit(Notice(EventKind.RELEASED, "monitor removed from the config: "
                                      "released its address", monitor=name,
                                      address=str(mcfg.ip)))
-                changes.append(f"removed {name}" if gone else f"replaced {name}")
+                changes.append(f"{change.change.value} {name}")
         self.config = replace(new, source=new.source)
-        for name, mcfg in new_by_name.items():
-            if name not in self.runtimes:
+        for change in diff.monitors:
+            mcfg, name = change.config, change.config.name
+            if change.change is Change.ADDED:
                 await self._add_monitor(mcfg, plan.checks[name])
-                changes.append(f"added {name}")
-            elif old_by_name[name] != mcfg:
+            elif change.change is Change.UPDATED:
                 await self.runtimes[name].reconfigure(mcfg, plan.checks[name])
-                changes.append(f"updated {name}")
-        old_pools = {p.name: p for p in old.pools}
-        for pool in new.pools:
-            if old_pools.get(pool.name) == pool:
+            else:
                 continue
+            changes.append(f"{change.change.value} {name}")
+        for pool in diff.pools_started:
             resume = None
             if pool.name in self.pools:  # no hot swap: restart it, keeping its addresses
                 old_rt = self.pools.pop(pool.name)
@@ -630,12 +595,12 @@ class Daemon:
                 await self._start_pool(pool, plan.pools.pop(pool.name))
             else:
                 await self._add_pool(pool, resume=resume)
-            changes.append(f"pool {pool.name} " + ("restarted" if pool.name in old_pools
-                                                   else "added"))
-        for name in set(old_pools) - {p.name for p in new.pools}:
+            changes.append(f"pool {pool.name} " + ("restarted" if pool.name in
+                                                   diff.pools_restarted else "added"))
+        for name in diff.pools_removed:
             await self.pools.pop(name).stop(release=True)
             changes.append(f"pool {name} removed (its addresses released)")
-        if old.journal != new.journal and self.journal is not None:
+        if diff.journal_changed and self.journal is not None:
             self.journal.retention = new.journal.max_age
             self.journal.max_bytes = new.journal.max_bytes  # applied at the next rotation
             changes.append("journal limits updated")
