@@ -170,9 +170,11 @@ class MonitorStatus:
 
     name: str | None = None
     address: str | None = None
+    prefixlen: int | None = None
     role: str | None = None  # primary, backup
     state: str | None = None  # starting, watching, probing, binding, holding
     holder: str | None = None  # self, other, none, unknown
+    holder_mac: str | None = None  # the MAC that answered for the address, if not ours
     paused: bool = False
     link_up: bool | None = None
     conflict_open: bool = False
@@ -185,7 +187,8 @@ class MonitorStatus:
     counters: Mapping[str, Any] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
-    _KEYS = frozenset({"name", "address", "role", "state", "holder", "paused", "link_up",
+    _KEYS = frozenset({"name", "address", "prefixlen", "role", "state", "holder",
+                       "holder_mac", "paused", "link_up",
                        "conflict_open", "reason", "seconds_since_change",
                        "last_change_time", "looksalive", "isalive", "peer", "counters"})
 
@@ -200,9 +203,11 @@ class MonitorStatus:
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> MonitorStatus:
         return cls(
-            name=_str(doc, "name"), address=_str(doc, "address"), role=_str(doc, "role"),
+            name=_str(doc, "name"), address=_str(doc, "address"),
+            prefixlen=_int(doc, "prefixlen"), role=_str(doc, "role"),
             state=_str(doc, "state"), holder=_str(doc, "holder"),
-            paused=bool(doc.get("paused")), link_up=_bool(doc, "link_up"),
+            holder_mac=_str(doc, "holder_mac"), paused=bool(doc.get("paused")),
+            link_up=_bool(doc, "link_up"),
             conflict_open=bool(doc.get("conflict_open")), reason=_str(doc, "reason"),
             seconds_since_change=_number(doc, "seconds_since_change"),
             last_change_time=_number(doc, "last_change_time"),
@@ -213,8 +218,9 @@ class MonitorStatus:
 
     def to_dict(self) -> dict[str, Any]:
         return _written({
-            "name": self.name, "address": self.address, "role": self.role,
-            "state": self.state, "holder": self.holder, "paused": self.paused,
+            "name": self.name, "address": self.address, "prefixlen": self.prefixlen,
+            "role": self.role, "state": self.state, "holder": self.holder,
+            "holder_mac": self.holder_mac, "paused": self.paused,
             "link_up": self.link_up, "conflict_open": self.conflict_open,
             "reason": self.reason, "seconds_since_change": self.seconds_since_change,
             "last_change_time": self.last_change_time,
@@ -222,43 +228,173 @@ class MonitorStatus:
             "peer": self.peer.to_dict(), "counters": dict(self.counters)}, self.extra)
 
 
+def _strings(doc: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    value = doc.get(key)
+    return tuple(str(v) for v in value) if isinstance(value, list) else ()
+
+
+def _optional(known: dict[str, Any], **values: Any) -> dict[str, Any]:
+    """`known` plus the values that say something: older daemons and the embedded
+    backend leave these keys out, and load -> dump must not add them."""
+    return {**known, **{k: v for k, v in values.items() if v is not None}}
+
+
+@dataclass(frozen=True)
+class PoolMemberStatus:
+    """One configured member of a pool, as this member sees it."""
+
+    name: str | None = None
+    is_self: bool = False  # "self" on disk
+    weight: int | None = None
+    alive: bool | None = None
+    state: str | None = None  # alive, isolated, leaving, fenced, absent
+    holds: tuple[str, ...] | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    _KEYS = frozenset({"name", "self", "weight", "alive", "state", "holds"})
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> PoolMemberStatus:
+        return cls(name=_str(doc, "name"), is_self=bool(doc.get("self")),
+                   weight=_int(doc, "weight"), alive=_bool(doc, "alive"),
+                   state=_str(doc, "state"),
+                   holds=_strings(doc, "holds") if "holds" in doc else None,
+                   extra=_extra(doc, cls._KEYS))
+
+    def to_dict(self) -> dict[str, Any]:
+        return _written(_optional({"name": self.name, "self": self.is_self},
+                                  weight=self.weight, alive=self.alive, state=self.state,
+                                  holds=None if self.holds is None else list(self.holds)),
+                        self.extra)
+
+
+@dataclass(frozen=True)
+class EtcdSessionStatus:
+    """The etcd session of an etcd-coordinated pool."""
+
+    endpoint: str | None = None
+    connected: bool = False
+    lease: str | None = None  # hex lease id
+    ttl: float | None = None
+    last_error: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    _KEYS = frozenset({"endpoint", "connected", "lease", "ttl", "last_error"})
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> EtcdSessionStatus:
+        return cls(endpoint=_str(doc, "endpoint"), connected=bool(doc.get("connected")),
+                   lease=_str(doc, "lease"), ttl=_number(doc, "ttl"),
+                   last_error=_str(doc, "last_error"), extra=_extra(doc, cls._KEYS))
+
+    def to_dict(self) -> dict[str, Any]:
+        return _written({"endpoint": self.endpoint, "connected": self.connected,
+                         "lease": self.lease, "ttl": self.ttl,
+                         "last_error": self.last_error}, self.extra)
+
+
+@dataclass(frozen=True)
+class PoolAddressStatus:
+    """One pool address as this member sees it: who holds it (`owner`), who the formula
+    places it on when every member is up (`preferred`, its home), and its state:
+
+    held      -- exactly one member holds it
+    free      -- nobody holds it (the address is down)
+    probing   -- this member is probing it before taking it over (nobody holds it yet)
+    binding   -- this member is binding it
+    duplicate -- more than one member says it holds it (`holders`; `owner` is the first)
+
+    `moves` counts how often this member saw the address change from one holder to
+    another since it started."""
+
+    address: str | None = None
+    owner: str | None = None
+    preferred: str | None = None
+    state: str | None = None
+    holders: tuple[str, ...] = ()
+    moves: int = 0
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    _KEYS = frozenset({"address", "owner", "preferred", "state", "holders", "moves"})
+
+    @property
+    def on_preferred(self) -> bool:
+        """Held by its home member and by nobody else."""
+        return (self.owner is not None and self.owner == self.preferred
+                and self.state == "held")
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> PoolAddressStatus:
+        return cls(address=_str(doc, "address"), owner=_str(doc, "owner"),
+                   preferred=_str(doc, "preferred"), state=_str(doc, "state"),
+                   holders=_strings(doc, "holders"), moves=_int(doc, "moves") or 0,
+                   extra=_extra(doc, cls._KEYS))
+
+    def to_dict(self) -> dict[str, Any]:
+        return _written({"address": self.address, "owner": self.owner,
+                         "preferred": self.preferred, "state": self.state,
+                         "holders": list(self.holders), "moves": self.moves}, self.extra)
+
+
 @dataclass(frozen=True)
 class PoolStatus:
-    """One address pool (PoolMachine or etcd backend snapshot); members stay as written."""
+    """One address pool (the embedded PoolMachine or the etcd backend snapshot)."""
 
     name: str | None = None
     member: str | None = None
+    backend: str | None = None  # "etcd"; absent for the embedded heartbeats
     phase: str | None = None
     reason: str | None = None
     isolated: bool = False
     link_up: bool | None = None
     held: tuple[str, ...] = ()
-    members: tuple[Mapping[str, Any], ...] = ()
+    members: tuple[PoolMemberStatus, ...] = ()
+    drift: tuple[str, ...] = ()  # members whose config digest differs
+    config_drift: str | None = None  # etcd: the local config differs from the definition
+    assignment: Mapping[str, str] | None = None  # the formula over the live members
+    placement: tuple[PoolAddressStatus, ...] = ()  # every address: owner, preferred, state
+    etcd: EtcdSessionStatus | None = None
     counters: Mapping[str, Any] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
-    _KEYS = frozenset({"name", "member", "phase", "reason", "isolated", "link_up", "held",
-                       "members", "counters"})
+    _KEYS = frozenset({"name", "member", "backend", "phase", "reason", "isolated", "link_up",
+                       "held", "members", "drift", "config_drift", "assignment",
+                       "placement", "etcd", "counters"})
+
+    def address(self, address: str) -> PoolAddressStatus | None:
+        return next((a for a in self.placement if a.address == address), None)
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> PoolStatus:
-        held = doc.get("held")
-        members = doc.get("members")
+        etcd = doc.get("etcd")
+        assignment = doc.get("assignment")
         return cls(
-            name=_str(doc, "name"), member=_str(doc, "member"), phase=_str(doc, "phase"),
-            reason=_str(doc, "reason"), isolated=bool(doc.get("isolated")),
-            link_up=_bool(doc, "link_up"),
-            held=tuple(str(a) for a in held) if isinstance(held, list) else (),
-            members=tuple(m for m in members if isinstance(m, dict))
-            if isinstance(members, list) else (),
+            name=_str(doc, "name"), member=_str(doc, "member"), backend=_str(doc, "backend"),
+            phase=_str(doc, "phase"), reason=_str(doc, "reason"),
+            isolated=bool(doc.get("isolated")), link_up=_bool(doc, "link_up"),
+            held=_strings(doc, "held"),
+            members=tuple(PoolMemberStatus.from_dict(m) for m in _objects(doc, "members")),
+            drift=_strings(doc, "drift"), config_drift=_str(doc, "config_drift"),
+            assignment={str(k): str(v) for k, v in assignment.items()}
+            if isinstance(assignment, dict) else None,
+            placement=tuple(PoolAddressStatus.from_dict(a)
+                            for a in _objects(doc, "placement")),
+            etcd=EtcdSessionStatus.from_dict(etcd) if isinstance(etcd, dict) else None,
             counters=dict(_mapping(doc, "counters")), extra=_extra(doc, cls._KEYS))
 
     def to_dict(self) -> dict[str, Any]:
-        return _written({
+        known = {
             "name": self.name, "member": self.member, "phase": self.phase,
             "reason": self.reason, "isolated": self.isolated, "link_up": self.link_up,
-            "held": list(self.held), "members": [dict(m) for m in self.members],
-            "counters": dict(self.counters)}, self.extra)
+            "held": list(self.held), "members": [m.to_dict() for m in self.members],
+            "drift": list(self.drift), "counters": dict(self.counters)}
+        if self.backend == "etcd":  # always there for etcd pools, null when none
+            known["config_drift"] = self.config_drift
+        return _written(_optional(
+            known, backend=self.backend, config_drift=self.config_drift,
+            assignment=None if self.assignment is None else dict(self.assignment),
+            placement=[a.to_dict() for a in self.placement] or None,
+            etcd=self.etcd.to_dict() if self.etcd is not None else None), self.extra)
 
 
 @dataclass(frozen=True)
@@ -345,14 +481,21 @@ def load(path: Path) -> StatusDocument:
         doc = json.loads(raw)
     except (ValueError, RecursionError) as exc:
         raise StatusError(f"status file {path} is not valid JSON: {exc}") from None
+    return parse(doc, f"status file {path}")
+
+
+def parse(doc: Any, source: str) -> StatusDocument:
+    """The document from already decoded JSON (the file, or the daemon's answer to
+    `status` on the control socket), with the same checks as `load`; `source` names it
+    in the StatusError."""
     if not isinstance(doc, dict):
-        raise StatusError(f"status file {path}: not a JSON object")
+        raise StatusError(f"{source}: not a JSON object")
     version = doc.get("version")
     if version != FORMAT_VERSION:
-        raise StatusError(f"status file {path}: format version {version!r} not supported "
+        raise StatusError(f"{source}: format version {version!r} not supported "
                           f"(this reader reads version {FORMAT_VERSION})")
     if not isinstance(doc.get("monitors", []), list):
-        raise StatusError(f"status file {path}: monitors is not a list")
+        raise StatusError(f"{source}: monitors is not a list")
     return StatusDocument.from_dict(doc)
 
 

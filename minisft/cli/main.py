@@ -12,6 +12,7 @@ from typing import Any
 
 from minisft import __version__
 from minisft.config.model import DEFAULT_CONFIG_PATH
+from minisft.status import PoolAddressStatus, StatusDocument, StatusError, parse
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -35,6 +36,9 @@ manual fallback, the original procedure as commands:
   on the primary:               minisft claim web      (probes, binds, announces)
   back on the first node:       minisft resume web     (watches again)
 
+switchover, the same move without an outage (make-before-break):
+  on the primary:               minisft switchover web (binds at once; the backup yields)
+
 examples:
   minisft run --config /etc/minisft/minisft.yaml       foreground, for systemd
   minisft check-config --config ./alpha.yaml           validate, change nothing
@@ -42,8 +46,35 @@ examples:
   minisft events --follow                              the event journal, as it grows
   minisft demo                                         a two-node takeover in a namespace lab
 
-exit codes: 0 ok (also when the wanted state already held: release, claim, pause and resume
-are idempotent), 1 command refused or failed, 2 bad configuration, 3 daemon unreachable.
+exit codes: 0 ok (also when the wanted state already held: release, claim, pause, resume
+and switchover are idempotent), 1 command refused or failed, 2 bad configuration,
+3 daemon unreachable.
+"""
+
+
+SWITCHOVER_HELP = """\
+Move a service address back to this node, its primary, without an outage: the
+make-before-break form of the manual fallback (release on the backup, claim here).
+
+Run it on the primary, after a failover, once the primary is healthy again. It binds
+the address here and announces it at once, without waiting for the backup to let go;
+the backup hears the announcement, releases the address and watches it again (both
+sides report a `switchover` event). Clients see a gap of a few milliseconds, not the
+primary's detection time.
+
+Before binding it checks, and refuses with the reason (exit 1) when:
+  - this node is not the address's primary (role backup),
+  - this node's link is down,
+  - this node fails its own IsAlive check (the configured check, run against its
+    node.local_ip, as a backup checks its peer before an automatic fallback),
+  - nobody holds the address (then `minisft claim NAME` is the command),
+  - the node that answers for the address is not the configured peer_ip (compared
+    by MAC): it never takes an address from a third node. The primary's monitor
+    needs peer_ip set to the backup's own address for this.
+Already holding the address here: says so, changes nothing, exit 0.
+
+The backup recognises the switchover when the primary resolved the address by
+ARP/NDP while watching it; otherwise it still yields, and reports a split brain.
 """
 
 
@@ -79,6 +110,9 @@ def _parser() -> argparse.ArgumentParser:
     ):
         sp = add(verb, text)
         sp.add_argument("monitor", metavar="NAME", help="monitor name from the config")
+    so = add("switchover", "move the address back to this node, its primary, without an "
+             "outage", SWITCHOVER_HELP)
+    so.add_argument("monitor", metavar="NAME", help="monitor name from the config")
     rb = add("rebalance", "pools: move every address to the member the formula names now "
              "(the manual fallback of a pool)")
     rb.add_argument("pool", metavar="POOL", help="pool name from the config")
@@ -234,69 +268,76 @@ def _request(args: argparse.Namespace, payload: dict[str, Any],
 
 def cmd_status(args: argparse.Namespace) -> int:
     answer = _request(args, {"cmd": "status"})
-    status = answer.get("status", {})
     if args.json:
-        print(json.dumps(status, indent=2, sort_keys=True))
+        print(json.dumps(answer.get("status", {}), indent=2, sort_keys=True))
         return EXIT_OK
+    try:
+        status = parse(answer.get("status"), "the daemon's status answer")
+    except StatusError as exc:  # a daemon of another version
+        print(f"minisft: {exc}", file=sys.stderr)
+        return EXIT_NO_DAEMON
     print(format_status(status))
     return EXIT_OK
 
 
-def format_status(st: dict[str, Any]) -> str:
-    up = time.time() - float(st.get("started_at") or time.time())
-    lines = [f"node {st.get('node')} on {st.get('interface')} ({st.get('local_ip')}), pid "
-             f"{st.get('pid')}, up {_duration(up)}, link "
-             f"{'up' if st.get('link_up') else 'DOWN'}"]
+def format_status(st: StatusDocument, now: float | None = None) -> str:
+    now = time.time() if now is None else now
+    up = now - (st.started_at if st.started_at is not None else now)
+    lines = [f"node {st.node} on {st.interface} ({st.local_ip}), pid {st.pid}, up "
+             f"{_duration(up)}, link {'up' if st.link_up else 'DOWN'}"]
     header = ("MONITOR", "ADDRESS", "ROLE", "STATE", "HOLDER", "LOOKSALIVE", "ISALIVE",
               "TAKEOVERS", "CONFLICTS", "SINCE")
-    rows = [header]
-    for m in st.get("monitors", []):
-        la = m["looksalive"]
-        rtt = f" {la['rtt_ms']}ms" if la.get("rtt_ms") is not None and la["health"] == "up" \
-            else ""
-        if la.get("rto_ms") is not None and la["health"] != "unknown":
-            rtt += f" rto {la['rto_ms']:g}ms"  # how long the next ping waits for its reply
-        ia = m["isalive"]
-        if not ia["enabled"]:
+    rows: list[tuple[str, ...]] = [header]
+    for m in st.monitors:
+        la, ia = m.looksalive, m.isalive
+        rtt = f" {la.rtt_ms}ms" if la.rtt_ms is not None and la.health == "up" else ""
+        if la.rto_ms is not None and la.health != "unknown":
+            rtt += f" rto {la.rto_ms:g}ms"  # how long the next ping waits for its reply
+        if not ia.enabled:
             isalive = "-"
-        elif ia["dead"]:
+        elif ia.dead:
             isalive = "DEAD"
         else:
-            isalive = {True: "ok", False: "failing", None: "pending"}[ia["ok"]]
-            if ia.get("latency_ms") is not None:
-                isalive += f" {ia['latency_ms']:.0f}ms"
-        state = m["state"] + (" (paused)" if m["paused"] else "")
-        if m["conflict_open"]:
+            isalive = {True: "ok", False: "failing", None: "pending"}[ia.ok]
+            if ia.latency_ms is not None:
+                isalive += f" {ia.latency_ms:.0f}ms"
+        state = f"{m.state}{' (paused)' if m.paused else ''}"
+        if m.conflict_open:
             state += " CONFLICT"
-        rows.append((m["name"], f"{m['address']}/{m['prefixlen']}", m["role"], state,
-                     m["holder"], la["health"] + rtt, isalive, str(m["counters"]["takeovers"]),
-                     str(m["counters"]["conflicts"]), _duration(m["seconds_since_change"])))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    for r in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-    for m in st.get("monitors", []):
-        lines.append(f"  {m['name']}: {m['reason']}")
-    for pool in st.get("pools", []):
-        alive = [m["name"] for m in pool["members"] if m["alive"]]
-        lines.append(f"pool {pool['name']} as {pool['member']}: {pool['phase']}"
-                     f"{' ISOLATED' if pool['isolated'] else ''}, members alive: "
-                     f"{', '.join(alive)}; holding here: {', '.join(pool['held']) or 'none'}"
-                     + (f"; CONFIG DRIFT with {', '.join(pool['drift'])}" if pool["drift"]
+        rows.append((str(m.name), f"{m.address}/{m.prefixlen}", str(m.role), state,
+                     str(m.holder), f"{la.health}{rtt}", isalive,
+                     str(m.counters.get("takeovers", 0)), str(m.counters.get("conflicts", 0)),
+                     _duration(m.seconds_since_change or 0.0)))
+    lines.extend(_table(rows))
+    for m in st.monitors:
+        lines.append(f"  {m.name}: {m.reason}")
+    for pool in st.pools:
+        alive = [str(m.name) for m in pool.members if m.alive]
+        lines.append(f"pool {pool.name} as {pool.member}: {pool.phase}"
+                     f"{' ISOLATED' if pool.isolated else ''}, members alive: "
+                     f"{', '.join(alive)}; holding here: {', '.join(pool.held) or 'none'}"
+                     + (f"; CONFIG DRIFT with {', '.join(pool.drift)}" if pool.drift
                         else ""))
-        if pool.get("backend") == "etcd":
-            etcd = pool["etcd"]
-            lines.append(f"  etcd {etcd['endpoint']}: "
-                         + ("connected" if etcd["connected"] else "NOT CONNECTED")
-                         + f", lease {etcd['lease'] or 'none'} (ttl {etcd['ttl']}s)"
-                         + (f", last error: {etcd['last_error']}" if etcd["last_error"]
-                            and not etcd["connected"] else ""))
-            if pool.get("config_drift"):
-                lines.append(f"  CONFIG DRIFT: {pool['config_drift']}")
-        if pool.get("reason"):
-            lines.append(f"  {pool['reason']}")
-        for address, owner in sorted(pool["assignment"].items()):
-            lines.append(f"  {address} -> {owner}")
-    sinks = st.get("sinks", [])
+        if pool.etcd is not None:
+            etcd = pool.etcd
+            lines.append(f"  etcd {etcd.endpoint}: "
+                         + ("connected" if etcd.connected else "NOT CONNECTED")
+                         + f", lease {etcd.lease or 'none'} (ttl {etcd.ttl}s)"
+                         + (f", last error: {etcd.last_error}" if etcd.last_error
+                            and not etcd.connected else ""))
+            if pool.config_drift:
+                lines.append(f"  CONFIG DRIFT: {pool.config_drift}")
+        if pool.reason:
+            lines.append(f"  {pool.reason}")
+        if pool.placement:
+            rows = [("ADDRESS", "OWNER", "PREFERRED", "STATE", "MOVES")]
+            rows.extend((str(a.address), _owner_text(a), str(a.preferred or "-"),
+                         _placement_state(a), str(a.moves)) for a in pool.placement)
+            lines.extend("  " + row for row in _table(rows))
+        else:  # a daemon from before the placement table
+            for address, owner in sorted((pool.assignment or {}).items()):
+                lines.append(f"  {address} -> {owner}")
+    sinks = st.sinks
     if sinks:
         parts = []
         for s in sinks:
@@ -313,6 +354,26 @@ def format_status(st: dict[str, Any]) -> str:
             parts.append(text)
         lines.append("sinks: " + "; ".join(parts))
     return "\n".join(lines)
+
+
+def _owner_text(address: PoolAddressStatus) -> str:
+    if address.state == "duplicate":
+        return "+".join(address.holders)
+    return address.owner or "NOBODY"
+
+
+def _placement_state(address: PoolAddressStatus) -> str:
+    """The state, and whether it is where it belongs: an admin scans for the odd one."""
+    if address.owner is None or address.state != "held":
+        return address.state or "?"
+    return "held" if address.on_preferred else "held, not preferred"
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    """Rows as left-aligned columns two spaces apart (the first row is the header)."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+            for r in rows]
 
 
 def _duration(seconds: float) -> str:
@@ -458,6 +519,7 @@ _COMMANDS = {
     "claim": cmd_admin,
     "pause": cmd_admin,
     "resume": cmd_admin,
+    "switchover": cmd_admin,
     "events": cmd_events,
     "reload": cmd_reload,
     "rebalance": cmd_rebalance,

@@ -22,7 +22,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from minisft.status import MonitorStatus, StatusDocument
+from minisft.status import MonitorStatus, PoolStatus, StatusDocument
 
 log = logging.getLogger("minisft.prometheus")
 
@@ -31,6 +31,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MONITOR_STATES = ("starting", "watching", "probing", "binding", "holding")
 HOLDERS = ("self", "other", "none", "unknown")
 HEALTHS = ("unknown", "up", "degraded", "down")
+POOL_ADDRESS_STATES = ("held", "free", "probing", "binding", "duplicate")
 
 # Counter keys of MonitorMachine.counters, with their help text; unknown keys still render.
 COUNTER_HELP = {
@@ -113,11 +114,8 @@ def _with(known: tuple[str, ...], current: Any) -> tuple[str, ...]:
     return known
 
 
-def render_metrics(status: StatusDocument | Mapping[str, Any]) -> bytes:
-    """The status document (or its dict, as in status.json) as a Prometheus text
-    exposition."""
-    if not isinstance(status, StatusDocument):
-        status = StatusDocument.from_dict(status)
+def render_metrics(status: StatusDocument) -> bytes:
+    """The status document as a Prometheus text exposition."""
     fam: dict[str, _Family] = {}
 
     def family(name: str, kind: str, help_text: str) -> _Family:
@@ -143,6 +141,7 @@ def render_metrics(status: StatusDocument | Mapping[str, Any]) -> bytes:
     _render_sinks(status.sinks, family)
     family("minisft_pools", "gauge", "Address pools configured on this node.").add(
         len(status.pools))
+    _render_pools(status.pools, family)
 
     return "".join(f.render() for f in fam.values()).encode("utf-8")
 
@@ -238,6 +237,39 @@ def _render_monitors(monitors: Iterable[MonitorStatus],
             fam.add(_num(mon.counters.get(key, 0)), monitor=m)
 
 
+def _render_pools(pools: Iterable[PoolStatus],
+                  family: Callable[[str, str, str], _Family]) -> None:
+    active = family("minisft_pool_member_active", "gauge",
+                    "1 when this node is an active member of the pool: it hears a quorum, "
+                    "so its view of who holds each address is complete.")
+    owner = family("minisft_pool_address_owner", "gauge",
+                   "The member holding the pool address, as the owner label; always 1. "
+                   "No series while nobody holds it, one per holder while two do.")
+    preferred = family("minisft_pool_address_preferred_owner", "gauge",
+                       "The member the pool's formula places the address on while every "
+                       "member is up (its home), as the preferred label; always 1.")
+    placement = family("minisft_pool_address_placement", "gauge",
+                       "1 when the pool address is held by its preferred member alone.")
+    state = family("minisft_pool_address_state", "gauge",
+                   "State of the pool address (one-hot): held, free (held by nobody), "
+                   "probing or binding (this node is taking it), duplicate (two holders).")
+    moves = family("minisft_pool_address_moves_total", "counter",
+                   "Times this node saw the pool address move from one member to another.")
+    for pool in pools:
+        p = pool.name or ""
+        active.add(pool.phase == "active", pool=p)
+        for a in pool.placement:
+            address = a.address or ""
+            for holder in a.holders:
+                owner.add(1, pool=p, address=address, owner=holder)
+            if a.preferred is not None:
+                preferred.add(1, pool=p, address=address, preferred=a.preferred)
+            placement.add(a.on_preferred, pool=p, address=address)
+            for value in _with(POOL_ADDRESS_STATES, a.state):
+                state.add(a.state == value, pool=p, address=address, state=value)
+            moves.add(a.moves, pool=p, address=address)
+
+
 def _render_sinks(sinks: Iterable[Mapping[str, Any]],
                   family: Callable[[str, str, str], _Family]) -> None:
     delivered = family("minisft_sink_delivered_total", "counter",
@@ -292,7 +324,7 @@ def parse_listen(listen: str) -> tuple[str, int]:
 DEFAULT_MAX_CONNECTIONS = 16  # alerting.prometheus.max_connections: scrapers are few
 
 
-async def serve_metrics(listen: str, get_status: Callable[[], dict[str, Any]], *,
+async def serve_metrics(listen: str, get_status: Callable[[], StatusDocument], *,
                         max_connections: int = DEFAULT_MAX_CONNECTIONS,
                         ) -> asyncio.AbstractServer:
     """Serve `GET /metrics` on `listen`; each scrape renders `get_status()` afresh. At most
@@ -321,7 +353,7 @@ async def serve_metrics(listen: str, get_status: Callable[[], dict[str, Any]], *
 
 
 async def _respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                   get_status: Callable[[], dict[str, Any]]) -> None:
+                   get_status: Callable[[], StatusDocument]) -> None:
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
     request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
     parts = request_line.split()

@@ -75,10 +75,14 @@ from minisft.config.model import (
     PoolConfig,
     PoolMemberConfig,
 )
+from minisft.core.actions import OnProber
 from minisft.core.events import EventKind, Notice, Severity
-from minisft.pools.formula import assign
+from minisft.pools.formula import assign, home
 from minisft.pools.machine import ANNOUNCE, PROBE
-from minisft.pools.runtime import Addresses, Neighbours, Pinger
+from minisft.pools.placement import HolderHistory, placement
+from minisft.runtime.driver import ActionDriver
+from minisft.runtime.ports import Neighbours, Netlink, Pinger
+from minisft.status import PoolAddressStatus
 
 log = logging.getLogger("minisft.pools.etcd")
 T = TypeVar("T")
@@ -449,7 +453,7 @@ class EtcdPoolRuntime:
         node: str,
         clock: Callable[[], float],
         neighbours: Neighbours,
-        addresses: Addresses,
+        addresses: Netlink,
         iface: Any,
         netlink_executor: Executor,
         emit: Callable[[Notice], object],
@@ -465,11 +469,15 @@ class EtcdPoolRuntime:
         self.pool = pool  # the definition in use (etcd's once read)
         self.node = node
         self.clock = clock
-        self._neighbours = neighbours
         self._addresses = addresses
         self._iface = iface
-        self._executor = netlink_executor
         self._emit_fn = emit
+        # probes, netlink and announcements; no hooks: the config refuses them on etcd
+        self.driver = ActionDriver(
+            owner=f"pool {pool.name}", task_prefix=f"pool-{pool.name}",
+            report=lambda result: None, emit=emit, neighbours=neighbours, netlink=addresses,
+            iface=iface, netlink_executor=netlink_executor, hooks=pool.hooks,
+            announce=ANNOUNCE, log=log, replace_probes=False)
         self._wall = wall
         self.timing = FenceTiming.for_ttl(pool.coordination.ttl)
         self.session = EtcdSession(pool, self.timing.rpc_timeout)
@@ -501,7 +509,7 @@ class EtcdPoolRuntime:
         self.owners: dict[str, Owner] = {}
         self.assignment: dict[str, str] = {}
         self.counters = Counters()
-        self.last_holder: dict[str, str] = {}
+        self.last_holder = HolderHistory()
         self._set_definition(pool)
         self.slots: dict[str, Slot] = dict.fromkeys(self.keys, Slot.FREE)
         self._retry_at: dict[str, float] = {}
@@ -579,7 +587,7 @@ class EtcdPoolRuntime:
             for key in self.keys:
                 if self.slots[key] is not Slot.FREE:
                     with contextlib.suppress(Exception):
-                        await self._netlink(self._addresses.release, self._iface,
+                        await self.driver.netlink(self._addresses.release, self._iface,
                                             self._by_key[key])
                     self.slots[key] = Slot.FREE
             if self.lease_id is not None:
@@ -611,10 +619,6 @@ class EtcdPoolRuntime:
             self.last_change = self.clock()
         self.phase = phase
         self.reason = reason
-
-    async def _netlink(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
 
     def _member_value(self, state: str = "alive") -> bytes:
         return json.dumps({"member": self.node, "boot": self.boot, "state": state,
@@ -770,7 +774,7 @@ class EtcdPoolRuntime:
                                           members[self.node].lease != self.lease_id):
             await self._register()  # deleted by hand, or written by a previous boot
         for key, owner in owners.items():
-            self.last_holder[key] = owner.member
+            self.last_holder.saw(key, owner.member)
         if self._first_read:
             self.startup = StartupWindow.at_first_read(
                 self.clock(), self.timing.startup_window, self.node, owners.values(),
@@ -913,7 +917,7 @@ class EtcdPoolRuntime:
                 self._parse_into(kv, {}, owners)
                 if addr in owners:
                     self.owners[addr] = owners[addr]
-                    self.last_holder[addr] = owners[addr].member
+                    self.last_holder.saw(addr, owners[addr].member)
             else:
                 self.owners.pop(addr, None)
         self._wake.set()
@@ -1001,7 +1005,7 @@ class EtcdPoolRuntime:
             # every pool address, not only the held ones: a bind may be in flight
             for key in self.keys:
                 try:
-                    await self._netlink(self._addresses.release, self._iface,
+                    await self.driver.netlink(self._addresses.release, self._iface,
                                         self._by_key[key])
                 except Exception as exc:
                     log.error("pool %s: could not remove %s: %s", self.pool.name, key, exc)
@@ -1026,7 +1030,7 @@ class EtcdPoolRuntime:
         while True:
             await asyncio.sleep(HOUSEKEEPING)
             try:
-                up = await self._netlink(self._addresses.link_up, self._iface)
+                up = await self.driver.netlink(self._addresses.link_up, self._iface)
                 if up != self.link_up:
                     self.link_up = up
                     if up:
@@ -1037,7 +1041,7 @@ class EtcdPoolRuntime:
                 for key in self.keys:
                     if self.slots[key] is not Slot.HELD or key in self._ops:
                         continue
-                    present = await self._netlink(self._addresses.has_address, self._iface,
+                    present = await self.driver.netlink(self._addresses.has_address, self._iface,
                                                   self._by_key[key].ip)
                     if not present and self.slots[key] is Slot.HELD:
                         self.slots[key] = Slot.FREE
@@ -1125,7 +1129,7 @@ class EtcdPoolRuntime:
                         delete=owner, to=to))
                 elif now >= self._next_announce.get(key, 0.0):
                     self._next_announce[key] = now + ANNOUNCE.refresh
-                    self._spawn(key, self._announce(key))
+                    self._spawn(key, self.driver.announce(key))
             elif slot is Slot.FREE:
                 retry_ok = now >= self._retry_at.get(key, 0)
                 if owner is not None and (mine or ours_before):
@@ -1145,7 +1149,7 @@ class EtcdPoolRuntime:
                       held: bool) -> None:
         """An address that left the pool: off the interface, and its key out of etcd."""
         if held:
-            await self._netlink(self._addresses.release, self._iface, iface)
+            await self.driver.netlink(self._addresses.release, self._iface, iface)
         if owner is not None and owner.lease == self.lease_id:
 
             async def txn(c: Any) -> Any:
@@ -1250,7 +1254,7 @@ class EtcdPoolRuntime:
         adopt it (deleting the key would let another member win it while the address is
         still here). Not bound: take it (`acquire`: the formula gives it to this node and
         the key is this lease's) or give the key up."""
-        bound = await self._netlink(self._addresses.has_address, self._iface,
+        bound = await self.driver.netlink(self._addresses.has_address, self._iface,
                                     self._by_key[key].ip)
         if bound and self.slots.get(key) is Slot.FREE:
             self.slots[key] = Slot.ADOPTING
@@ -1274,12 +1278,12 @@ class EtcdPoolRuntime:
         if not won:
             return  # the watch brings the new owner; the next pass releases it here
         self.slots[key] = Slot.HELD
-        self.last_holder[key] = self.node
+        self.last_holder.saw(key, self.node)
         self.counters.adoptions += 1
         self._next_announce[key] = self.clock() + ANNOUNCE.refresh
         self._emit(EventKind.ADOPTED, "pool address already bound here at start-up: etcd "
                    "confirms this node as its owner; announced again", address=key)
-        await self._announce(key)
+        await self.driver.announce(key)
 
     async def _acquire(self, key: str, have_key: bool) -> None:
         before = self.last_holder.get(key)
@@ -1293,12 +1297,8 @@ class EtcdPoolRuntime:
                     return
                 if not won:
                     return  # another member was first: the watch brings its key
-            ip = self._by_key[key].ip
-            try:
-                mac = await self._neighbours.probe(ip, PROBE.count, PROBE.interval)
-            except Exception as exc:  # a probe that cannot run must not look like "free"
-                log.error("pool %s: probe of %s failed: %s", self.pool.name, ip, exc)
-                mac = "unknown (probe failed)"
+            answer = await self.driver.probe(key, PROBE.count, PROBE.interval, OnProber.YIELD)
+            mac = answer.mac if answer else None
             if mac is not None:
                 self.counters.conflicts += 1
                 self._retry_at[key] = self.clock() + self.timing.ttl
@@ -1316,7 +1316,7 @@ class EtcdPoolRuntime:
                 return  # the world changed while probing: the next pass decides
             error: str | None = None
             try:
-                await self._netlink(self._addresses.bind, self._iface, self._by_key[key])
+                await self.driver.netlink(self._addresses.bind, self._iface, self._by_key[key])
             except Exception as exc:
                 error = str(exc) or type(exc).__name__
             if error is not None:
@@ -1328,7 +1328,7 @@ class EtcdPoolRuntime:
                 return
             self.slots[key] = Slot.HELD
             self._conflict_open.discard(key)
-            self.last_holder[key] = self.node
+            self.last_holder.saw(key, self.node)
             self._next_announce[key] = self.clock() + ANNOUNCE.refresh
             if before is not None and before != self.node:
                 self.counters.takeovers += 1
@@ -1343,7 +1343,7 @@ class EtcdPoolRuntime:
                 self._emit(EventKind.CLAIMED, "nobody held the address and the formula gives "
                            "it to this node: owner key won in etcd, probed, bound and "
                            "announced", address=key)
-            await self._announce(key)
+            await self.driver.announce(key)
         finally:
             if self.slots[key] is Slot.BUSY:
                 self.slots[key] = Slot.FREE
@@ -1353,7 +1353,7 @@ class EtcdPoolRuntime:
         """Remove the address from the interface, *then* give the key up (if asked)."""
         self.slots[key] = Slot.BUSY
         try:
-            await self._netlink(self._addresses.release, self._iface, self._by_key[key])
+            await self.driver.netlink(self._addresses.release, self._iface, self._by_key[key])
         except Exception as exc:
             log.error("pool %s: could not remove %s: %s", self.pool.name, key, exc)
             self.slots[key] = Slot.HELD
@@ -1367,14 +1367,19 @@ class EtcdPoolRuntime:
         if delete is not None:
             await self._delete_key(key, delete)
 
-    async def _announce(self, key: str) -> None:
-        try:
-            await self._neighbours.announce(self._by_key[key].ip, ANNOUNCE.count,
-                                            ANNOUNCE.interval)
-        except Exception as exc:
-            log.error("pool %s: announcement of %s failed: %s", self.pool.name, key, exc)
-
     # ------------------------------------------------------------- status
+
+    def holders(self) -> dict[str, tuple[str, ...]]:
+        """Who holds each address: the member its owner key in etcd names (one per key;
+        while this member probes and binds after winning the key, that is itself)."""
+        return {k: (self.owners[k].member,) if k in self.owners else () for k in self.keys}
+
+    def placement(self) -> tuple[PoolAddressStatus, ...]:
+        """Every address with its owner, its preferred owner (home, per the etcd
+        definition in force) and state (held or free: an owner key has no half-way)."""
+        return placement(self.keys, self.holders(),
+                         home(self.keys, self.weights, self.preferred, pool=self.pool.name),
+                         {}, self.last_holder.moves)
 
     def snapshot(self) -> dict[str, Any]:
         now = self.clock()
@@ -1414,6 +1419,7 @@ class EtcdPoolRuntime:
             "assignment": dict(self.assignment),
             "owners": {k: o.member for k, o in sorted(self.owners.items())},
             "addresses": {k: self.slots[k].value for k in self.keys},
+            "placement": [p.to_dict() for p in self.placement()],
             "held": held,
             "wants": [],
             "counters": dict(vars(self.counters)),

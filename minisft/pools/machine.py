@@ -57,6 +57,10 @@ Rules, each with the reason its event carries:
   count as soon as they are alive (they get free and orphaned addresses), but a holder
   never releases to rebalance: addresses stay where they are until an admin feeds
   `Rebalance` (one hand-over pass, as auto would do it) or their holder dies.
+* **Two claimants of a free address** (both probing it, e.g. their views differ about a
+  member back from silence): each names it in `wants`; the one ranked first by HRW binds,
+  the other backs off (YIELDED) -- unless a claimant lists the other in its `lost`: it does
+  not hear the other's claim and binds whatever the ranks say, so the other backs off.
 * **Duplicates** (two live holders, e.g. after a partition heals): the formula over every
   live, non-isolated member *ignoring* hold-down picks the keeper; if it is none of the
   holders, the holder ranked first by HRW keeps it. Every other holder releases (YIELDED).
@@ -97,8 +101,10 @@ from minisft.pools.actions import (
     Tick,
     WitnessResult,
 )
-from minisft.pools.formula import assign, ranking
+from minisft.pools.formula import assign, home, ranking
+from minisft.pools.placement import HolderHistory, placement
 from minisft.pools.protocol import config_digest
+from minisft.status import PoolAddressStatus
 
 
 class Phase(StrEnum):
@@ -184,7 +190,8 @@ class PoolMachine:
                 self.preferred[key] = member
         self.views = {n: MemberView(n, self.weights[n]) for n in names if n != self.me}
         self.slots = dict.fromkeys(self.keys, Slot.FREE)
-        self.last_holder: dict[str, str] = {}
+        self.last_holder = HolderHistory()
+        self.home = home(self.keys, self.weights, self.preferred, pool=self.pool.name)
         self.assignment: dict[str, str] = {}
         self.wants: frozenset[str] = frozenset()
         self._probe_tokens: dict[int, str] = {}
@@ -249,6 +256,27 @@ class PoolMachine:
             "digest": self.digest,
         }
 
+    def holders(self) -> dict[str, tuple[str, ...]]:
+        """Who holds each address as this member sees it: itself for what it has bound,
+        then each live member whose heartbeats claim it (a lost member's last claims do
+        not count: the address is not reachable there)."""
+        out: dict[str, list[str]] = {a: [] for a in self.keys}
+        for a in self.held:
+            out[a].append(self.me)
+        for name in self.order:
+            v = self.views.get(name)
+            if v is not None and v.alive:
+                for a in sorted(v.holds):
+                    out[a].append(name)
+        return {a: tuple(h) for a, h in out.items()}
+
+    def placement(self) -> tuple[PoolAddressStatus, ...]:
+        """Every address with its owner, its preferred owner (home) and state."""
+        taking = {a: self.slots[a].value for a in self.keys
+                  if self.slots[a] in (Slot.PROBING, Slot.BINDING)}
+        return placement(self.keys, self.holders(), self.home, taking,
+                         self.last_holder.moves)
+
     def snapshot(self) -> dict[str, Any]:
         members = [{
             "name": self.me, "self": True, "weight": self.weights[self.me],
@@ -283,6 +311,7 @@ class PoolMachine:
             "members": members,
             "assignment": dict(self.assignment),
             "addresses": {a: self.slots[a].value for a in self.keys},
+            "placement": [p.to_dict() for p in self.placement()],
             "held": self.held,
             "wants": sorted(self.wants),
             "counters": dict(vars(self.counters)),
@@ -344,7 +373,7 @@ class PoolMachine:
         self._joined_at = self.now
         for a in sorted(ev.held & set(self.keys)):
             self.slots[a] = Slot.HELD
-            self.last_holder[a] = self.me
+            self.last_holder.saw(a, self.me)
             self._next_announce[a] = self.now + ANNOUNCE.refresh
             self._emit(EventKind.ADOPTED, "pool address already bound here at start-up: "
                        "adopted and announced again", address=a)
@@ -364,7 +393,7 @@ class PoolMachine:
         v.wants = ev.wants
         v.lost = ev.lost
         for a in v.holds:
-            self.last_holder[a] = ev.member
+            self.last_holder.saw(a, ev.member)
         if ev.digest != self.digest and not v.drift:
             v.drift = True
             self._emit(EventKind.CONFIG_DRIFT,
@@ -454,7 +483,7 @@ class PoolMachine:
         self._conflict_open.discard(a)
         self._next_announce[a] = self.now + ANNOUNCE.refresh
         before = self.last_holder.get(a)
-        self.last_holder[a] = self.me
+        self.last_holder.saw(a, self.me)
         self._do(SendHeartbeat())
         if before is not None and before != self.me:
             self.counters.takeovers += 1
@@ -650,20 +679,33 @@ class PoolMachine:
             self.slots[a] = Slot.PROBING
 
     def _outranked(self, a: str) -> bool:
-        """Another live member claims the free address `a` too and ranks first by HRW
-        among the claimants: it binds, this node does not (and says why)."""
+        """Another live member claims the free address `a` too and binds it, not this node
+        (which says why): a claimant that counts this node lost, or else the claimant
+        ranked first by HRW.
+
+        The HRW rank only settles it when each claimant hears the other's claim. One that
+        lists this node in its `lost` does not hear our heartbeats (this node's own are
+        lost on the way, or it only just came back): it will bind whatever the ranks say,
+        so ranking first here would bind the address a second time."""
         rivals = {n for n, v in self.views.items() if v.alive and a in v.wants}
         if not rivals:
             return False
         claimants = rivals | {self.me}
-        first = self._ranked_first(a, claimants)
-        if first == self.me:
-            return False
+        deaf = {n for n in rivals if self.me in self.views[n].lost}
+        if deaf:
+            first = self._ranked_first(a, deaf)
+            why = (f"{first} claims this free address too but counts {self.me} lost, so it "
+                   f"cannot hear this claim and binds it anyway")
+        else:
+            first = self._ranked_first(a, claimants)
+            if first == self.me:
+                return False
+            why = (f"{first} claims this free address too and ranks first among "
+                   f"{', '.join(sorted(claimants))}")
         self.slots[a] = Slot.FREE
         self._retry_at[a] = self.now + self.detection_time
-        self._emit(EventKind.YIELDED, f"{first} claims this free address too and ranks "
-                   f"first among {', '.join(sorted(claimants))}: not binding it here, so "
-                   "it is never bound twice", address=a, keeper=first)
+        self._emit(EventKind.YIELDED, f"{why}: not binding it here, so it is never bound "
+                   "twice", address=a, keeper=first)
         return True
 
     def _ranked_first(self, a: str, members: set[str]) -> str:

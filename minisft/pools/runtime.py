@@ -1,8 +1,9 @@
 """Runs one PoolMachine: heartbeats in and out, probes, binds, releases, the witness.
 
 Mirrors `minisft.runtime.monitor_runtime`: every call to `machine.handle` happens on the
-event loop, one at a time, from `feed`; actions become tasks, so nothing waits inside a
-decision. Netlink calls go to the daemon's single netlink worker thread.
+event loop, one at a time, from `feed`; probe, bind, release, announce and emit go to the
+shared `minisft.runtime.driver.ActionDriver`, which makes them tasks, so nothing waits
+inside a decision. Netlink calls go to the daemon's single netlink worker thread.
 
 Loops: heartbeat (every ``looksalive.interval``, and at once when the machine asks),
 tick (timers: liveness, hold-down, announcements), witness (ICMP echo, when configured),
@@ -17,57 +18,33 @@ import contextlib
 import ipaddress
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
-from minisft.config.model import IPAddress, IPInterface, PoolConfig
-from minisft.core.events import EventKind, Notice
+from minisft.config.model import IPInterface, PoolConfig
+from minisft.core.events import Notice
 from minisft.pools.actions import (
     AddressGone,
-    Announce,
-    Bind,
-    BindDone,
-    CancelProbe,
-    Emit,
     HeartbeatSeen,
     LinkChanged,
     PoolAction,
     PoolInput,
-    ProbeDone,
     Rebalance,
-    Release,
     SendHeartbeat,
     Started,
-    StartProbe,
     Tick,
     WitnessResult,
 )
 from minisft.pools.machine import ANNOUNCE, PoolMachine
 from minisft.pools.protocol import Heartbeat
 from minisft.pools.transport import PoolTransport
-from minisft.runtime.address_hooks import AddressHooks, HookName
+from minisft.runtime.driver import ActionDriver
+from minisft.runtime.ports import Neighbours, Netlink, Pinger
 
 log = logging.getLogger("minisft.pools")
-T = TypeVar("T")
 
 HOUSEKEEPING = 1.0
-
-
-class Neighbours(Protocol):
-    async def probe(self, ip: Any, count: int, interval: float) -> str | None: ...
-    async def announce(self, ip: Any, count: int, interval: float) -> None: ...
-
-
-class Addresses(Protocol):
-    def bind(self, iface: Any, address: Any) -> None: ...
-    def release(self, iface: Any, address: Any) -> None: ...
-    def has_address(self, iface: Any, ip: Any) -> bool: ...
-    def link_up(self, iface: Any) -> bool: ...
-
-
-class Pinger(Protocol):
-    async def ping(self, address: IPAddress, timeout: float) -> Any: ...
 
 
 class PoolRuntime:
@@ -78,7 +55,7 @@ class PoolRuntime:
         node: str,
         clock: Callable[[], float],
         neighbours: Neighbours,
-        addresses: Addresses,
+        addresses: Netlink,
         iface: Any,
         netlink_executor: Executor,
         emit: Callable[[Notice], object],
@@ -90,21 +67,16 @@ class PoolRuntime:
         self.clock = clock
         self.machine = PoolMachine(pool, node, now=clock())
         self.transport = PoolTransport(pool, node, on_heartbeat=self._on_heartbeat, wall=wall)
-        self._neighbours = neighbours
-        self._addresses = addresses
-        self._iface = iface
-        self._executor = netlink_executor
-        self._emit = emit
         self._pinger = pinger
         self._by_key: dict[str, IPInterface] = {str(a): a for a in pool.addresses}
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
-        self._probes: dict[int, asyncio.Task[None]] = {}
         self._hb_soon = False
         self._started = False
-        # one per address: each address's up/down keep their order, addresses run apart
-        self._hooks = {key: AddressHooks(pool.hooks, monitor=pool.name)
-                       for key in self._by_key}
+        self.driver = ActionDriver(
+            owner=f"pool {pool.name}", task_prefix=f"pool-{pool.name}", report=self.feed,
+            emit=emit, neighbours=neighbours, netlink=addresses, iface=iface,
+            netlink_executor=netlink_executor, hooks=pool.hooks, announce=ANNOUNCE, log=log,
+            replace_probes=False)
 
     # ------------------------------------------------------------- lifecycle
 
@@ -128,24 +100,26 @@ class PoolRuntime:
     async def stop(self, release: bool) -> None:
         """Stop the loops; with `release`, remove the held addresses and tell the others
         (a `leaving` heartbeat) so they take them over at once."""
-        for task in [*self._loops, *self._tasks]:
+        for task in self._loops:
             task.cancel()
-        for task in [*self._loops, *self._tasks]:
+        for task in self._loops:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._loops.clear()
-        self._tasks.clear()
+        await self.driver.stop()
         if release:
             for key in self.machine.held:
                 with contextlib.suppress(Exception):
-                    await self._netlink(self._addresses.release, self._iface,
-                                        self._by_key[key])
-                    await self._run_hook("down", key)
+                    await self.driver.remove(key)
         if self._started:
             self.transport.send(self.machine.heartbeat_fields(leaving=release))
             await asyncio.sleep(0)  # let the datagram go out before the socket closes
         self.transport.close()
         self._started = False
+
+    def handover(self) -> None:
+        """Nothing to hand to a replacement: an embedded pool's identity is its config."""
+        return None
 
     def rebalance(self, by: str = "cli") -> None:
         """Admin: hand addresses to the members the formula gives them (manual fallback)."""
@@ -168,22 +142,9 @@ class PoolRuntime:
                                 frozenset(msg.wants), frozenset(msg.lost)))
 
     def _execute(self, action: PoolAction) -> None:
-        if isinstance(action, Emit):
-            self._emit(action.notice)
-        elif isinstance(action, StartProbe):
-            self._probes[action.token] = self._spawn(self._run_probe(action),
-                                                     f"probe-{action.address}")
-        elif isinstance(action, CancelProbe):
-            task = self._probes.pop(action.token, None)
-            if task is not None:
-                task.cancel()
-        elif isinstance(action, Bind):
-            self._spawn(self._run_bind(action), f"bind-{action.address}")
-        elif isinstance(action, Release):
-            self._spawn(self._run_release(action.address), f"release-{action.address}")
-        elif isinstance(action, Announce):
-            self._spawn(self._announce(action.address), f"announce-{action.address}")
-        elif isinstance(action, SendHeartbeat) and not self._hb_soon and self._started:
+        if not isinstance(action, SendHeartbeat):
+            self.driver.execute(action)
+        elif not self._hb_soon and self._started:
             # several changes in one decision make one heartbeat
             self._hb_soon = True
             asyncio.get_running_loop().call_soon(self._send_now)
@@ -192,73 +153,6 @@ class PoolRuntime:
         self._hb_soon = False
         if self._started:
             self.transport.send(self.machine.heartbeat_fields())
-
-    def _spawn(self, coro: Awaitable[Any], what: str) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
-        task.set_name(f"pool-{self.pool.name}-{what}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    async def _netlink(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
-
-    # ------------------------------------------------------------- actions
-
-    async def _run_probe(self, action: StartProbe) -> None:
-        ip = self._by_key[action.address].ip
-        try:
-            mac = await self._neighbours.probe(ip, action.count, action.interval)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a probe that cannot run must not look like "free"
-            log.error("pool %s: probe of %s failed: %s", self.pool.name, ip, exc)
-            mac = "unknown (probe failed)"
-        self._probes.pop(action.token, None)
-        self.feed(ProbeDone(action.token, mac))
-
-    async def _run_bind(self, action: Bind) -> None:
-        error: str | None = None
-        try:
-            await self._netlink(self._addresses.bind, self._iface,
-                                self._by_key[action.address])
-        except Exception as exc:
-            error = str(exc) or type(exc).__name__
-        announced = None
-        if error is None:
-            # announce first: routers must learn the new MAC as early as possible
-            announced = self._spawn(self._announce(action.address),
-                                    f"announce-{action.address}")
-        self.feed(BindDone(action.token, error))
-        if announced is not None:
-            # off the failover path (the machine already holds); a failure does not undo it
-            await announced
-            await self._run_hook("up", action.address)
-
-    async def _run_release(self, key: str) -> None:
-        try:
-            await self._netlink(self._addresses.release, self._iface, self._by_key[key])
-        except Exception as exc:
-            log.error("pool %s: could not remove %s: %s", self.pool.name, key, exc)
-            return
-        await self._run_hook("down", key)
-
-    async def _run_hook(self, hook: HookName, key: str) -> None:
-        address = self._by_key[key]
-        failure = await self._hooks[key].run(hook, address,
-                                             str(getattr(self._iface, "name", self._iface)))
-        if failure is not None:
-            log.warning("pool %s: %s: %s", self.pool.name, key, failure.reason)
-            self._emit(Notice(EventKind.HOOK_FAILED, failure.reason, monitor=self.pool.name,
-                              address=str(address.ip), details=failure.details))
-
-    async def _announce(self, key: str) -> None:
-        try:
-            await self._neighbours.announce(self._by_key[key].ip, ANNOUNCE.count,
-                                            ANNOUNCE.interval)
-        except Exception as exc:
-            log.error("pool %s: announcement of %s failed: %s", self.pool.name, key, exc)
 
     # ------------------------------------------------------------- loops
 
@@ -291,12 +185,11 @@ class PoolRuntime:
     async def _housekeeping_loop(self) -> None:
         while True:
             try:
-                up = await self._netlink(self._addresses.link_up, self._iface)
+                up = await self.driver.link_up()
                 if up != self.machine.link_up:
                     self.feed(LinkChanged(up))
                 for key in self.machine.held:
-                    present = await self._netlink(self._addresses.has_address, self._iface,
-                                                  self._by_key[key].ip)
+                    present = await self.driver.has_address(key)
                     if not present:
                         self.feed(AddressGone(key))
             except asyncio.CancelledError:

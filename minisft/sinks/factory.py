@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from minisft.config.model import Config
 from minisft.runtime.journald import is_journal_syslog_socket
 from minisft.sinks.base import Sink
+from minisft.status import StatusDocument
 
 log = logging.getLogger("minisft")
 
 
-def build_sinks(cfg: Config, status: Callable[[], dict[str, Any]] | None = None, *,
+def build_sinks(cfg: Config, status: Callable[[], StatusDocument] | None = None, *,
                 logs_to_journal: bool = False) -> list[Sink]:
     """One sink per destination; heavy libraries load only for configured sinks. `status`
     gives the live status document to the sinks that push check results."""

@@ -27,20 +27,21 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import json
 import os
 import select
 import stat
 import time
 from collections.abc import Callable
-from typing import Any, Generic, Protocol, TypeVar
+from dataclasses import replace
+from typing import Generic, Protocol, TypeVar
 
 from minisft.config.model import NagiosConfig
 from minisft.core.events import Event
 from minisft.nagios.plugin import State, check_output
 from minisft.sinks.base import DeliveryError, Sink
+from minisft.status import StatusDocument
 
-StatusSource = Callable[[], dict[str, Any]]
+StatusSource = Callable[[], StatusDocument]
 
 
 class PushTarget(Protocol):
@@ -57,20 +58,14 @@ PushConfig = TypeVar("PushConfig", bound=PushTarget)
 LINE_LIMIT = select.PIPE_BUF - 1  # bytes, with the newline: one atomic write
 
 
-def live_status(source: StatusSource) -> dict[str, Any]:
-    """The status document as status.json holds it (JSON types only)."""
-    doc: dict[str, Any] = json.loads(json.dumps(source(), default=str))
-    return doc
-
-
-def check_results(doc: dict[str, Any], event: Event, prefix: str, now: float,
+def check_results(doc: StatusDocument, event: Event, prefix: str, now: float,
                   sender: str) -> list[tuple[str, State, str]]:
     """(service, state, plugin output) to push for `event`: its monitor's, or every
     monitor's, and always the daemon's. The sending sink (`sender`) is left out of the
     daemon's result: this very delivery proves it works, while its status may still say
     "retrying" from before Nagios came back, a WARNING nothing would clear."""
-    doc = {**doc, "sinks": [s for s in doc.get("sinks", []) if s.get("name") != sender]}
-    names = [str(m.get("name")) for m in doc.get("monitors", []) if isinstance(m, dict)]
+    doc = replace(doc, sinks=tuple(s for s in doc.sinks if s.get("name") != sender))
+    names = [str(m.name) for m in doc.monitors]
     chosen = [event.monitor] if event.monitor in names else names
     out = []
     for name in chosen:
@@ -105,11 +100,11 @@ class CheckResultSink(Sink, Generic[PushConfig]):
         self.stats: dict[str, int] = {"results": 0}
 
     async def results(self, event: Event, now: float) -> list[tuple[str, State, str]]:
-        """The live status is taken and copied on the event loop (the daemon's state is
-        not thread-safe); judging it, which grows with the square of the number of
-        monitors for an event that concerns them all, runs in a thread so a burst of
-        events does not hold the loop the failover uses."""
-        doc = live_status(self.status)
+        """The live status is taken on the event loop (the daemon's state is not
+        thread-safe; the document is a frozen copy of it); judging it, which grows with
+        the square of the number of monitors for an event that concerns them all, runs in
+        a thread so a burst of events does not hold the loop the failover uses."""
+        doc = self.status()
         return await asyncio.to_thread(check_results, doc, event, self.service_prefix, now,
                                        self.name)
 

@@ -1,5 +1,6 @@
-"""`minisft-snmp-pass`: a net-snmp pass_persist helper serving MINISFT-MIB's node scalars
-and monitor table from the daemon's status file (STATE_DIR/status.json).
+"""`minisft-snmp-pass`: a net-snmp pass_persist helper serving MINISFT-MIB's node scalars,
+monitor table and pool address table from the daemon's status file
+(STATE_DIR/status.json).
 
 snmpd.conf:
     pass_persist .1.3.6.1.4.1.32473.1 /usr/bin/minisft-snmp-pass --config /etc/minisft/minisft.yaml
@@ -19,7 +20,6 @@ import argparse
 import bisect
 import contextlib
 import ipaddress
-import json
 import math
 import os
 import sys
@@ -29,6 +29,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from minisft.snmp import oids
+from minisft.status import (
+    MonitorStatus,
+    PoolAddressStatus,
+    PoolStatus,
+    StatusDocument,
+    StatusError,
+    load,
+)
 
 DEFAULT_CONFIG = Path("/etc/minisft/minisft.yaml")
 DEFAULT_STATE_DIR = Path("/var/lib/minisft")
@@ -119,95 +127,118 @@ def _truth(value: Any) -> int:
 # ------------------------------------------------------------------ status -> entries
 
 
-def node_entries(status: dict[str, Any], now: float) -> Iterator[Entry]:
+def node_entries(status: StatusDocument, now: float) -> Iterator[Entry]:
     n = oids.NODE_SCALARS
 
     def scalar(name: str, kind: str, value: str) -> Entry:
         return (*oids.NODE, n[name], 0), kind, value
 
-    started: Any = status.get("started_at")
-    updated: Any = status.get("updated_at")
-    monitors = status.get("monitors") or []
-    yield scalar("minisftNodeName", "string", _text(status.get("node")))
-    yield scalar("minisftNodeSoftwareVersion", "string", _text(status.get("software_version")))
+    started = status.started_at
+    updated = status.updated_at
+    yield scalar("minisftNodeName", "string", _text(status.node))
+    yield scalar("minisftNodeSoftwareVersion", "string", _text(status.software_version))
     yield scalar("minisftNodeStartTime", "octet", _octets(date_and_time(started)))
-    try:
-        uptime = _u32((float(updated) - float(started)) * 100)
-    except (TypeError, ValueError):
-        uptime = 0
+    uptime = _u32((updated - started) * 100) \
+        if updated is not None and started is not None else 0
     yield scalar("minisftNodeUptime", "timeticks", str(uptime))
-    yield scalar("minisftNodeMonitorCount", "gauge", str(len(monitors)))
-    yield scalar("minisftNodeLastEventSeq", "gauge", str(_u32(status.get("last_event_seq"))))
-    try:
-        age = _u32(now - float(updated))
-    except (TypeError, ValueError):
-        age = MAX_U32
+    yield scalar("minisftNodeMonitorCount", "gauge", str(len(status.monitors)))
+    yield scalar("minisftNodeLastEventSeq", "gauge", str(_u32(status.last_event_seq)))
+    age = _u32(now - updated) if updated is not None else MAX_U32
     yield scalar("minisftNodeStatusAge", "gauge", str(age))
-    if isinstance(status.get("link_up"), bool):
-        yield scalar("minisftNodeLinkUp", "integer", str(_truth(status["link_up"])))
+    if status.link_up is not None:
+        yield scalar("minisftNodeLinkUp", "integer", str(_truth(status.link_up)))
 
 
-def monitor_row(mon: dict[str, Any], updated: Any) -> dict[str, tuple[str, str]]:
-    """Column name -> (pass type, value) for one MonitorMachine.snapshot()."""
+def monitor_row(mon: MonitorStatus, updated: float | None) -> dict[str, tuple[str, str]]:
+    """Column name -> (pass type, value) for one monitor."""
     try:
-        addr = ipaddress.ip_address(str(mon.get("address", "")).split("%", 1)[0])
+        addr = ipaddress.ip_address((mon.address or "").split("%", 1)[0])
         addr_type, addr_text = (1 if addr.version == 4 else 2), str(addr)
     except ValueError:
         addr_type, addr_text = oids.INET_ADDRESS_TYPE["unknown"], ""
-    looks = mon.get("looksalive") or {}
-    isalive = mon.get("isalive") or {}
-    peer = mon.get("peer") or {}
-    counters = mon.get("counters") or {}
-    if not isalive.get("enabled", True):
+    looks, isalive = mon.looksalive, mon.isalive
+    if not isalive.enabled:
         check = "disabled"
-    elif isalive.get("ok") is True:
+    elif isalive.ok is True:
         check = "ok"
-    elif isalive.get("ok") is False:
+    elif isalive.ok is False:
         check = "failed"
     else:
         check = "unknown"
-    changed = mon.get("last_change_time")
-    if changed is None:
-        try:
-            changed = float(updated) - float(mon.get("seconds_since_change") or 0.0)
-        except (TypeError, ValueError):
-            changed = None
-    state = str(mon.get("state") or "").split(" ", 1)[0]
+    changed = mon.last_change_time
+    if changed is None and updated is not None:
+        changed = updated - (mon.seconds_since_change or 0.0)
+    state = (mon.state or "").split(" ", 1)[0]
     return {
-        "minisftMonitorName": ("string", _text(mon.get("name"))),
+        "minisftMonitorName": ("string", _text(mon.name)),
         "minisftMonitorAddressType": ("integer", str(addr_type)),
         "minisftMonitorAddress": ("string", addr_text),  # MinisftAddressText
-        "minisftMonitorPrefixLength": ("gauge", str(_u32(mon.get("prefixlen")))),
-        "minisftMonitorRole": ("integer", str(oids.ROLE.get(str(mon.get("role")), 1))),
+        "minisftMonitorPrefixLength": ("gauge", str(_u32(mon.prefixlen))),
+        "minisftMonitorRole": ("integer", str(oids.ROLE.get(str(mon.role), 1))),
         "minisftMonitorState": ("integer", str(oids.MONITOR_STATE.get(state, 0))),
-        "minisftMonitorPaused": ("integer", str(_truth(mon.get("paused")))),
-        "minisftMonitorHolder": ("integer", str(oids.HOLDER.get(str(mon.get("holder")), 1))),
-        "minisftMonitorHolderMac": ("octet", _octets(_mac(mon.get("holder_mac")))),
-        "minisftMonitorLooksAlive": ("integer", str(oids.HEALTH.get(str(looks.get("health")),
-                                                                    1))),
-        "minisftMonitorLooksAliveRtt": ("gauge", str(_micro(looks.get("rtt_ms")))),
+        "minisftMonitorPaused": ("integer", str(_truth(mon.paused))),
+        "minisftMonitorHolder": ("integer", str(oids.HOLDER.get(str(mon.holder), 1))),
+        "minisftMonitorHolderMac": ("octet", _octets(_mac(mon.holder_mac))),
+        "minisftMonitorLooksAlive": ("integer", str(oids.HEALTH.get(str(looks.health), 1))),
+        "minisftMonitorLooksAliveRtt": ("gauge", str(_micro(looks.rtt_ms))),
         "minisftMonitorIsAlive": ("integer", str(oids.CHECK_RESULT[check])),
-        "minisftMonitorIsAliveLatency": ("gauge", str(_micro(isalive.get("latency_ms")))),
-        "minisftMonitorServiceDead": ("integer", str(_truth(isalive.get("dead")))),
-        "minisftMonitorPeerHealth": ("integer", str(oids.HEALTH.get(str(peer.get("health")),
+        "minisftMonitorIsAliveLatency": ("gauge", str(_micro(isalive.latency_ms))),
+        "minisftMonitorServiceDead": ("integer", str(_truth(isalive.dead))),
+        "minisftMonitorPeerHealth": ("integer", str(oids.HEALTH.get(str(mon.peer.health),
                                                                     1))),
-        "minisftMonitorTakeovers": ("counter", str(_u32(counters.get("takeovers")) % 2**32)),
-        "minisftMonitorConflicts": ("counter", str(_u32(counters.get("conflicts")) % 2**32)),
+        "minisftMonitorTakeovers": ("counter",
+                                    str(_u32(mon.counters.get("takeovers")) % 2**32)),
+        "minisftMonitorConflicts": ("counter",
+                                    str(_u32(mon.counters.get("conflicts")) % 2**32)),
         "minisftMonitorLastChange": ("octet", _octets(date_and_time(changed))),
-        "minisftMonitorReason": ("string", _text(mon.get("reason"))),
+        "minisftMonitorReason": ("string", _text(mon.reason)),
     }
 
 
-def build_entries(status: dict[str, Any], now: float) -> list[Entry]:
-    entries = list(node_entries(status, now))
-    monitors = [m for m in status.get("monitors") or [] if isinstance(m, dict)]
-    rows = [monitor_row(m, status.get("updated_at")) for m in monitors[:65535]]
-    for column, number in oids.MONITOR_COLUMNS.items():
-        if column == "minisftMonitorIndex":  # not-accessible
+def pool_address_row(pool: PoolStatus, address: PoolAddressStatus
+                     ) -> dict[str, tuple[str, str]]:
+    """Column name -> (pass type, value) for one address of a pool."""
+    addr_type, addr_text, prefixlen = _address(address.address or "")
+    return {
+        "minisftPoolAddressPool": ("string", _text(pool.name)),
+        "minisftPoolAddressType": ("integer", str(addr_type)),
+        "minisftPoolAddress": ("string", addr_text),  # MinisftAddressText
+        "minisftPoolAddressPrefixLength": ("gauge", str(prefixlen)),
+        "minisftPoolAddressOwner": ("string", _text(",".join(address.holders))),
+        "minisftPoolAddressPreferredOwner": ("string", _text(address.preferred)),
+        "minisftPoolAddressState": ("integer", str(oids.PLACEMENT_STATE.get(
+            str(address.state), oids.PLACEMENT_STATE["unknown"]))),
+        "minisftPoolAddressOnPreferred": ("integer", str(_truth(address.on_preferred))),
+        "minisftPoolAddressMoves": ("counter", str(_u32(address.moves) % 2**32)),
+    }
+
+
+def _address(text: str) -> tuple[int, str, int]:
+    """(InetAddressType, address text, prefix length) of "192.0.2.50/24" or a bare IP."""
+    try:
+        interface = ipaddress.ip_interface(text.split("%", 1)[0])
+    except ValueError:
+        return oids.INET_ADDRESS_TYPE["unknown"], "", 0
+    return (1 if interface.version == 4 else 2), str(interface.ip), \
+        interface.network.prefixlen
+
+
+def _table(entry: OID, columns: dict[str, int], rows: list[dict[str, tuple[str, str]]]
+           ) -> Iterator[Entry]:
+    for column, number in columns.items():
+        if number == 1:  # the not-accessible index
             continue
-        for index, row in enumerate(rows, start=1):
+        for index, row in enumerate(rows[:65535], start=1):
             kind, value = row[column]
-            entries.append(((*oids.MONITOR_ENTRY, number, index), kind, value))
+            yield (*entry, number, index), kind, value
+
+
+def build_entries(status: StatusDocument, now: float) -> list[Entry]:
+    entries = list(node_entries(status, now))
+    monitors = [monitor_row(m, status.updated_at) for m in status.monitors]
+    entries.extend(_table(oids.MONITOR_ENTRY, oids.MONITOR_COLUMNS, monitors))
+    addresses = [pool_address_row(p, a) for p in status.pools for a in p.placement]
+    entries.extend(_table(oids.POOL_ADDRESS_ENTRY, oids.POOL_ADDRESS_COLUMNS, addresses))
     entries.sort(key=lambda e: e[0])
     return entries
 
@@ -221,7 +252,7 @@ class StatusView:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._stamp: tuple[int, int, int] | None = None
-        self._status: dict[str, Any] | None = None
+        self._status: StatusDocument | None = None
         self._entries: list[Entry] = []
         self._oids: list[OID] = []
         self._built_at = -math.inf
@@ -245,14 +276,12 @@ class StatusView:
         self._oids = [e[0] for e in self._entries]
         return self._entries
 
-    def _load(self) -> dict[str, Any] | None:
+    def _load(self) -> StatusDocument | None:
         try:
-            with open(self.path, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except (OSError, ValueError):
+            return load(self.path)
+        except StatusError:
             self._stamp = None  # try again next request (e.g. a half-written copy)
             return self._status  # keep serving the last good status
-        return data if isinstance(data, dict) else None
 
     def get(self, oid: OID) -> Entry | None:
         entries = self.entries()

@@ -25,6 +25,7 @@ import yaml
 
 from minisft.monitoring.prometheus import render_metrics
 from minisft.nagios.plugin import build_parser
+from minisft.status import StatusDocument
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTING = ROOT / "alerting"
@@ -71,9 +72,9 @@ def _monitor(name: str, role: str, state: str, holder: str, **over: Any) -> dict
     return mon
 
 
-def alarm_status(dropped: int = 0, yields: int = 0) -> dict[str, Any]:
+def alarm_status(dropped: int = 0, yields: int = 0) -> StatusDocument:
     """One monitor per alert condition, and a sink that drops."""
-    return {
+    return StatusDocument.from_dict({
         "version": 1, "node": "alpha", "pid": 1, "started_at": 1_700_000_000.0,
         "updated_at": 1_700_000_100.0, "software_version": "0.1.0", "last_event_seq": 7,
         "monitors": [
@@ -93,16 +94,25 @@ def alarm_status(dropped: int = 0, yields: int = 0) -> dict[str, Any]:
         "sinks": [{"name": "snmp-192.0.2.9-162-v2c-trap", "delivered": 10, "pending": 3,
                    "dropped": dropped, "failures": 4, "last_error": "timeout",
                    "state": "retrying"}],
-        "pools": [],
-    }
+        "pools": [{"name": "front", "member": "alpha", "phase": "active", "placement": [
+            {"address": "192.0.2.50/24", "owner": "alpha", "preferred": "alpha",
+             "state": "held", "holders": ["alpha"], "moves": 0},
+            {"address": "192.0.2.51/24", "owner": "alpha", "preferred": "beta",
+             "state": "held", "holders": ["alpha"], "moves": 1},
+            {"address": "192.0.2.52/24", "owner": None, "preferred": "beta",
+             "state": "free", "holders": [], "moves": 1},
+            {"address": "192.0.2.53/24", "owner": "alpha", "preferred": "alpha",
+             "state": "duplicate", "holders": ["alpha", "beta"], "moves": 0}]}],
+    })
 
 
 # ------------------------------------------------------------------------------ Prometheus
 
 
-@pytest.mark.parametrize("status", [alarm_status(), {}, {"monitors": [], "sinks": []}],
+@pytest.mark.parametrize("status", [alarm_status(), StatusDocument(),
+                                    StatusDocument.from_dict({"monitors": [], "sinks": []})],
                          ids=["alarms", "empty", "no-monitors"])
-def test_promtool_check_metrics(status: dict[str, Any]) -> None:
+def test_promtool_check_metrics(status: StatusDocument) -> None:
     proc = sh(tool("promtool"), "check", "metrics", input=render_metrics(status).decode())
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip() == "" and proc.stderr.strip() == ""  # no lint findings
@@ -112,7 +122,7 @@ def test_promtool_check_rules() -> None:
     proc = sh(tool("promtool"), "check", "rules",
               str(ALERTING / "prometheus" / "minisft-rules.yml"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS: 9 rules found" in proc.stdout
+    assert "SUCCESS: 12 rules found" in proc.stdout
 
 
 def _series(before: bytes, after: bytes, steps: int) -> list[dict[str, str]]:
@@ -174,6 +184,15 @@ def test_alert_rules_fire_on_rendered_metrics(tmp_path: Path) -> None:
                 {"eval_time": "10m", "alertname": "MiniSFTSinkFailing",
                  "exp_alerts": [{"exp_labels": {"severity": "warning",
                                                 "sink": "snmp-192.0.2.9-162-v2c-trap"}}]},
+                {"eval_time": "10m", "alertname": "MiniSFTPoolAddressHeldByNobody",
+                 "exp_alerts": [{"exp_labels": {**sev, "pool": "front", "state": "free",
+                                                "address": "192.0.2.52/24"}}]},
+                {"eval_time": "10m", "alertname": "MiniSFTPoolAddressHeldTwice",
+                 "exp_alerts": [{"exp_labels": {**sev, "pool": "front", "state": "duplicate",
+                                                "address": "192.0.2.53/24"}}]},
+                {"eval_time": "10m", "alertname": "MiniSFTPoolAddressNotOnPreferred",
+                 "exp_alerts": [{"exp_labels": {"severity": "warning", "pool": "front",
+                                                "address": "192.0.2.51/24"}}]},
                 {"eval_time": "10m", "alertname": "MiniSFTDown",
                  "exp_alerts": [{"exp_labels": {**sev, "job": "minisft",
                                                 "instance": "beta:9523"}}]},

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,10 @@ import pytest
 
 from minisft.snmp import oids
 from minisft.snmp.passpersist import StatusView, build_entries, format_oid
+from minisft.status import MonitorStatus, StatusDocument, dump, load
+from tests.support import status_docs
 from tests.support.snmpd import SnmpAgent
+from tests.support.status_docs import with_monitor
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = "." + ".".join(map(str, oids.MINISFT_MIB))
@@ -38,61 +42,41 @@ needs_snmpd = pytest.mark.skipif(
     reason="net-snmp snmpd/snmpwalk not installed")
 
 
-def monitor(name: str, address: str, **kw: Any) -> dict[str, Any]:
-    """A MonitorMachine.snapshot() as the daemon writes it (plus last_change_time)."""
-    snap: dict[str, Any] = {
-        "name": name, "address": address, "prefixlen": 24, "role": "backup",
-        "state": "watching", "purpose": None, "paused": False, "holder": "other",
-        "holder_mac": None, "reason": "backup: watching the address", "link_up": True,
-        "conflict_open": False, "seconds_since_change": 10.0,
-        "last_change_time": 1_700_000_090.0,
-        "looksalive": {"health": "up", "misses": 0, "icmp_misses": 0, "rtt_ms": 0.25,
-                       "sent": 10, "lost": 0},
-        "isalive": {"enabled": True, "check": "http", "ok": True, "dead": False,
-                    "latency_ms": 3.5, "detail": ""},
-        "peer": {"ip": None, "health": "unknown", "rtt_ms": None, "up_for": None,
-                 "fallback": "manual", "hold_down": 60.0, "auto_fallback_suspended": False},
-        "counters": {"takeovers": 0, "claims": 0, "releases": 0, "fallbacks": 0,
-                     "yields": 0, "conflicts": 0, "service_alarms": 0},
-    }
+def monitor(name: str, address: str, **kw: Any) -> MonitorStatus:
+    """A backup watching `address` held by the other node, as the daemon writes it."""
+    over: dict[str, Any] = {"address": address, "reason": "backup: watching the address",
+                            "last_change_time": 1_700_000_090.0,
+                            "counters": {"takeovers": 0, "conflicts": 0},
+                            "looksalive": {"rtt_ms": 0.25}, "isalive": {"latency_ms": 3.5}}
     for key, value in kw.items():
-        if isinstance(value, dict):
-            snap[key] = {**snap[key], **value}
-        else:
-            snap[key] = value
-    return snap
+        over[key] = {**over[key], **value} if isinstance(value, dict) and key in over \
+            else value
+    return status_docs.monitor(name, over.pop("role", "backup"), over.pop("state", "watching"),
+                               over.pop("holder", "other"), **over)
 
 
-def status_doc(updated_at: float | None = None) -> dict[str, Any]:
-    now = time.time() if updated_at is None else updated_at
-    return {
-        "version": 1, "node": "alpha", "pid": 123, "started_at": now - 3600.0,
-        "updated_at": now, "software_version": "0.1.0", "last_event_seq": 42,
-        "link_up": True,
-        "monitors": [
-            monitor("web", "192.0.2.10", state="holding", holder="self", role="backup",
-                    reason="holding: took over after LooksAlive failed",
-                    looksalive={"health": "down", "rtt_ms": 0.412},
-                    isalive={"latency_ms": 12.345},
-                    counters={"takeovers": 2, "conflicts": 1}),
-            monitor("db6", "2001:db8::20", prefixlen=64, role="primary", paused=True,
-                    holder_mac="02:00:00:00:00:0b", state="watching (paused)",
-                    reason="address in use by 02:00:00:00:00:0b — watching",
-                    looksalive={"health": "degraded", "rtt_ms": None},
-                    isalive={"enabled": False, "ok": None, "latency_ms": None},
-                    peer={"ip": "2001:db8::2", "health": "up"},
-                    counters={"conflicts": 4}),
-            monitor("mail", "198.51.100.7", state="probing", reason="",
-                    isalive={"ok": False, "dead": True}),
-        ],
-        "sinks": [], "pools": [],
-    }
+def status_doc(updated_at: float | None = None) -> StatusDocument:
+    doc = status_docs.document([
+        monitor("web", "192.0.2.10", state="holding", holder="self", role="backup",
+                reason="holding: took over after LooksAlive failed",
+                looksalive={"health": "down", "rtt_ms": 0.412},
+                isalive={"latency_ms": 12.345},
+                counters={"takeovers": 2, "conflicts": 1}),
+        monitor("db6", "2001:db8::20", prefixlen=64, role="primary", paused=True,
+                holder_mac="02:00:00:00:00:0b", state="watching (paused)",
+                reason="address in use by 02:00:00:00:00:0b — watching",
+                looksalive={"health": "degraded", "rtt_ms": None},
+                isalive={"enabled": False, "ok": None, "latency_ms": None},
+                peer={"ip": "2001:db8::2", "health": "up"},
+                counters={"conflicts": 4}),
+        monitor("mail", "198.51.100.7", state="probing", reason="",
+                isalive={"ok": False, "dead": True}),
+    ], now=updated_at, pid=123, sinks=())
+    return replace(doc, link_up=True)
 
 
-def write_status(path: Path, doc: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc))
-    os.replace(tmp, path)  # atomically, as the daemon does
+def write_status(path: Path, doc: StatusDocument) -> None:
+    dump(doc, path)  # atomically, as the daemon does
 
 
 @pytest.fixture
@@ -164,9 +148,7 @@ def test_helper_follows_status_file_and_survives_its_absence(tmp_path: Path,
     helper = PassHelper("--status", str(status_file))
     try:
         assert helper.get(f"{ENTRY}.7.1")[2] == "5"  # holding
-        doc = status_doc()
-        doc["monitors"][0]["state"] = "watching"
-        write_status(status_file, doc)
+        write_status(status_file, with_monitor(status_doc(), 0, state="watching"))
         assert helper.get(f"{ENTRY}.7.1")[2] == "2"
         status_file.unlink()
         assert helper.get(f"{NODE}.1.0") == ["NONE"]
@@ -209,8 +191,9 @@ def test_helper_starts_fast_without_pysnmp() -> None:
 
 
 def test_entries_values(status_file: Path) -> None:
-    doc = json.loads(status_file.read_text())
-    now = doc["updated_at"] + 7.4
+    doc = load(status_file)
+    assert doc.updated_at is not None
+    now = doc.updated_at + 7.4
     entries = {format_oid(oid): (kind, value) for oid, kind, value in build_entries(doc, now)}
     assert entries[f"{NODE}.4.0"] == ("timeticks", "360000")  # 3600 s
     assert entries[f"{NODE}.7.0"] == ("gauge", "7")  # status age
@@ -237,8 +220,8 @@ def test_status_view_tolerates_garbage(tmp_path: Path) -> None:
     path.write_text("{not json")
     view = StatusView(path)
     assert view.getnext(()) is None
-    write_status(path, {"node": "x", "monitors": [{"name": "m", "address": "nonsense",
-                                                   "state": 17, "counters": None}]})
+    path.write_text(json.dumps({"version": 1, "node": "x", "monitors": [
+        {"name": "m", "address": "nonsense", "state": 17, "counters": None}]}))
     entries = view.entries()
     assert entries and view.get((*oids.NODE, 1, 0)) == ((*oids.NODE, 1, 0), "string", "x")
 
@@ -292,10 +275,49 @@ def test_snmpwalk_and_snmptable_show_every_monitor(tmp_path: Path, status_file: 
 def test_snmpd_sees_status_updates(tmp_path: Path, status_file: Path) -> None:
     with SnmpAgent(tmp_path / "agent", status_file) as agent:
         assert "INTEGER: holding(5)" in agent.get("MINISFT-MIB::minisftMonitorState.1")
-        doc = status_doc()
-        doc["monitors"][0].update(state="watching", holder="other")
-        doc["monitors"].pop()
-        write_status(status_file, doc)
+        doc = with_monitor(status_doc(), 0, state="watching", holder="other")
+        write_status(status_file, replace(doc, monitors=doc.monitors[:2]))
         walk = agent.walk("MINISFT-MIB::minisftMonitorState")
     assert "minisftMonitorState.1 = INTEGER: watching(2)" in walk
     assert "minisftMonitorState.3" not in walk
+
+
+def pool_status_doc() -> StatusDocument:
+    front = status_docs.pool("front", "alpha", {
+        "192.0.2.50/24": ("alpha", "alpha", "held"),
+        "2001:db8::51/64": ("alpha", "beta", "held"),
+        "192.0.2.52/24": (None, "beta", "probing"),
+        "192.0.2.53/24": ("alpha", "alpha", "held")})
+    twice = replace(front.placement[3], holders=("alpha", "beta"), state="duplicate",
+                    moves=3)
+    front = replace(front, placement=(*front.placement[:3], twice))
+    return replace(status_doc(), pools=(front,))
+
+
+@needs_snmpd
+def test_snmpwalk_and_snmptable_show_every_pool_address(tmp_path: Path,
+                                                         status_file: Path) -> None:
+    write_status(status_file, pool_status_doc())
+    with SnmpAgent(tmp_path / "agent", status_file) as agent:
+        table = agent.table("MINISFT-MIB::minisftPoolAddressTable", "-Cf", "|")
+        walk = agent.walk("MINISFT-MIB::minisftPoolAddressTable")
+    rows = [line.split("|") for line in table.splitlines() if line.count("|") > 5]
+    header, body = rows[0], rows[1:]
+    assert header[0] == "minisftPoolAddressPool"
+    col = {name: header.index(name) for name in header}
+    assert [r[col["minisftPoolAddress"]] for r in body] == \
+        ["192.0.2.50", "2001:db8::51", "192.0.2.52", "192.0.2.53"]
+    assert [r[col["minisftPoolAddressType"]] for r in body] == \
+        ["ipv4", "ipv6", "ipv4", "ipv4"]
+    assert [r[col["minisftPoolAddressPrefixLength"]] for r in body] == ["24", "64", "24", "24"]
+    assert [r[col["minisftPoolAddressOwner"]] for r in body] == \
+        ["alpha", "alpha", "", "alpha,beta"]
+    assert [r[col["minisftPoolAddressPreferredOwner"]] for r in body] == \
+        ["alpha", "beta", "beta", "alpha"]
+    assert [r[col["minisftPoolAddressState"]] for r in body] == \
+        ["held", "held", "probing", "duplicate"]
+    assert [r[col["minisftPoolAddressOnPreferred"]] for r in body] == \
+        ["true", "false", "false", "false"]
+    assert "MINISFT-MIB::minisftPoolAddressPool.1 = STRING: front" in walk
+    assert "MINISFT-MIB::minisftPoolAddressMoves.4 = Counter32: 3" in walk
+    assert "MINISFT-MIB::minisftPoolAddressOwner.3 = STRING: " in walk  # nobody

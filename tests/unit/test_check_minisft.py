@@ -7,7 +7,6 @@ run `python -m minisft.nagios.plugin` in a subprocess where the real process mat
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -15,12 +14,14 @@ import re
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from minisft.nagios.plugin import Range, State, main
+from minisft.status import MonitorStatus, PoolStatus, StatusDocument
+from tests.support.status_docs import monitor, ok_status, pool, with_monitor, write
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,52 +33,6 @@ PERF_ITEM = re.compile(
     rf"(?:;(?:{_RANGE})?(?:;(?:{_RANGE})?(?:;(?:{_NUM})?(?:;(?:{_NUM})?)?)?)?)?$"
 )
 STATUS_LINE = re.compile(r"^MINISFT (OK|WARNING|CRITICAL|UNKNOWN) - [^|\n]+(?: \| (.+))?$")
-
-
-def monitor(name: str, role: str, state: str, holder: str, **over: Any) -> dict[str, Any]:
-    """A monitor entry shaped like MonitorMachine.snapshot() plus last_change_time."""
-    mon: dict[str, Any] = {
-        "name": name, "address": "192.0.2.10", "prefixlen": 24, "role": role,
-        "state": state, "purpose": None, "paused": False, "holder": holder,
-        "holder_mac": None, "reason": "test", "link_up": True, "conflict_open": False,
-        "seconds_since_change": 120.0,
-        "looksalive": {"health": "up" if holder == "other" else "unknown", "misses": 0,
-                       "icmp_misses": 0, "rtt_ms": 0.25, "sent": 40, "lost": 1},
-        "isalive": {"enabled": True, "check": "http", "ok": True, "dead": False,
-                    "latency_ms": 12.5, "detail": "200 OK"},
-        "peer": {"ip": None, "health": "unknown", "rtt_ms": None, "up_for": None,
-                 "fallback": "manual", "hold_down": 60.0, "auto_fallback_suspended": False},
-        "counters": {"takeovers": 3, "claims": 1, "releases": 0, "fallbacks": 2, "yields": 0,
-                     "conflicts": 0, "service_alarms": 0},
-        "last_change_time": time.time() - 120.0,
-    }
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(mon.get(key), dict):
-            mon[key] = {**mon[key], **value}
-        else:
-            mon[key] = value
-    return mon
-
-
-def ok_status() -> dict[str, Any]:
-    now = time.time()
-    return {
-        "version": 1, "node": "alpha", "pid": os.getpid(), "started_at": now - 3600,
-        "updated_at": now, "software_version": "0.1.0", "last_event_seq": 42,
-        "monitors": [
-            monitor("web", "primary", "holding", "self"),
-            monitor("db", "backup", "watching", "other"),
-        ],
-        "sinks": [{"name": "snmp-192.0.2.9-162-v2c-trap", "delivered": 10, "pending": 0,
-                   "dropped": 0, "failures": 0, "last_error": None, "state": "ok"}],
-        "pools": [],
-    }
-
-
-def write(tmp_path: Path, status: dict[str, Any]) -> Path:
-    path = tmp_path / "status.json"
-    path.write_text(json.dumps(status))
-    return path
 
 
 def check(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
@@ -130,9 +85,8 @@ def test_ok_when_every_monitor_is_as_configured(tmp_path: Path,
 ], ids=["backup-holding", "primary-sees-backup", "paused", "degraded", "isalive-failing",
         "link-down", "starting"])
 def test_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                 mon: dict[str, Any], needle: str) -> None:
-    status = ok_status()
-    status["monitors"] = [mon]
+                 mon: MonitorStatus, needle: str) -> None:
+    status = replace(ok_status(), monitors=(mon,))
     code, out = check(capsys, "--status", str(write(tmp_path, status)))
     assert code == 1, out
     assert out.startswith("MINISFT WARNING - alpha: web: ")
@@ -142,8 +96,8 @@ def test_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str],
 def test_warning_when_a_sink_retries(tmp_path: Path,
                                      capsys: pytest.CaptureFixture[str]) -> None:
     status = ok_status()
-    status["sinks"][0].update(state="retrying", pending=4, failures=7,
-                              last_error="timeout | no answer")
+    status = replace(status, sinks=({**status.sinks[0], "state": "retrying", "pending": 4,
+                                     "failures": 7, "last_error": "timeout | no answer"},))
     code, out = check(capsys, "--status", str(write(tmp_path, status)))
     assert code == 1, out
     assert "sink snmp-192.0.2.9-162-v2c-trap: retrying" in out
@@ -165,9 +119,8 @@ def test_warning_when_a_sink_retries(tmp_path: Path,
      "holds 192.0.2.10 but its link is down"),
 ], ids=["nobody", "conflict", "service-dead", "holder-link-down"])
 def test_critical(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                  mon: dict[str, Any], needle: str) -> None:
-    status = ok_status()
-    status["monitors"] = [mon, monitor("db", "backup", "holding", "self")]
+                  mon: MonitorStatus, needle: str) -> None:
+    status = replace(ok_status(), monitors=(mon, monitor("db", "backup", "holding", "self")))
     code, out = check(capsys, "--status", str(write(tmp_path, status)))
     assert code == 2, out
     first = out.splitlines()[0]
@@ -178,7 +131,8 @@ def test_critical(tmp_path: Path, capsys: pytest.CaptureFixture[str],
 
 def test_monitor_selection(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     status = ok_status()
-    status["monitors"][1] = monitor("db", "backup", "watching", "none")
+    status = replace(status, monitors=(status.monitors[0],
+                                       monitor("db", "backup", "watching", "none")))
     path = str(write(tmp_path, status))
     assert check(capsys, "--status", path)[0] == 2
     code, out = check(capsys, "--status", path, "--monitor", "web")
@@ -206,8 +160,7 @@ def test_unknown_when_status_file_missing(tmp_path: Path,
 
 def test_unknown_when_status_is_stale(tmp_path: Path,
                                       capsys: pytest.CaptureFixture[str]) -> None:
-    status = ok_status()
-    status["updated_at"] = time.time() - 60
+    status = replace(ok_status(), updated_at=time.time() - 60)
     path = str(write(tmp_path, status))
     code, out = check(capsys, "--status", path)
     assert code == 3
@@ -219,8 +172,7 @@ def test_unknown_when_daemon_pid_is_dead(tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     child = subprocess.Popen(["true"])
     child.wait()  # reaped: the pid is free
-    status = ok_status()
-    status["pid"] = child.pid
+    status = replace(ok_status(), pid=child.pid)
     code, out = check(capsys, "--status", str(write(tmp_path, status)))
     assert code == 3
     assert f"daemon pid {child.pid} is not running" in out
@@ -229,7 +181,8 @@ def test_unknown_when_daemon_pid_is_dead(tmp_path: Path,
 def test_unknown_when_daemon_stopped_cleanly(tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     status = ok_status()
-    status["stopped_at"] = status["updated_at"]  # the daemon's last write on shutdown
+    # the daemon's last write on shutdown
+    status = replace(status, stopped_at=status.updated_at)
     code, out = check(capsys, "--status", str(write(tmp_path, status)))
     assert code == 3
     assert out.startswith("MINISFT UNKNOWN - daemon stopped at ")
@@ -238,8 +191,9 @@ def test_unknown_when_daemon_stopped_cleanly(tmp_path: Path,
 @pytest.mark.parametrize(("content", "needle"), [
     ("{not json", "not valid JSON"),
     ("[]", "not a JSON object"),
-    (json.dumps({**ok_status(), "version": 2}), "format version 2 not supported"),
-    (json.dumps({k: v for k, v in ok_status().items() if k != "updated_at"}), "no updated_at"),
+    (json.dumps({**ok_status().to_dict(), "version": 2}), "format version 2 not supported"),
+    (json.dumps({k: v for k, v in ok_status().to_dict().items() if k != "updated_at"}),
+     "no updated_at"),
 ])
 def test_unknown_when_status_is_invalid(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                         content: str, needle: str) -> None:
@@ -305,7 +259,8 @@ def test_explicit_config_must_exist(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_perfdata_follows_the_guidelines(tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     status = ok_status()
-    status["monitors"].append(monitor("web 2", "primary", "probing", "unknown"))
+    status = replace(status, monitors=(*status.monitors,
+                                       monitor("web 2", "primary", "probing", "unknown")))
     _code, out = check(capsys, "--status", str(write(tmp_path, status)),
                       "-w", "~:10", "-c", "@50:100", "--isalive-warning", "1000")
     items = perf_items(out)
@@ -328,8 +283,7 @@ def test_perfdata_follows_the_guidelines(tmp_path: Path,
 
 
 def test_rtt_thresholds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    status = ok_status()
-    status["monitors"][1]["looksalive"]["rtt_ms"] = 7.5
+    status = with_monitor(ok_status(), 1, looksalive={"rtt_ms": 7.5})
     path = str(write(tmp_path, status))
     assert check(capsys, "--status", path, "-w", "5", "-c", "10")[0] == 1
     code, out = check(capsys, "--status", path, "-w", "2", "-c", "5")
@@ -347,8 +301,7 @@ def test_isalive_latency_thresholds(tmp_path: Path,
 
 
 def test_verbose_lists_each_monitor(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    status = ok_status()
-    status["monitors"][0]["reason"] = "bound\nhere"
+    status = with_monitor(ok_status(), 0, reason="bound\nhere")
     path = str(write(tmp_path, status))
     code, out = check(capsys, "--status", path, "-v")
     lines = out.splitlines()
@@ -413,9 +366,7 @@ def test_console_entry_exit_codes(tmp_path: Path) -> None:
     status = ok_status()
     path = write(tmp_path, status)
     assert run("--status", str(path)).returncode == 0
-    bad = copy.deepcopy(status)
-    bad["monitors"][0]["conflict_open"] = True
-    path.write_text(json.dumps(bad))
+    write(tmp_path, with_monitor(status, 0, conflict_open=True))
     proc = run("--status", str(path))
     assert proc.returncode == 2
     assert proc.stdout.startswith("MINISFT CRITICAL - ")
@@ -437,3 +388,80 @@ def test_plugin_imports_stay_light(tmp_path: Path) -> None:
                 for line in proc.stderr.splitlines() if line.startswith("import time:")}
     assert "minisft" in imported  # the importtime report really is there
     assert not imported & set(HEAVY), imported & set(HEAVY)
+
+
+# ------------------------------------------------------------------------------- pools
+
+FRONT_HOME = {"192.0.2.50": ("alpha", "alpha", "held"), "192.0.2.51": ("beta", "beta", "held")}
+
+
+def with_pools(*pools: PoolStatus) -> StatusDocument:
+    return replace(ok_status(), pools=pools)
+
+
+def test_a_pool_with_every_address_at_home_is_ok(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    path = str(write(tmp_path, with_pools(pool("front", "alpha", FRONT_HOME))))
+    code, out = check(capsys, "--status", path)
+    assert code == 0, out
+    assert "pool front: 2 addresses on their preferred members" in out
+    perf = perf_items(out)
+    assert "'pool_front_held'=2;;;0;2" in perf and "'pool_front_off_preferred'=0;;;0;2" in perf
+
+
+@pytest.mark.parametrize(("placement", "code", "needle"), [
+    ({**FRONT_HOME, "192.0.2.51": ("alpha", "beta", "held")}, 1,
+     "pool front: 192.0.2.51 is on alpha, not on its preferred member beta (no fallback yet)"),
+    ({**FRONT_HOME, "192.0.2.51": (None, "beta", "free")}, 2,
+     "pool front: 192.0.2.51 is held by nobody"),
+    ({**FRONT_HOME, "192.0.2.51": (None, "beta", "probing")}, 2,
+     "pool front: 192.0.2.51 is held by nobody, alpha is probing it"),
+], ids=["off-preferred", "nobody", "probing"])
+def test_pool_address_states(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                             placement: dict[str, tuple[str | None, str, str]], code: int,
+                             needle: str) -> None:
+    path = str(write(tmp_path, with_pools(pool("front", "alpha", placement))))
+    got, out = check(capsys, "--status", path)
+    assert got == code, out
+    assert needle in out.splitlines()[0]
+
+
+def test_a_pool_address_held_twice_is_critical(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    front = pool("front", "alpha", FRONT_HOME)
+    twice = replace(front.placement[1], holders=("alpha", "beta"), state="duplicate")
+    front = replace(front, placement=(front.placement[0], twice))
+    code, out = check(capsys, "--status", str(write(tmp_path, with_pools(front))))
+    assert code == 2, out
+    assert "192.0.2.51 is held by alpha and beta at once" in out
+
+
+def test_an_isolated_member_says_so_instead_of_judging_what_it_cannot_see(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    front = pool("front", "alpha", {"192.0.2.50": ("alpha", "alpha", "held"),
+                                    "192.0.2.51": (None, "beta", "free")},
+                 phase="isolated", reason="no quorum")
+    code, out = check(capsys, "--status", str(write(tmp_path, with_pools(front))))
+    assert code == 1, out
+    assert "pool front: member alpha is isolated: no quorum" in out
+    assert "held by nobody" not in out
+
+
+def test_pool_selection(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    broken = pool("back", "alpha", {"198.51.100.9": (None, "alpha", "free")})
+    path = str(write(tmp_path, with_pools(pool("front", "alpha", FRONT_HOME), broken)))
+    assert check(capsys, "--status", path)[0] == 2
+    code, out = check(capsys, "--status", path, "--pool", "front")
+    assert code == 0, out
+    assert "monitor" not in out.splitlines()[0].split("|")[0]  # only the pool named
+    assert "'pool_back_held'" not in out and "'web_rtt'" not in out
+    code, out = check(capsys, "--status", path, "-p", "back", "--no-sinks", "-v")
+    assert code == 2 and "pool back: 198.51.100.9 is held by nobody" in out
+    assert "    198.51.100.9 owner=- preferred=alpha state=free moves=0" in out
+    code, out = check(capsys, "--status", path, "--monitor", "web")
+    assert code == 0 and "pool" not in out, out  # a monitor's service leaves pools out
+    code, out = check(capsys, "--status", path, "--pool", "nope")
+    assert code == 3
+    assert "no pool named nope on alpha (known: back, front)" in out
+    code, out = check(capsys, "--status", path, "--no-monitors")
+    assert code == 0, out

@@ -46,6 +46,7 @@ from minisft.core.monitor import (
     State,
 )
 from minisft.core.rto import RTO_FLOOR
+from minisft.status import MonitorStatus, StatusDocument
 from tests.unit.core_driver import (
     HOLDER_MAC,
     INTRUDER_MAC,
@@ -322,7 +323,8 @@ def test_status_shows_the_rto_next_to_the_rtt() -> None:
     for _ in range(20):
         node.feed(PingResult(True, 0.02))
     snapshot = node.machine.snapshot()
-    line = next(row for row in format_status({"monitors": [snapshot]}).splitlines()
+    line = next(row for row in format_status(
+        StatusDocument(monitors=(MonitorStatus.from_dict(snapshot),))).splitlines()
                 if row.startswith("web "))
     assert f"up 20.0ms rto {snapshot['looksalive']['rto_ms']:g}ms" in line
     assert 20 <= snapshot["looksalive"]["rto_ms"] < 30

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import select
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -15,6 +15,8 @@ from minisft.core.events import Event, EventKind, Notice
 from minisft.nagios.plugin import State
 from minisft.sinks.base import DeliveryError
 from minisft.sinks.nagios_cmd import NagiosCommandSink, command_line
+from minisft.status import StatusDocument
+from tests.support.status_docs import document, monitor
 
 
 def test_a_long_multi_line_output_stays_one_atomic_line() -> None:
@@ -26,13 +28,11 @@ def test_a_long_multi_line_output_stays_one_atomic_line() -> None:
     assert short == b"[1] PROCESS_SERVICE_CHECK_RESULT;h;s;0;a\\nb\n"
 
 
-def status() -> dict[str, Any]:
-    now = 1e9
-    return {"version": 1, "node": "beta", "pid": os.getpid(), "updated_at": now,
-            "monitors": [{"name": "web", "address": "192.0.2.10/24", "role": "backup",
-                          "state": "holding", "holder": "self", "link_up": True}],
-            "sinks": [{"name": "nagios", "state": "retrying", "last_error": "x"},
-                      {"name": "snmp", "state": "ok"}]}
+def status() -> StatusDocument:
+    doc = document([monitor("web", "backup", "holding", "self", changed_at=1e9)], now=1e9,
+                   sinks=[{"name": "nagios", "state": "retrying", "last_error": "x"},
+                          {"name": "snmp", "state": "ok"}])
+    return replace(doc, node="beta")
 
 
 def event() -> Event:

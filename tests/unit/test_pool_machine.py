@@ -45,6 +45,7 @@ from minisft.pools.actions import (
 )
 from minisft.pools.formula import assign
 from minisft.pools.machine import IllegalInput, Phase, PoolMachine, Slot
+from minisft.pools.placement import placement
 
 ADDRESSES = ("192.0.2.101/24", "192.0.2.102/24", "192.0.2.103/24", "192.0.2.104/24",
              "192.0.2.105/24", "2001:db8::101/64")
@@ -577,6 +578,54 @@ def test_snapshot_shape() -> None:
     assert set(snap["held"]) == sim.nodes["a"].bound
 
 
+def _placement(sim: Sim, name: str) -> dict[str, tuple[str | None, str | None, str]]:
+    return {str(p.address): (p.owner, p.preferred, str(p.state))
+            for p in sim.nodes[name].machine.placement()}
+
+
+def test_placement_shows_each_address_with_its_holder_and_preferred_member() -> None:
+    sim = started(mode=FallbackMode.MANUAL)
+    home = formula(NAMES, NAMES)
+    # every member sees the same table: all at home
+    for name in NAMES:
+        assert _placement(sim, name) == {a: (m, m, "held") for a, m in home.items()}
+    sim.kill("b")
+    sim.run(0.3)  # b is silent but not yet lost: its addresses still show as held by b
+    assert {a for a, (o, _, _) in _placement(sim, "a").items() if o == "b"} == {
+        a for a, m in home.items() if m == "b"}
+    sim.run(2.0)
+    survivors = formula(NAMES, ["a", "c", "d"])
+    view = _placement(sim, "a")
+    for a, m in home.items():
+        expected = (survivors[a], m, "held")
+        assert view[a] == expected  # b's share on the survivors, b still preferred
+    moved = {a for a, m in home.items() if m == "b"}
+    assert {p.address: p.moves for p in sim.nodes["c"].machine.placement()} == {
+        a: int(a in moved) for a in ADDRESSES}
+    assert not any(p.on_preferred for p in sim.nodes["a"].machine.placement()
+                   if p.address in moved)
+    sim.restart("b")  # manual fallback: b is back but gets nothing back
+    sim.run(HOLD_DOWN + 1.0)
+    assert _placement(sim, "b") == view
+
+
+def test_placement_of_an_address_nobody_holds() -> None:
+    pool = make_pool(["a", "b"], addresses=ADDRESSES[:2])
+    sim = Sim({"a": pool, "b": pool}, start=False)
+    machine = sim.nodes["a"].machine
+    assert {p.state for p in machine.placement()} == {"free"}
+    assert all(p.owner is None and p.preferred in ("a", "b") for p in machine.placement())
+
+
+def test_placement_names_every_holder_of_a_duplicate_and_a_takeover_under_way() -> None:
+    table = placement(["x", "y", "z"], {"x": ("a", "b"), "y": ()}, {"x": "b", "y": "a"},
+                      {"y": "probing"}, {"x": 2})
+    assert [(p.address, p.owner, p.holders, p.state, p.moves) for p in table] == [
+        ("x", "a", ("a", "b"), "duplicate", 2), ("y", None, (), "probing", 0),
+        ("z", None, (), "free", 0)]
+    assert not any(p.on_preferred for p in table)
+
+
 def test_a_member_back_from_silence_and_a_peer_never_both_bind_an_orphan() -> None:
     """The shrunk history of the hypothesis test below, as a plain example: a is muted
     long enough to be lost, comes back (a counts itself at once, its peers hold it down
@@ -595,6 +644,29 @@ def test_a_member_back_from_silence_and_a_peer_never_both_bind_an_orphan() -> No
     assert len(sim.holders(orphan)) == 1
     binds = [n for n in NAMES if [t for t in _moments(sim.nodes[n], Bind, orphan) if t > 3.0]]
     assert len(binds) == 1, f"bound by {binds}"
+
+
+def test_a_member_whose_heartbeats_are_lost_never_binds_what_a_deaf_peer_claims() -> None:
+    """The shrunk history of the hypothesis test below (seed 119), as a plain example: c
+    dies and restarts before its peers judge it lost (they still count it, holding
+    nothing), then its heartbeats are lost while it joins. c probes its 192.0.2.104; a
+    judges c lost, probes it too and claims it in `wants`. c hears that claim and ranks
+    first by HRW, but a lists c in `lost`: a never hears c's claim, so c binding on its
+    rank put the address on both (a's probe ended just before c's bind landed)."""
+    orphan = "192.0.2.104/24"
+    assert formula(NAMES, NAMES)[orphan] == "c"
+    assert formula(NAMES, ["a", "b", "d"])[orphan] == "a"
+    sim = Sim({n: make_pool(NAMES) for n in NAMES})
+    sim.run(2.875)  # the timing decides which probe ends first: this one lets both bind
+    for what, who, wait in [("kill", "c", 0.5), ("restart", "c", 0.25), ("mute", "c", 2.0)]:
+        sim.apply(what, who)
+        for _ in range(round(wait / STEP)):
+            sim.step()
+            assert len(sim.holders(orphan)) <= 1, f"{sim.holders(orphan)} at t={sim.t}"
+    assert sim.holders(orphan) == ["a"]
+    backed_off = [e for e in sim.events("c", EventKind.YIELDED) if e.address == orphan]
+    assert backed_off and "counts c lost" in backed_off[0].reason
+    assert not sim.events("a", EventKind.YIELDED)
 
 
 # ---------------------------------------------------------------- random histories

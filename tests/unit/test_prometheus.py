@@ -4,8 +4,8 @@ and the asyncio /metrics server over real loopback TCP."""
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -18,46 +18,19 @@ from minisft.monitoring.prometheus import (
     render_metrics,
     serve_metrics,
 )
+from minisft.status import MonitorStatus, StatusDocument
+from tests.support import status_docs
+from tests.support.status_docs import with_monitor
+
+NOW = 1_700_003_600.25  # the scrapes compare whole bodies: one fixed clock
 
 
-def monitor(name: str, role: str, state: str, holder: str, **over: Any) -> dict[str, Any]:
-    """A monitor entry shaped like MonitorMachine.snapshot() plus last_change_time."""
-    mon: dict[str, Any] = {
-        "name": name, "address": "192.0.2.10", "prefixlen": 24, "role": role,
-        "state": state, "purpose": None, "paused": False, "holder": holder,
-        "holder_mac": None, "reason": "test", "link_up": True, "conflict_open": False,
-        "seconds_since_change": 120.0,
-        "looksalive": {"health": "up" if holder == "other" else "unknown", "misses": 0,
-                       "icmp_misses": 0, "rtt_ms": 0.25, "rto_ms": 5.0, "sent": 40,
-                       "lost": 1},
-        "isalive": {"enabled": True, "check": "http", "ok": True, "dead": False,
-                    "latency_ms": 12.5, "detail": "200 OK"},
-        "peer": {"ip": None, "health": "unknown", "rtt_ms": None, "up_for": None,
-                 "fallback": "manual", "hold_down": 60.0, "auto_fallback_suspended": False},
-        "counters": {"takeovers": 3, "claims": 1, "releases": 0, "fallbacks": 2, "yields": 0,
-                     "conflicts": 0, "service_alarms": 0},
-        "last_change_time": 1_700_000_000.0,
-    }
-    for key, val in over.items():
-        if isinstance(val, dict) and isinstance(mon.get(key), dict):
-            mon[key] = {**mon[key], **val}
-        else:
-            mon[key] = val
-    return mon
+def ok_status() -> StatusDocument:
+    return status_docs.ok_status(now=NOW, pid=4242)
 
 
-def ok_status() -> dict[str, Any]:
-    return {
-        "version": 1, "node": "alpha", "pid": 4242, "started_at": 1_700_000_000.5,
-        "updated_at": 1_700_003_600.25, "software_version": "0.1.0", "last_event_seq": 42,
-        "monitors": [
-            monitor("web", "primary", "holding", "self"),
-            monitor("db", "backup", "watching", "other"),
-        ],
-        "sinks": [{"name": "snmp-192.0.2.9-162-v2c-trap", "delivered": 10, "pending": 0,
-                   "dropped": 0, "failures": 0, "last_error": None, "state": "ok"}],
-        "pools": [],
-    }
+def monitor(name: str, role: str, state: str, holder: str, **over: Any) -> MonitorStatus:
+    return status_docs.monitor(name, role, state, holder, changed_at=NOW, **over)
 
 
 def samples(body: bytes) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -76,14 +49,14 @@ def test_node_and_daemon_metrics() -> None:
     status = ok_status()
     body = render_metrics(status)
     assert value(body, "minisft_info", node="alpha", version="0.1.0", interface="") == 1
-    status.update(interface="eth0", link_up=False)
+    status = replace(status, interface="eth0", link_up=False)
     body = render_metrics(status)
     assert value(body, "minisft_info", node="alpha", version="0.1.0", interface="eth0") == 1
     assert value(body, "minisft_link_up") == 0
     assert value(body, "minisft_events_total") == 42
-    assert value(body, "minisft_start_time_seconds") == pytest.approx(status["started_at"])
+    assert value(body, "minisft_start_time_seconds") == pytest.approx(status.started_at)
     assert value(body, "minisft_status_updated_timestamp_seconds") == pytest.approx(
-        status["updated_at"])
+        status.updated_at)
 
 
 def test_monitor_state_is_one_hot() -> None:
@@ -117,13 +90,12 @@ def test_monitor_values_in_base_units() -> None:
 
 
 def test_failover_and_alarms() -> None:
-    status = ok_status()
-    status["monitors"] = [
+    status = replace(ok_status(), monitors=(
         monitor("a", "backup", "holding", "self", peer={"ip": "192.0.2.2", "health": "down"}),
         monitor("b", "primary", "watching", "other"),
         monitor("c", "backup", "watching", "none", conflict_open=True,
                 isalive={"ok": False, "dead": True}),
-    ]
+    ))
     body = render_metrics(status)
     assert value(body, "minisft_monitor_failed_over", monitor="a") == 1
     assert value(body, "minisft_monitor_failed_over", monitor="b") == 1
@@ -139,9 +111,7 @@ def test_failover_and_alarms() -> None:
 
 
 def test_unknown_values_are_absent_not_zero() -> None:
-    status = ok_status()
-    status["monitors"][0]["looksalive"]["rtt_ms"] = None
-    status["monitors"][0]["isalive"]["ok"] = None
+    status = with_monitor(ok_status(), 0, looksalive={"rtt_ms": None}, isalive={"ok": None})
     body = samples(render_metrics(status))
     assert ("minisft_monitor_looksalive_rtt_seconds", frozenset({("monitor", "web")})
             ) not in body
@@ -150,8 +120,9 @@ def test_unknown_values_are_absent_not_zero() -> None:
 
 def test_sink_metrics() -> None:
     status = ok_status()
-    status["sinks"].append({"name": "apprise", "delivered": 3, "pending": 2, "dropped": 5,
-                            "failures": 9, "last_error": "boom", "state": "retrying"})
+    status = replace(status, sinks=(*status.sinks, {
+        "name": "apprise", "delivered": 3, "pending": 2, "dropped": 5, "failures": 9,
+        "last_error": "boom", "state": "retrying"}))
     body = render_metrics(status)
     sink = "snmp-192.0.2.9-162-v2c-trap"
     assert value(body, "minisft_sink_delivered_total", sink=sink) == 10
@@ -164,23 +135,21 @@ def test_sink_metrics() -> None:
 
 
 def test_label_values_are_escaped() -> None:
-    status = ok_status()
-    status["monitors"][0]["name"] = 'we"b\\1\nx'
+    status = with_monitor(ok_status(), 0, name='we"b\\1\nx')
     body = render_metrics(status)
     assert b'monitor="we\\"b\\\\1\\nx"' in body
     assert value(body, "minisft_monitor_paused", monitor='we"b\\1\nx') == 0
 
 
 def test_new_state_values_still_render() -> None:
-    status = ok_status()
-    status["monitors"][0]["state"] = "draining"  # from a newer daemon
+    status = with_monitor(ok_status(), 0, state="draining")  # from a newer daemon
     body = render_metrics(status)
     assert value(body, "minisft_monitor_state", monitor="web", state="draining") == 1
     assert value(body, "minisft_monitor_state", monitor="web", state="holding") == 0
 
 
 def test_empty_status_is_valid() -> None:
-    body = render_metrics({})
+    body = render_metrics(StatusDocument())
     families = {f.name for f in text_string_to_metric_families(body.decode())}
     assert "minisft_info" in families
     assert body.endswith(b"\n")
@@ -218,10 +187,11 @@ async def _http(port: int, request: bytes) -> tuple[str, dict[str, str], bytes]:
 def test_serve_metrics_over_loopback() -> None:
     state: dict[str, Any] = {"status": ok_status(), "fail": False}
 
-    def get_status() -> dict[str, Any]:
+    def get_status() -> StatusDocument:
         if state["fail"]:
             raise RuntimeError("no state")
-        return copy.deepcopy(state["status"])
+        doc: StatusDocument = state["status"]
+        return doc
 
     async def scenario() -> None:
         server = await serve_metrics("127.0.0.1:0", get_status)
@@ -235,7 +205,7 @@ def test_serve_metrics_over_loopback() -> None:
             assert body == render_metrics(state["status"])
 
             # every scrape renders the live state afresh
-            state["status"]["monitors"][0]["counters"]["takeovers"] = 99
+            state["status"] = with_monitor(state["status"], 0, counters={"takeovers": 99})
             _, _, body = await _http(port, b"GET /metrics?x=1 HTTP/1.0\r\n\r\n")
             assert value(body, "minisft_monitor_takeovers_total", monitor="web") == 99
 
@@ -293,3 +263,29 @@ def test_metrics_connections_beyond_the_limit_are_closed_and_scrapes_go_on(
     refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert len(refusals) == 1, refusals
     assert "Traceback" not in caplog.text
+
+
+def test_pool_addresses_with_owner_preferred_owner_placement_and_moves() -> None:
+    front = status_docs.pool("front", "alpha", {
+        "192.0.2.50/24": ("alpha", "alpha", "held"),
+        "192.0.2.51/24": ("alpha", "beta", "held"),
+        "192.0.2.52/24": (None, "beta", "free")})
+    front = replace(front, placement=(
+        front.placement[0], replace(front.placement[1], moves=2), front.placement[2]))
+    body = render_metrics(replace(ok_status(), pools=(front,)))
+    at_home = {"pool": "front", "address": "192.0.2.50/24"}
+    away = {"pool": "front", "address": "192.0.2.51/24"}
+    nobody = {"pool": "front", "address": "192.0.2.52/24"}
+    assert value(body, "minisft_pool_member_active", pool="front") == 1
+    assert value(body, "minisft_pool_address_owner", **at_home, owner="alpha") == 1
+    assert value(body, "minisft_pool_address_owner", **away, owner="alpha") == 1
+    assert value(body, "minisft_pool_address_preferred_owner", **away, preferred="beta") == 1
+    assert value(body, "minisft_pool_address_placement", **at_home) == 1
+    assert value(body, "minisft_pool_address_placement", **away) == 0
+    assert value(body, "minisft_pool_address_placement", **nobody) == 0
+    assert value(body, "minisft_pool_address_moves_total", **away) == 2
+    assert value(body, "minisft_pool_address_state", **nobody, state="free") == 1
+    assert value(body, "minisft_pool_address_state", **nobody, state="held") == 0
+    # nobody holds it: no owner series at all rather than an empty owner label
+    assert not [k for k in samples(body) if k[0] == "minisft_pool_address_owner"
+                and ("address", "192.0.2.52/24") in k[1]]

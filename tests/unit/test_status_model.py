@@ -81,7 +81,8 @@ def test_typed_fields_read_from_the_document(tmp_path: Path) -> None:
         "primary", "self", 200.0, 12)
     assert isinstance(web.isalive.latency_ms, int)  # printed as written: "12", not "12.0"
     assert web.peer.ip == "192.0.2.2"
-    assert web.extra["prefixlen"] == 24  # a key the model does not name is kept
+    assert web.prefixlen == 24
+    assert "purpose" in web.extra  # a key the model does not name is kept
     assert doc.pools[0].held == ("192.0.2.50",)
     assert doc.pools[0].extra["port"] == 9999
     assert doc.monitor("nope") is None
@@ -177,3 +178,24 @@ def test_status_file_is_found_as_the_readers_find_it(tmp_path: Path) -> None:
     config.write_text("- a list\n")
     with pytest.raises(StatusError, match="top level is not a mapping"):
         status_file(None, config)
+
+
+def test_a_pool_placement_round_trips_and_reads_typed(tmp_path: Path) -> None:
+    document = daemon_document()
+    document["pools"][0].update(
+        backend="etcd", config_drift=None, assignment={"192.0.2.50": "alpha"},
+        etcd={"endpoint": "http://192.0.2.9:2379", "connected": True, "lease": "1f",
+              "ttl": 5, "last_error": None, "revision": 9},
+        placement=[{"address": "192.0.2.50", "owner": "alpha", "preferred": "beta",
+                    "state": "held", "holders": ["alpha"], "moves": 3}])
+    source = tmp_path / "daemon.json"
+    source.write_text(json.dumps(document))
+    dump(load(source), tmp_path / "status.json")
+    assert json.loads((tmp_path / "status.json").read_text()) == document
+    front = load(source).pools[0]
+    assert front.etcd is not None and front.etcd.lease == "1f"
+    assert front.etcd.extra["revision"] == 9
+    address = front.address("192.0.2.50")
+    assert address is not None
+    assert (address.owner, address.preferred, address.moves) == ("alpha", "beta", 3)
+    assert not address.on_preferred
