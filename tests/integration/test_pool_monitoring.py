@@ -1,5 +1,6 @@
 """A real pool as the monitoring shows it: `minisft status`, check_minisft (as an
-unprivileged user, like nagios under NRPE), the Prometheus endpoint and snmpd.
+unprivileged user, like nagios under NRPE), a real Prometheus scraping the members with
+the shipped rules, and a real snmpd serving MINISFT-MIB's pool address table.
 
 Three daemons of pool `front` start together, as a rack does. Each address is first on
 its preferred member (the formula's home); then c's link goes down, its addresses move to
@@ -24,6 +25,7 @@ import yaml
 from minisft.pools.formula import home
 from tests.integration.cluster import Cluster, Node, wait_until
 from tests.integration.test_monitoring_e2e import as_nobody, unprivileged_python
+from tests.support.snmpd import SnmpAgent
 
 pytestmark = pytest.mark.netns
 
@@ -89,6 +91,16 @@ def check_until(node: Node, python: str, code: int, what: str
         return proc if proc.returncode == code else None
     return wait_until(f"check_minisft to see {what}", answer, timeout=5, step=0.2,
                       describe=lambda: seen[-1] if seen else "")
+
+
+def snmp_pool_rows(node: Node, workdir: Path) -> list[dict[str, str]]:
+    """minisftPoolAddressTable as snmptable reads it from a real snmpd on `node`, whose
+    pass_persist helper serves the node's status.json."""
+    with SnmpAgent(workdir, node.state_dir / "status.json", prefix=node.host.cmd()) as agent:
+        table = agent.table("MINISFT-MIB::minisftPoolAddressTable", "-Cf", "|")
+    lines = [line.split("|") for line in table.splitlines() if line.count("|") > 5]
+    header = lines[0]
+    return [dict(zip(header, line, strict=True)) for line in lines[1:]]
 
 
 class PrometheusServer:
@@ -182,6 +194,13 @@ def test_the_monitoring_names_the_real_holder_and_the_preferred_member(
             step=0.5)
         assert sorted(x["labels"]["address"] for x in away) == sorted(moved)
         assert not prometheus.firing("MiniSFTPoolAddressHeldByNobody")
+        rows = snmp_pool_rows(a, service_tmp / "snmpd")
+        assert {r["minisftPoolAddress"] + "/24": (
+            r["minisftPoolAddressOwner"], r["minisftPoolAddressPreferredOwner"],
+            r["minisftPoolAddressState"], r["minisftPoolAddressOnPreferred"])
+            for r in rows} == {addr: (truth[addr], HOME[addr], "held",
+                                      "false" if addr in moved else "true")
+                               for addr in ADDRESSES}
 
         c.nodes["c"].host.link_up()
         seen: list[str] = []
