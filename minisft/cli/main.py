@@ -36,6 +36,9 @@ manual fallback, the original procedure as commands:
   on the primary:               minisft claim web      (probes, binds, announces)
   back on the first node:       minisft resume web     (watches again)
 
+switchover, the same move without an outage (make-before-break):
+  on the primary:               minisft switchover web (binds at once; the backup yields)
+
 examples:
   minisft run --config /etc/minisft/minisft.yaml       foreground, for systemd
   minisft check-config --config ./alpha.yaml           validate, change nothing
@@ -43,8 +46,35 @@ examples:
   minisft events --follow                              the event journal, as it grows
   minisft demo                                         a two-node takeover in a namespace lab
 
-exit codes: 0 ok (also when the wanted state already held: release, claim, pause and resume
-are idempotent), 1 command refused or failed, 2 bad configuration, 3 daemon unreachable.
+exit codes: 0 ok (also when the wanted state already held: release, claim, pause, resume
+and switchover are idempotent), 1 command refused or failed, 2 bad configuration,
+3 daemon unreachable.
+"""
+
+
+SWITCHOVER_HELP = """\
+Move a service address back to this node, its primary, without an outage: the
+make-before-break form of the manual fallback (release on the backup, claim here).
+
+Run it on the primary, after a failover, once the primary is healthy again. It binds
+the address here and announces it at once, without waiting for the backup to let go;
+the backup hears the announcement, releases the address and watches it again (both
+sides report a `switchover` event). Clients see a gap of a few milliseconds, not the
+primary's detection time.
+
+Before binding it checks, and refuses with the reason (exit 1) when:
+  - this node is not the address's primary (role backup),
+  - this node's link is down,
+  - this node fails its own IsAlive check (the configured check, run against its
+    node.local_ip, as a backup checks its peer before an automatic fallback),
+  - nobody holds the address (then `minisft claim NAME` is the command),
+  - the node that answers for the address is not the configured peer_ip (compared
+    by MAC): it never takes an address from a third node. The primary's monitor
+    needs peer_ip set to the backup's own address for this.
+Already holding the address here: says so, changes nothing, exit 0.
+
+The backup recognises the switchover when the primary resolved the address by
+ARP/NDP while watching it; otherwise it still yields, and reports a split brain.
 """
 
 
@@ -80,6 +110,9 @@ def _parser() -> argparse.ArgumentParser:
     ):
         sp = add(verb, text)
         sp.add_argument("monitor", metavar="NAME", help="monitor name from the config")
+    so = add("switchover", "move the address back to this node, its primary, without an "
+             "outage", SWITCHOVER_HELP)
+    so.add_argument("monitor", metavar="NAME", help="monitor name from the config")
     rb = add("rebalance", "pools: move every address to the member the formula names now "
              "(the manual fallback of a pool)")
     rb.add_argument("pool", metavar="POOL", help="pool name from the config")
@@ -467,6 +500,7 @@ _COMMANDS = {
     "claim": cmd_admin,
     "pause": cmd_admin,
     "resume": cmd_admin,
+    "switchover": cmd_admin,
     "events": cmd_events,
     "reload": cmd_reload,
     "rebalance": cmd_rebalance,

@@ -63,6 +63,7 @@ class EventKind(StrEnum):
     RELEASED = "released"
     FALLBACK = "fallback"
     YIELDED = "yielded"
+    SWITCHOVER = "switchover"  # moved by `minisft switchover`, make-before-break
     ADDRESS_IN_USE = "address_in_use"
     ADDRESS_CONFLICT = "address_conflict"
     CONFLICT_CLEARED = "conflict_cleared"
@@ -112,6 +113,7 @@ _SEVERITY: dict[EventKind, Severity] = {
     EventKind.RELEASED: Severity.NOTICE,
     EventKind.FALLBACK: Severity.NOTICE,
     EventKind.YIELDED: Severity.WARNING,
+    EventKind.SWITCHOVER: Severity.NOTICE,
     EventKind.ADDRESS_IN_USE: Severity.WARNING,
     EventKind.ADDRESS_CONFLICT: Severity.CRITICAL,
     EventKind.CONFLICT_CLEARED: Severity.NOTICE,

@@ -76,6 +76,16 @@ class ConflictSeen:
 
 
 @dataclass(frozen=True)
+class PeerAsked:
+    """`peer_ip` asked who has the address (an ARP request or IPv6 neighbour solicitation
+    for it, sent from peer_ip): the peer resolves the address, so it watches it and does
+    not hold it. `mac` is the peer's link-layer address, the one its announcements carry.
+    """
+
+    mac: str
+
+
+@dataclass(frozen=True)
 class LinkChanged:
     up: bool
 
@@ -105,16 +115,30 @@ class Verb(StrEnum):
     CLAIM = "claim"
     PAUSE = "pause"
     RESUME = "resume"
+    SWITCHOVER = "switchover"
+
+
+@dataclass(frozen=True)
+class SwitchoverFacts:
+    """What the runtime found out just before a switchover, for the core to judge: who
+    answers ARP/NDP for the address and for `peer_ip` now, and this node's own health."""
+
+    holder_mac: str | None  # who answers for the address; None: nobody
+    peer_mac: str | None  # who answers for peer_ip; None: nobody (or no peer_ip)
+    # the IsAlive check run against this node's own local_ip; None: no check configured
+    own_check_ok: bool | None = None
+    own_check_detail: str = ""
 
 
 @dataclass(frozen=True)
 class Command:
     verb: Verb
     by: str = "cli"
+    facts: SwitchoverFacts | None = None  # Verb.SWITCHOVER only, and required there
 
 
 Input = (
     Started | PingResult | LateReply | ServiceResult | PeerPingResult | PeerServiceResult
-    | ProbeDone | BindDone | ConflictSeen | LinkChanged | AddressVanished | Tick | Command
-    | Reconfigured
+    | ProbeDone | BindDone | ConflictSeen | PeerAsked | LinkChanged | AddressVanished | Tick
+    | Command | Reconfigured
 )

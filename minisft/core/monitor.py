@@ -45,6 +45,16 @@ reason string its event carries:
   returns and yields to a holder that answers. Two holders that both stayed connected:
   the `primary` keeps the address and re-announces, the `backup` yields and reports the
   split brain (`yielded`, detail `split_brain`), whichever of them heard the other first.
+* Switchover (`minisft switchover`, on the primary): make-before-break. The primary
+  binds and announces at once, without waiting for the holder to let go; the holder (its
+  backup) hears the announcement and yields by the rule above. The primary refuses unless
+  its link is up, its own IsAlive check (run against its local_ip) passes, and the node
+  that answers for the address is its `peer_ip` (same MAC): it never takes an address
+  from a third node. The backup tells a switchover from a healed split brain by what the
+  peer did before announcing: a switchover comes from a peer that resolved the address
+  by ARP/NDP (`PeerAsked`: it was watching it), a split brain from a peer that held it.
+  The evidence is dropped at the first unanswered ping to a peer that was not down, so
+  a partition in between turns it back into a split brain. Both sides report `switchover`.
 * Automatic fallback (backup role only): release once `peer_ip` passed LooksAlive (and
   IsAlive, when configured) continuously for `hold_down`; any miss restarts the hold-down.
   If the primary does not claim the address after a fallback, the backup takes it again
@@ -83,6 +93,7 @@ from minisft.core.io import (
     Input,
     LateReply,
     LinkChanged,
+    PeerAsked,
     PeerPingResult,
     PeerServiceResult,
     PingResult,
@@ -108,6 +119,7 @@ class Purpose(StrEnum):
 
     TAKEOVER = "takeover"
     CLAIM = "claim"
+    SWITCHOVER = "switchover"
     STARTUP = "startup"
     REPROBE = "reprobe"
 
@@ -191,6 +203,9 @@ class PeerStatus:
     last_rtt: float | None = None
     service_ok: bool | None = None
     up_since: float | None = None  # start of the current continuous healthy stretch
+    # the MAC the peer used to resolve the address since it last answered ping: it was
+    # watching the address, so its announcement of it is a switchover (module docstring)
+    watching_mac: str | None = None
 
 
 @dataclass
@@ -730,6 +745,15 @@ class MonitorMachine:
             self._emit(EventKind.TAKEOVER,
                        f"took over: {self.looks.misses} pings and the probe went unanswered; "
                        f"{self._placed()}{note}")
+        elif purpose is Purpose.SWITCHOVER:
+            self.counters.claims += 1
+            peer = self.config.peer_ip
+            self.reason = f"holding: switched over from the peer {peer}"
+            self._emit(EventKind.SWITCHOVER,
+                       f"switchover: took the address from the peer {peer} ({self.holder_mac}) "
+                       f"without waiting for it to let go; {self._placed(prefix=False)}; the "
+                       "peer yields when it hears the announcement",
+                       mac=self.holder_mac, peer=str(peer), side="took over")
         else:
             self.counters.claims += 1
             self.reason = {
@@ -753,10 +777,18 @@ class MonitorMachine:
 
     def _on_conflict(self, ev: ConflictSeen) -> None:
         if self.cut_off or self.config.role is Role.BACKUP:
+            switchover = not self.cut_off and ev.mac == self.peer.watching_mac
             self.counters.yields += 1
             self._do(Release(self.address))
-            self._to_watching(f"yielded to {ev.mac}")
+            self._to_watching(f"yielded to {ev.mac}"
+                              + (" (switchover by the primary)" if switchover else ""))
             self.holder_mac = ev.mac
+            if switchover:
+                self._emit(EventKind.SWITCHOVER, f"switchover: the primary {self.config.peer_ip} "
+                           f"({ev.mac}), which was watching the address, announced it: released "
+                           "it and watching", mac=ev.mac, peer=str(self.config.peer_ip),
+                           side="yielded")
+                return
             if self.cut_off:
                 self._emit(EventKind.YIELDED, f"{ev.mac} also holds the address; our link was "
                            "down since we bound it: released it and watching", mac=ev.mac)
@@ -779,6 +811,11 @@ class MonitorMachine:
         if self.now - self._last_defend_at >= DEFEND_SPACING:
             self._last_defend_at = self.now
             self._do(Announce(self.address))
+
+    def _on_peer_asked(self, ev: PeerAsked) -> None:
+        """The peer resolved the address: it watches it (module docstring, switchover)."""
+        if self.state is State.HOLDING and self.config.role is Role.BACKUP and self.link_up:
+            self.peer.watching_mac = ev.mac
 
     def _on_vanished(self, ev: AddressVanished) -> None:
         if not self.link_up or self.state is not State.HOLDING:
@@ -814,6 +851,11 @@ class MonitorMachine:
                 self._emit(EventKind.PEER_UP, f"peer {ip} answers ping; {plan}",
                            peer=str(ip))
             return
+        if peer.health is not Health.DOWN:
+            # a partition may have begun: whatever the peer does next, it may do as a
+            # holder. (The misses of a peer already down are from before it asked: the
+            # last ping of its outage can time out after its first ARP request.)
+            peer.watching_mac = None
         peer.misses += 1
         peer.up_since = None  # hold-down restarts on any miss
         if peer.misses >= self.config.looksalive.retry and peer.health is not Health.DOWN:
@@ -986,6 +1028,8 @@ class MonitorMachine:
             self._cancel_probe()
             self._go(State.PROBING, f"claim by {ev.by}: probing before binding", Purpose.CLAIM)
             self._start_probe()
+        elif verb is Verb.SWITCHOVER:
+            self._switchover(ev)
         elif verb is Verb.PAUSE:
             if self.paused:
                 raise AlreadyDone(f"{self.name}: already paused")
@@ -1010,6 +1054,53 @@ class MonitorMachine:
             self._emit(EventKind.RESUMED, f"watching resumed by {ev.by}", by=ev.by)
 
 
+    def _switchover(self, ev: Command) -> None:
+        """Bind and announce now, the peer holding the address yields (module docstring)."""
+        c, name = self.config, self.name
+        if not self.link_up:  # before "already holds": held on a dead link is not done
+            raise CommandRefused(f"{name}: this node's link is down: clients could not reach "
+                                 f"{c.ip} here; switch over once the link is back")
+        if self.holds:
+            raise AlreadyDone(f"{name}: this node already holds {c.ip}")
+        if c.role is not Role.PRIMARY:
+            raise CommandRefused(
+                f"{name}: this node is the backup for {c.ip}; a switchover moves an address to "
+                "its primary, which keeps it (to move it here: `minisft release "
+                f"{name}` on the primary, then `minisft claim {name}` here)")
+        if self.state is not State.WATCHING:
+            raise CommandRefused(f"{name}: busy ({self.state.value}"
+                                 f"{' ' + self.purpose.value if self.purpose else ''}); "
+                                 "try again in a moment")
+        if c.peer_ip is None:
+            raise CommandRefused(f"{name}: no peer_ip configured: a switchover takes the "
+                                 "address only from the peer; set peer_ip to the other "
+                                 "node's own address (its node.local_ip)")
+        facts = ev.facts
+        if facts is None:
+            raise IllegalInput(f"{name}: a switchover needs the runtime's SwitchoverFacts")
+        if facts.own_check_ok is False:
+            raise CommandRefused(f"{name}: this node fails its own IsAlive check "
+                                 f"({c.isalive.check.type} against its local_ip: "
+                                 f"{facts.own_check_detail or 'failed'}): it would take "
+                                 "the address for a service that does not answer here")
+        if facts.holder_mac is None:
+            raise CommandRefused(f"{name}: nobody answers ARP/NDP for {c.ip}: there is no "
+                                 f"holder to switch over from (`minisft claim {name}` binds a "
+                                 "free address)")
+        if facts.peer_mac is None:
+            raise CommandRefused(f"{name}: the peer {c.peer_ip} does not answer ARP/NDP: "
+                                 f"cannot tell whether it is the node holding {c.ip}")
+        if facts.holder_mac != facts.peer_mac:
+            raise CommandRefused(f"{name}: {c.ip} is held by {facts.holder_mac}, which is not "
+                                 f"the peer {c.peer_ip} ({facts.peer_mac}): a switchover "
+                                 "only takes the address from the peer; find out who else "
+                                 "holds it")
+        self.paused = False
+        self.holder_mac = facts.holder_mac
+        self._bind(Purpose.SWITCHOVER, f"switchover by {ev.by}: binding and announcing "
+                   f"without waiting for the peer {c.peer_ip} to let go")
+
+
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000.0, 3)
 
@@ -1030,6 +1121,7 @@ _COMMON: dict[type, Handler] = {
     PeerServiceResult: MonitorMachine._on_peer_service,
     ProbeDone: MonitorMachine._on_probe_done,
     ConflictSeen: _IGNORE,
+    PeerAsked: MonitorMachine._on_peer_asked,
     AddressVanished: _IGNORE,
     Reconfigured: MonitorMachine._on_reconfigured,
 }
@@ -1040,6 +1132,7 @@ TRANSITIONS: dict[State, dict[type, Handler]] = {
         Command: MonitorMachine._on_command,
         LinkChanged: MonitorMachine._on_link,
         Tick: _IGNORE,
+        PeerAsked: _IGNORE,  # the network callbacks are live before the first look
         Reconfigured: MonitorMachine._on_reconfigured,
     },
     State.WATCHING: dict(_COMMON),

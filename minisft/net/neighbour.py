@@ -106,6 +106,7 @@ class NeighbourWatch:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._probes: dict[IPAddress, dict[asyncio.Future[ProbeAnswer], OnProber]] = {}
         self._watches: dict[IPAddress, Callable[[str], None]] = {}
+        self._askers: dict[IPAddress, Callable[[IPAddress, str], None]] = {}
         self.stats: dict[str, int] = {
             "frames_seen": 0,
             "own_frames": 0,
@@ -205,6 +206,14 @@ class NeighbourWatch:
 
     def unwatch(self, ip: IPAddress | str) -> None:
         self._watches.pop(ip_address(ip), None)
+        self._askers.pop(ip_address(ip), None)
+
+    def watch_askers(self, ip: IPAddress | str,
+                     callback: Callable[[IPAddress, str], None]) -> None:
+        """Call callback(sender_ip, mac) whenever a host resolves ip: an ARP request or a
+        neighbour solicitation for it from the sender's own address (not a probe, not an
+        announcement). A host that resolves an address watches it; it does not hold it."""
+        self._askers[ip_address(ip)] = callback
 
     # ------------------------------------------------------------ sending
 
@@ -281,6 +290,8 @@ class NeighbourWatch:
             # anyone using ip as its sender address has it: answers our probe, or conflicts
             self._answer(packet.sender_ip, packet.sender_mac, prober=False)
             self._conflict(packet.sender_ip, packet.sender_mac)
+            if packet.op == arp.OP_REQUEST and packet.target_ip != packet.sender_ip:
+                self._asked(packet.target_ip, packet.sender_ip, packet.sender_mac)
         elif packet.op == arp.OP_REQUEST:
             # RFC 5227 2.1.1: another host probing for the same address at the same time
             self._answer(packet.target_ip, packet.sender_mac, prober=True)
@@ -303,6 +314,7 @@ class NeighbourWatch:
             # an NS sent *from* ip: its sender uses the address, as an ARP sender_ip does
             self._answer(packet.src, mac, prober=False)
             self._conflict(packet.src, mac)
+            self._asked(packet.target, packet.src, mac)
 
     def _answer(self, ip: IPAddress, mac: str, *, prober: bool) -> None:
         waiters = self._probes.get(ip)
@@ -316,6 +328,16 @@ class NeighbourWatch:
                 continue
             self.stats["probe_answers"] += 1
             fut.set_result(ProbeAnswer(mac, prober))
+
+    def _asked(self, ip: IPAddress, sender: IPAddress, mac: str) -> None:
+        callback = self._askers.get(ip)
+        if callback is None:
+            return
+        try:
+            callback(sender, mac)
+        except Exception:
+            self.stats["callback_errors"] += 1
+            log.exception("resolver callback for %s", ip)
 
     def _conflict(self, ip: IPAddress, mac: str) -> None:
         callback = self._watches.get(ip)

@@ -252,6 +252,7 @@ class Daemon:
         self.runtimes[mcfg.name] = rt
         bound = await self._in_netlink(self.netlink.has_address, self.iface, mcfg.ip)
         self.neighbours.watch(mcfg.ip, lambda mac, rt=rt: rt.feed(ConflictSeen(mac)))
+        self.neighbours.watch_askers(mcfg.ip, rt.peer_asked)
         rt.start(bound)
         if self._link_up is False:
             rt.feed(LinkChanged(False))
@@ -464,7 +465,7 @@ class Daemon:
         cmd = req.get("cmd")
         if cmd == "status":
             return {"ok": True, "status": self.status().to_dict()}
-        if cmd in ("release", "claim", "pause", "resume"):
+        if cmd in ("release", "claim", "pause", "resume", "switchover"):
             return await self._admin(Verb(cmd), str(req.get("monitor", "")),
                                      str(req.get("by") or "cli"))
         if cmd == "rebalance":
@@ -487,20 +488,24 @@ class Daemon:
         if rt is None:
             known = ", ".join(sorted(self.runtimes)) or "none"
             return {"ok": False, "error": f"no monitor named {name!r} (known: {known})"}
+        facts = None
+        if verb is Verb.SWITCHOVER and not rt.machine.holds:
+            facts = await rt.switchover_facts(self.config.node.local_ip)
         try:
-            rt.feed(Command(verb, by=by))
+            rt.feed(Command(verb, by=by, facts=facts))
         except AlreadyDone as exc:  # the wanted end state holds: success, nothing changed
             return {"ok": True, "already": str(exc), "monitor": rt.machine.snapshot()}
         except CommandRefused as exc:
             return {"ok": False, "error": str(exc)}
-        if verb is Verb.CLAIM:  # answer with the outcome, not just "started"
+        if verb in (Verb.CLAIM, Verb.SWITCHOVER):  # answer with the outcome, not "started"
+            purpose = Purpose.CLAIM if verb is Verb.CLAIM else Purpose.SWITCHOVER
             deadline = self.clock() + 10.0
             while (rt.machine.state in (State.PROBING, State.BINDING)
-                   and rt.machine.purpose is Purpose.CLAIM and self.clock() < deadline):
+                   and rt.machine.purpose is purpose and self.clock() < deadline):
                 await rt.changed.wait(timeout=0.5)
             if rt.machine.state is not State.HOLDING:
-                return {"ok": False, "error": f"{name}: claim refused: {rt.machine.reason}",
-                        "monitor": rt.machine.snapshot()}
+                return {"ok": False, "error": f"{name}: {verb.value} refused: "
+                        f"{rt.machine.reason}", "monitor": rt.machine.snapshot()}
         await asyncio.sleep(0)  # let the release/bind task start
         return {"ok": True, "monitor": rt.machine.snapshot()}
 

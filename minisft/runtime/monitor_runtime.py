@@ -21,12 +21,14 @@ from minisft.core.events import Notice
 from minisft.core.io import (
     Input,
     LateReply,
+    PeerAsked,
     PeerPingResult,
     PeerServiceResult,
     PingResult,
     Reconfigured,
     ServiceResult,
     Started,
+    SwitchoverFacts,
 )
 from minisft.core.monitor import MonitorMachine
 from minisft.runtime.driver import ActionDriver, cancel_and_wait
@@ -76,6 +78,7 @@ class MonitorRuntime:
         self.clock = clock
         self.machine = MonitorMachine(config, now=clock())
         self._pinger = pinger
+        self._neighbours = neighbours
         self._check = check
         self.changed = Broadcast()
         self._loops: list[asyncio.Task[None]] = []
@@ -142,6 +145,41 @@ class MonitorRuntime:
                 self.changed.fire()
         for action in actions:
             self.driver.execute(action)
+
+    def peer_asked(self, sender: Any, mac: str) -> None:
+        """A host resolved the address (NeighbourWatch.watch_askers): if it is this
+        monitor's peer_ip, the core learns the peer watches the address."""
+        if self.config.peer_ip is not None and sender == self.config.peer_ip:
+            self.feed(PeerAsked(mac))
+
+    async def switchover_facts(self, local_ip: Any) -> SwitchoverFacts:
+        """What a switchover needs to know, found out at once and side by side: who answers
+        ARP/NDP for the address and for peer_ip, and whether the IsAlive check passes
+        against this node's own local_ip (the check a backup runs on its peer before an
+        automatic fallback). The core judges them (MonitorMachine._switchover)."""
+        probe = self.config.probe
+
+        async def who_answers(ip: Any) -> str | None:
+            if ip is None:
+                return None
+            try:
+                answer = await self._neighbours.probe_answer(ip, probe.count, probe.interval,
+                                                             on_prober="ignore")
+            except OSError as exc:  # the link is down: the core refuses on that first
+                log.warning("%s: switchover: cannot probe %s: %s", self.config.name, ip, exc)
+                return None
+            return answer.mac if answer is not None else None
+
+        async def own_check() -> tuple[bool | None, str]:
+            if self._check is None:
+                return None, ""
+            result = await self._check.run(str(local_ip))
+            return bool(result.ok), str(result.detail)
+
+        holder, peer, (ok, detail) = await asyncio.gather(
+            who_answers(self.config.ip), who_answers(self.config.peer_ip), own_check())
+        return SwitchoverFacts(holder_mac=holder, peer_mac=peer, own_check_ok=ok,
+                               own_check_detail=detail)
 
     # ------------------------------------------------------------- probe loops
 

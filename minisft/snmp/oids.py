@@ -113,6 +113,7 @@ NOTIFICATION: dict[EventKind, tuple[int, str]] = {
     EventKind.LEASE_LOST: (34, "minisftLeaseLost"),
     EventKind.STATE_DIR_FAILING: (35, "minisftStateDirFailing"),
     EventKind.HOOK_FAILED: (36, "minisftHookFailed"),
+    EventKind.SWITCHOVER: (37, "minisftSwitchover"),
 }
 assert set(NOTIFICATION) == set(EventKind), "every event kind needs a notification"
 
@@ -128,7 +129,7 @@ NODE_KINDS = frozenset({EventKind.DAEMON_STARTED, EventKind.DAEMON_STOPPING,
                         EventKind.CONFIG_RELOADED, EventKind.CONFIG_REJECTED,
                         EventKind.TEST_ALERT, EventKind.STATE_DIR_FAILING})
 MAC_KINDS = frozenset({EventKind.YIELDED, EventKind.ADDRESS_IN_USE,
-                       EventKind.ADDRESS_CONFLICT})
+                       EventKind.ADDRESS_CONFLICT, EventKind.SWITCHOVER})
 
 
 def varbinds_for(kind: EventKind) -> tuple[str, ...]:

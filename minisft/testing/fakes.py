@@ -158,6 +158,7 @@ class FakeHost:
         self.fail_bind: str | None = None
         self.log: list[str] = []
         self.watched: dict[IPAddress, Callable[[str], object]] = {}
+        self.askers: dict[IPAddress, Callable[[IPAddress, str], object]] = {}
 
     # ------------------------------------------------------------- the segment
 
@@ -229,8 +230,13 @@ class FakeHost:
     def watch(self, ip: IPAddress, callback: Callable[[str], object]) -> None:
         self.watched[ip] = callback
 
+    def watch_askers(self, ip: IPAddress,
+                     callback: Callable[[IPAddress, str], object]) -> None:
+        self.askers[ip] = callback  # a test plays a host resolving ip: askers[ip](sender, mac)
+
     def unwatch(self, ip: IPAddress) -> None:
         self.watched.pop(ip, None)
+        self.askers.pop(ip, None)
 
     # ------------------------------------------------------------- Pinger
 

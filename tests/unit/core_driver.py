@@ -60,6 +60,7 @@ from minisft.core.io import (
     Reconfigured,
     ServiceResult,
     Started,
+    SwitchoverFacts,
     Tick,
     Verb,
 )
@@ -357,7 +358,17 @@ class Node:
         return self.feed(LinkChanged(up))
 
     def command(self, verb: Verb, by: str = "admin") -> list[Action]:
-        return self.feed(Command(verb, by))
+        facts = self.switchover_facts() if verb is Verb.SWITCHOVER else None
+        return self.feed(Command(verb, by, facts))
+
+    def switchover_facts(self) -> SwitchoverFacts:
+        """What the runtime finds out before a switchover (MonitorRuntime.switchover_facts),
+        read off the wire: who answers for the address and for peer_ip, and this node's
+        own service."""
+        return SwitchoverFacts(
+            holder_mac=self.lan.arp_answer(self), peer_mac=self.lan.peer_mac(self),
+            own_check_ok=self.service_ok if self.config.isalive.enabled else None,
+            own_check_detail="" if self.service_ok else "the simulated service is down")
 
     def conflict(self, mac: str = INTRUDER_MAC) -> list[Action]:
         return self.feed(ConflictSeen(mac))
@@ -560,6 +571,17 @@ class Lan:
         if self.peer_node is not None:
             return self.connected(node, self.peer_node)
         return self.peer is not None and self.peer.up
+
+    def peer_mac(self, node: Node) -> str | None:
+        """Who answers ARP/NDP for `node`'s peer_ip: the other node of a pair, else `peer`."""
+        if node.config.peer_ip is None or not node.wire_up:
+            return None
+        others = [o for o in self.nodes if self.connected(node, o)]
+        if self.peer_node is not None and self.peer_node is not node:
+            return self.peer_node.mac if self.peer_node in others else None
+        if len(self.nodes) == 2:
+            return others[0].mac if others else None
+        return self.peer.mac if self.peer is not None and self.peer.up else None
 
     def peer_service(self, node: Node) -> bool:
         if self.peer_node is not None:

@@ -93,6 +93,9 @@ class FakeHost:
     def watch(self, ip: Any, callback: Callable[[str], object]) -> None:
         self.watched[ip] = callback
 
+    def watch_askers(self, ip: Any, callback: Callable[[Any, str], object]) -> None:
+        pass  # nobody on this fake wire resolves the address
+
     def unwatch(self, ip: Any) -> None:
         self.watched.pop(ip, None)
 

@@ -120,7 +120,8 @@ minisftMIB = ModuleIdentity(
 )
 if mibBuilder.loadTexts:
     minisftMIB.setRevisions(
-        ("2026-12-04 00:00",
+        ("2026-12-05 00:00",
+         "2026-12-04 00:00",
          "2025-01-15 00:00")
     )
 
@@ -1451,6 +1452,27 @@ if mibBuilder.loadTexts:
         "current"
     )
 
+minisftSwitchover = NotificationType(
+    (1, 3, 6, 1, 4, 1, 32473, 0, 37)
+)
+minisftSwitchover.setObjects(
+      *(("MINISFT-MIB", "minisftEventSeq"),
+        ("MINISFT-MIB", "minisftEventKind"),
+        ("MINISFT-MIB", "minisftEventSeverity"),
+        ("MINISFT-MIB", "minisftEventTime"),
+        ("MINISFT-MIB", "minisftEventNode"),
+        ("MINISFT-MIB", "minisftEventReason"),
+        ("MINISFT-MIB", "minisftEventMonitor"),
+        ("MINISFT-MIB", "minisftEventAddressType"),
+        ("MINISFT-MIB", "minisftEventAddress"),
+        ("MINISFT-MIB", "minisftEventNewState"),
+        ("MINISFT-MIB", "minisftEventPeerMac"))
+)
+if mibBuilder.loadTexts:
+    minisftSwitchover.setStatus(
+        "current"
+    )
+
 
 # Notifications groups
 
@@ -1493,7 +1515,8 @@ minisftNotificationGroup.setObjects(
         ("MINISFT-MIB", "minisftRejoined"),
         ("MINISFT-MIB", "minisftLeaseLost"),
         ("MINISFT-MIB", "minisftStateDirFailing"),
-        ("MINISFT-MIB", "minisftHookFailed"))
+        ("MINISFT-MIB", "minisftHookFailed"),
+        ("MINISFT-MIB", "minisftSwitchover"))
 )
 if mibBuilder.loadTexts:
     minisftNotificationGroup.setStatus(
@@ -1570,6 +1593,7 @@ mibBuilder.export_symbols(
        "minisftLeaseLost": minisftLeaseLost,
        "minisftStateDirFailing": minisftStateDirFailing,
        "minisftHookFailed": minisftHookFailed,
+       "minisftSwitchover": minisftSwitchover,
        "minisftObjects": minisftObjects,
        "minisftNode": minisftNode,
        "minisftNodeName": minisftNodeName,
