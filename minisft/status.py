@@ -388,6 +388,8 @@ class PoolStatus:
             "reason": self.reason, "isolated": self.isolated, "link_up": self.link_up,
             "held": list(self.held), "members": [m.to_dict() for m in self.members],
             "drift": list(self.drift), "counters": dict(self.counters)}
+        if self.backend == "etcd":  # always there for etcd pools, null when none
+            known["config_drift"] = self.config_drift
         return _written(_optional(
             known, backend=self.backend, config_drift=self.config_drift,
             assignment=None if self.assignment is None else dict(self.assignment),

@@ -12,7 +12,7 @@ from typing import Any
 
 from minisft import __version__
 from minisft.config.model import DEFAULT_CONFIG_PATH
-from minisft.status import StatusDocument, StatusError, parse
+from minisft.status import PoolAddressStatus, StatusDocument, StatusError, parse
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -329,8 +329,14 @@ def format_status(st: StatusDocument, now: float | None = None) -> str:
                 lines.append(f"  CONFIG DRIFT: {pool.config_drift}")
         if pool.reason:
             lines.append(f"  {pool.reason}")
-        for address, owner in sorted((pool.assignment or {}).items()):
-            lines.append(f"  {address} -> {owner}")
+        if pool.placement:
+            rows = [("ADDRESS", "OWNER", "PREFERRED", "STATE", "MOVES")]
+            rows.extend((str(a.address), _owner_text(a), str(a.preferred or "-"),
+                         _placement_state(a), str(a.moves)) for a in pool.placement)
+            lines.extend("  " + row for row in _table(rows))
+        else:  # a daemon from before the placement table
+            for address, owner in sorted((pool.assignment or {}).items()):
+                lines.append(f"  {address} -> {owner}")
     sinks = st.sinks
     if sinks:
         parts = []
@@ -348,6 +354,19 @@ def format_status(st: StatusDocument, now: float | None = None) -> str:
             parts.append(text)
         lines.append("sinks: " + "; ".join(parts))
     return "\n".join(lines)
+
+
+def _owner_text(address: PoolAddressStatus) -> str:
+    if address.state == "duplicate":
+        return "+".join(address.holders)
+    return address.owner or "NOBODY"
+
+
+def _placement_state(address: PoolAddressStatus) -> str:
+    """The state, and whether it is where it belongs: an admin scans for the odd one."""
+    if address.owner is None or address.state != "held":
+        return address.state or "?"
+    return "held" if address.on_preferred else "held, not preferred"
 
 
 def _table(rows: list[tuple[str, ...]]) -> list[str]:

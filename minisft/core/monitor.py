@@ -372,9 +372,11 @@ class MonitorMachine:
         """After an automatic fallback, how long the primary gets to claim the address."""
         return 2 * self.config.detection_time + self.config.probe.duration + 1.0
 
-    def snapshot(self) -> dict[str, Any]:
-        """The monitor's state for `minisft status --json`, check_minisft and SNMP."""
+    def snapshot(self, now: float | None = None) -> dict[str, Any]:
+        """The monitor's state for `minisft status --json`, check_minisft and SNMP; the
+        durations in it as of `now` (default: the last input's time)."""
         c = self.config
+        now = self.now if now is None else now
         return {
             "name": c.name,
             "address": str(c.ip),
@@ -388,7 +390,7 @@ class MonitorMachine:
             "reason": self.reason,
             "link_up": self.link_up,
             "conflict_open": self.conflict_open,
-            "seconds_since_change": round(max(0.0, self.now - self.last_change), 3),
+            "seconds_since_change": round(max(0.0, now - self.last_change), 3),
             "looksalive": {
                 "health": self.looks.health.value,
                 "misses": self.looks.misses,
@@ -410,7 +412,7 @@ class MonitorMachine:
                 "ip": str(c.peer_ip) if c.peer_ip else None,
                 "health": self.peer.health.value,
                 "rtt_ms": _ms(self.peer.last_rtt),
-                "up_for": round(self.now - self.peer.up_since, 3)
+                "up_for": round(now - self.peer.up_since, 3)
                 if self.peer.up_since is not None else None,
                 "fallback": c.fallback.mode.value,
                 "hold_down": c.fallback.hold_down,

@@ -22,7 +22,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from minisft.status import MonitorStatus, StatusDocument
+from minisft.status import MonitorStatus, PoolStatus, StatusDocument
 
 log = logging.getLogger("minisft.prometheus")
 
@@ -31,6 +31,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MONITOR_STATES = ("starting", "watching", "probing", "binding", "holding")
 HOLDERS = ("self", "other", "none", "unknown")
 HEALTHS = ("unknown", "up", "degraded", "down")
+POOL_ADDRESS_STATES = ("held", "free", "probing", "binding", "duplicate")
 
 # Counter keys of MonitorMachine.counters, with their help text; unknown keys still render.
 COUNTER_HELP = {
@@ -140,6 +141,7 @@ def render_metrics(status: StatusDocument) -> bytes:
     _render_sinks(status.sinks, family)
     family("minisft_pools", "gauge", "Address pools configured on this node.").add(
         len(status.pools))
+    _render_pools(status.pools, family)
 
     return "".join(f.render() for f in fam.values()).encode("utf-8")
 
@@ -233,6 +235,39 @@ def _render_monitors(monitors: Iterable[MonitorStatus],
         since.add(_num(mon.seconds_since_change), monitor=m)
         for key, fam in counters.items():
             fam.add(_num(mon.counters.get(key, 0)), monitor=m)
+
+
+def _render_pools(pools: Iterable[PoolStatus],
+                  family: Callable[[str, str, str], _Family]) -> None:
+    active = family("minisft_pool_member_active", "gauge",
+                    "1 when this node is an active member of the pool: it hears a quorum, "
+                    "so its view of who holds each address is complete.")
+    owner = family("minisft_pool_address_owner", "gauge",
+                   "The member holding the pool address, as the owner label; always 1. "
+                   "No series while nobody holds it, one per holder while two do.")
+    preferred = family("minisft_pool_address_preferred_owner", "gauge",
+                       "The member the pool's formula places the address on while every "
+                       "member is up (its home), as the preferred label; always 1.")
+    placement = family("minisft_pool_address_placement", "gauge",
+                       "1 when the pool address is held by its preferred member alone.")
+    state = family("minisft_pool_address_state", "gauge",
+                   "State of the pool address (one-hot): held, free (held by nobody), "
+                   "probing or binding (this node is taking it), duplicate (two holders).")
+    moves = family("minisft_pool_address_moves_total", "counter",
+                   "Times this node saw the pool address move from one member to another.")
+    for pool in pools:
+        p = pool.name or ""
+        active.add(pool.phase == "active", pool=p)
+        for a in pool.placement:
+            address = a.address or ""
+            for holder in a.holders:
+                owner.add(1, pool=p, address=address, owner=holder)
+            if a.preferred is not None:
+                preferred.add(1, pool=p, address=address, preferred=a.preferred)
+            placement.add(a.on_preferred, pool=p, address=address)
+            for value in _with(POOL_ADDRESS_STATES, a.state):
+                state.add(a.state == value, pool=p, address=address, state=value)
+            moves.add(a.moves, pool=p, address=address)
 
 
 def _render_sinks(sinks: Iterable[Mapping[str, Any]],

@@ -5,9 +5,11 @@ server runs it every few seconds for many hosts): probe -> metrics -> evaluation
 
 * probe:      `read_status` reads STATE_DIR/status.json and proves the daemon is alive
               (file present and readable, pid running, updated recently); otherwise UNKNOWN.
-* metrics:    `monitor_metrics` / `sink_metrics` turn it into named values with units.
-* evaluation: `evaluate_monitor` / `evaluate_sink` apply the failover rules, and `Range`
-              applies the -w/-c thresholds, each yielding `Result`s carrying a `State`.
+* metrics:    `monitor_metrics` / `pool_metrics` / `sink_metrics` turn it into named
+              values with units.
+* evaluation: `evaluate_monitor` / `evaluate_pool` / `evaluate_sink` apply the failover
+              rules, and `Range` applies the -w/-c thresholds, each yielding `Result`s
+              carrying a `State`.
 * summary:    `summarize` picks the worst state and writes the plugin output.
 
 Only the standard library is imported at start-up; yaml only when a config file must be
@@ -33,6 +35,7 @@ from minisft.status import (
     DEFAULT_CONFIG,
     DEFAULT_STATE_DIR,
     MonitorStatus,
+    PoolStatus,
     StatusDocument,
     StatusError,
     load,
@@ -288,6 +291,21 @@ def _float(value: Any) -> float | None:
     return float(value)
 
 
+def pool_metrics(pool: PoolStatus) -> list[Metric]:
+    name = _pool_name(pool)
+    held = [a for a in pool.placement if a.owner is not None]
+    return [
+        Metric(f"pool_{name}_held", len(held), "", minimum=0, maximum=len(pool.placement)),
+        Metric(f"pool_{name}_off_preferred", sum(not a.on_preferred for a in held), "",
+               minimum=0, maximum=len(pool.placement)),
+        Metric(f"pool_{name}_moves", sum(a.moves for a in pool.placement), "c"),
+    ]
+
+
+def _pool_name(pool: PoolStatus) -> str:
+    return "?" if pool.name is None else pool.name
+
+
 def sink_metrics(sink: Mapping[str, Any]) -> list[Metric]:
     name = str(sink.get("name", "?"))
     return [
@@ -366,6 +384,43 @@ def _threshold(found: list[Result], name: str, what: str, value: float,
         found.append(Result(State.WARNING, name, f"{what} {_num(value)} ms (warning {warning})"))
 
 
+def evaluate_pool(pool: PoolStatus) -> list[Result]:
+    """The pool rules, per address as this member sees it, worst first; [] when OK.
+
+    Only an active member's view is judged: a member that is starting, joining, isolated
+    or fenced does not hear the others (their addresses would all look held by nobody),
+    so that is one WARNING, and the members that do hear each other judge the addresses."""
+    subject = f"pool {_pool_name(pool)}"
+    found: list[Result] = []
+
+    def add(st: State, text: str) -> None:
+        found.append(Result(st, subject, _clean(text)))
+
+    if pool.phase != "active":
+        add(State.WARNING, f"member {pool.member} is {pool.phase}: {pool.reason or ''}"
+                           " (its view of the holders is not judged)")
+        return found
+    for a in pool.placement:
+        if a.state == "duplicate":
+            add(State.CRITICAL, f"{a.address} is held by {' and '.join(a.holders)} at once")
+        elif a.owner is None:
+            underway = f", {pool.member} is {a.state} it" if a.state in ("probing",
+                                                                        "binding") else ""
+            add(State.CRITICAL, f"{a.address} is held by nobody{underway}")
+        elif not a.on_preferred:
+            add(State.WARNING, f"{a.address} is on {a.owner}, not on its preferred member "
+                               f"{a.preferred} (no fallback yet)")
+    found.sort(key=lambda r: -r.state.code)
+    return found
+
+
+def describe_pool(pool: PoolStatus) -> str:
+    """The all-is-well phrase: `pool front: 3 addresses on their preferred members`."""
+    n = len(pool.placement)
+    return (f"pool {_pool_name(pool)}: {n} address{'es' if n != 1 else ''} on "
+            f"{'their' if n != 1 else 'its'} preferred member{'s' if n != 1 else ''}")
+
+
 def describe_monitor(mon: MonitorStatus) -> str:
     """The short all-is-well phrase: `web holding`, `db watching`."""
     state = "?" if mon.state is None else mon.state
@@ -393,11 +448,12 @@ def _clean(text: str) -> str:
 class Check:
     """Everything one run found, ready to be summarized."""
 
-    __slots__ = ("details", "metrics", "monitors", "node", "results", "sinks")
+    __slots__ = ("details", "metrics", "monitors", "node", "pools", "results", "sinks")
 
     def __init__(self, node: str) -> None:
         self.node = node
         self.monitors: list[MonitorStatus] = []
+        self.pools: list[PoolStatus] = []
         self.sinks: list[Mapping[str, Any]] = []
         self.results: list[Result] = []
         self.metrics: list[Metric] = []
@@ -412,20 +468,21 @@ def run_check(status: StatusDocument, args: argparse.Namespace, now: float) -> C
     node = _clean(status.node or "?")
     check = Check(node)
     th = Thresholds(args)
-    monitors = list(status.monitors)
-    if args.monitor:
-        known = {str(m.name) for m in monitors}
-        missing = [n for n in args.monitor if n not in known]
-        if missing:
-            raise CheckError(f"no monitor named {', '.join(missing)} on {node} "
-                             f"(known: {', '.join(sorted(known)) or 'none'})")
-        monitors = [m for m in monitors if m.name in args.monitor]
+    # --monitor and --pool select what they name and leave out the rest: a service per
+    # monitor and a service per pool do not report each other's problems
+    monitors = _selected("monitor", list(status.monitors), args.monitor,
+                         args.pool is not None, node)
+    pools = _selected("pool", list(status.pools), args.pool, args.monitor is not None, node)
     if args.no_monitors:
-        monitors = []
+        monitors, pools = [], []
     check.monitors = monitors
+    check.pools = pools
     for mon in monitors:
         check.results.extend(evaluate_monitor(mon, th))
         check.metrics.extend(monitor_metrics(mon, th, now))
+    for pool in pools:
+        check.results.extend(evaluate_pool(pool))
+        check.metrics.extend(pool_metrics(pool))
     if not args.no_sinks:
         check.sinks = list(status.sinks)
         for sink in check.sinks:
@@ -436,6 +493,20 @@ def run_check(status: StatusDocument, args: argparse.Namespace, now: float) -> C
     check.metrics.append(Metric("status_age", round(max(0.0, age), 3), "s", minimum=0))
     check.details = _details(status, check, args.verbose)
     return check
+
+
+def _selected(kind: str, subjects: list[Any], names: list[str] | None, other_named: bool,
+              node: str) -> list[Any]:
+    """The monitors (or pools) to check: those `names` lists; all when neither --monitor
+    nor --pool was given; none when only the other option was."""
+    if names is None:
+        return [] if other_named else subjects
+    known = {str(s.name) for s in subjects}
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise CheckError(f"no {kind} named {', '.join(missing)} on {node} "
+                         f"(known: {', '.join(sorted(known)) or 'none'})")
+    return [s for s in subjects if s.name in names]
 
 
 def _details(status: StatusDocument, check: Check, verbose: int) -> list[str]:
@@ -463,6 +534,16 @@ def _details(status: StatusDocument, check: Check, verbose: int) -> list[str]:
                     f"{isalive.detail or ''}"))
             lines.append("    counters: " + " ".join(
                 f"{k}={v}" for k, v in mon.counters.items()))
+    for pool in check.pools:
+        problems = [r for r in check.results if r.subject == f"pool {_pool_name(pool)}"]
+        lines.append(_clean(
+            f"[{worst([r.state for r in problems]).label}] pool {pool.name} as "
+            f"{pool.member}: {pool.phase}"
+            + (f": {'; '.join(r.text for r in problems)}" if problems else "")))
+        for a in pool.placement:
+            lines.append("    " + _clean(
+                f"{a.address} owner={a.owner or '-'} preferred={a.preferred or '-'} "
+                f"state={a.state} moves={a.moves}"))
     for sink in check.sinks:
         bad = evaluate_sink(sink)
         lines.append(_clean(
@@ -484,9 +565,13 @@ def summarize(check: Check) -> str:
     state = check.state
     if state is State.OK:
         n = len(check.monitors)
+        parts = []
         if n:
             shown = ", ".join(describe_monitor(m) for m in check.monitors)
-            text = f"{check.node}: {n} monitor{'s' if n != 1 else ''} as configured ({shown})"
+            parts.append(f"{n} monitor{'s' if n != 1 else ''} as configured ({shown})")
+        parts.extend(describe_pool(p) for p in check.pools)
+        if parts:
+            text = f"{check.node}: " + ", ".join(parts)
         else:
             text = f"{check.node}: daemon running, no monitors checked"
         if check.sinks:
@@ -522,10 +607,13 @@ states:
             holding it); a check is degraded (LooksAlive degraded, IsAlive failing but not
             yet dead, RTT or latency beyond -w/--isalive-warning); a monitor is paused;
             the node's link is down; an alert sink is retrying or dropping events; the
-            holder is not known yet (just started).
+            holder is not known yet (just started); a pool address is held by a member
+            other than its preferred one (the formula's home for it: no fallback yet);
+            this pool member is not active (starting, joining, isolated, fenced).
   CRITICAL  an address is held by nobody; an address conflict is open; a service is dead
             behind a live host (IsAlive dead); this node holds an address with its link
-            down; RTT or latency beyond -c/--isalive-critical.
+            down; RTT or latency beyond -c/--isalive-critical; a pool address is held by
+            nobody, or by two members at once.
   UNKNOWN   bad arguments; the daemon cannot be reached: status file missing, unreadable,
             not valid, older than --max-age, written by a daemon that stopped, or its
             pid is not running; timeout.
@@ -540,13 +628,17 @@ thresholds (Monitoring Plugins range syntax, alert when the value is ...):
 perfdata (a metric without a value, e.g. the RTT of an address held here, is left out)
   per monitor NAME: NAME_rtt (ms), NAME_isalive (ms, when IsAlive is configured),
   NAME_takeovers, NAME_fallbacks, NAME_conflicts, NAME_service_alarms, NAME_lost (counters),
-  NAME_since_change (s); per sink: sink_S_pending, sink_S_dropped, sink_S_failures;
-  status_age (s).
+  NAME_since_change (s); per pool P: pool_P_held (addresses held by a member),
+  pool_P_off_preferred (of those, held away from their preferred member), pool_P_moves
+  (counter: holder changes seen); per sink: sink_S_pending, sink_S_dropped,
+  sink_S_failures; status_age (s).
 
 examples:
   check_minisft                                 all monitors and sinks (default config)
   check_minisft --monitor web --no-sinks -w 5 -c 20
                                                 one address, RTT warn > 5 ms, crit > 20 ms
+  check_minisft --pool front --no-sinks         one address pool: every address held,
+                                                each on its preferred member
   check_minisft --no-monitors                   only the daemon and its alert sinks
   check_minisft --status /srv/minisft/status.json --max-age 10 -vv
   check_minisft --config /etc/minisft/lab.yaml --isalive-critical 2000
@@ -576,8 +668,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", metavar="FILE", help="status file to read (overrides --config)")
     p.add_argument("-m", "--monitor", metavar="NAME", action="append",
                    help="check only this monitor (repeatable; default: all)")
+    p.add_argument("-p", "--pool", metavar="NAME", action="append",
+                   help="check only this address pool (repeatable; default: all monitors "
+                        "and pools; with --monitor, the monitors named too)")
     p.add_argument("--no-monitors", action="store_true",
-                   help="check only the daemon and its sinks")
+                   help="check only the daemon and its sinks (no monitors, no pools)")
     p.add_argument("--no-sinks", action="store_true",
                    help="ignore alert sink health (for per-monitor services)")
     p.add_argument("-w", "--warning", metavar="RANGE", type=parse_range,
@@ -618,8 +713,9 @@ def _on_alarm(signum: int, frame: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.no_monitors and args.monitor:
-        print("MINISFT UNKNOWN - usage error: --monitor and --no-monitors exclude each other")
+    if args.no_monitors and (args.monitor or args.pool):
+        print("MINISFT UNKNOWN - usage error: --monitor/--pool and --no-monitors exclude "
+              "each other")
         return State.UNKNOWN.code
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.setitimer(signal.ITIMER_REAL, args.timeout)

@@ -77,10 +77,12 @@ from minisft.config.model import (
 )
 from minisft.core.actions import OnProber
 from minisft.core.events import EventKind, Notice, Severity
-from minisft.pools.formula import assign
+from minisft.pools.formula import assign, home
 from minisft.pools.machine import ANNOUNCE, PROBE
+from minisft.pools.placement import HolderHistory, placement
 from minisft.runtime.driver import ActionDriver
 from minisft.runtime.ports import Neighbours, Netlink, Pinger
+from minisft.status import PoolAddressStatus
 
 log = logging.getLogger("minisft.pools.etcd")
 T = TypeVar("T")
@@ -507,7 +509,7 @@ class EtcdPoolRuntime:
         self.owners: dict[str, Owner] = {}
         self.assignment: dict[str, str] = {}
         self.counters = Counters()
-        self.last_holder: dict[str, str] = {}
+        self.last_holder = HolderHistory()
         self._set_definition(pool)
         self.slots: dict[str, Slot] = dict.fromkeys(self.keys, Slot.FREE)
         self._retry_at: dict[str, float] = {}
@@ -772,7 +774,7 @@ class EtcdPoolRuntime:
                                           members[self.node].lease != self.lease_id):
             await self._register()  # deleted by hand, or written by a previous boot
         for key, owner in owners.items():
-            self.last_holder[key] = owner.member
+            self.last_holder.saw(key, owner.member)
         if self._first_read:
             self.startup = StartupWindow.at_first_read(
                 self.clock(), self.timing.startup_window, self.node, owners.values(),
@@ -915,7 +917,7 @@ class EtcdPoolRuntime:
                 self._parse_into(kv, {}, owners)
                 if addr in owners:
                     self.owners[addr] = owners[addr]
-                    self.last_holder[addr] = owners[addr].member
+                    self.last_holder.saw(addr, owners[addr].member)
             else:
                 self.owners.pop(addr, None)
         self._wake.set()
@@ -1276,7 +1278,7 @@ class EtcdPoolRuntime:
         if not won:
             return  # the watch brings the new owner; the next pass releases it here
         self.slots[key] = Slot.HELD
-        self.last_holder[key] = self.node
+        self.last_holder.saw(key, self.node)
         self.counters.adoptions += 1
         self._next_announce[key] = self.clock() + ANNOUNCE.refresh
         self._emit(EventKind.ADOPTED, "pool address already bound here at start-up: etcd "
@@ -1326,7 +1328,7 @@ class EtcdPoolRuntime:
                 return
             self.slots[key] = Slot.HELD
             self._conflict_open.discard(key)
-            self.last_holder[key] = self.node
+            self.last_holder.saw(key, self.node)
             self._next_announce[key] = self.clock() + ANNOUNCE.refresh
             if before is not None and before != self.node:
                 self.counters.takeovers += 1
@@ -1367,6 +1369,18 @@ class EtcdPoolRuntime:
 
     # ------------------------------------------------------------- status
 
+    def holders(self) -> dict[str, tuple[str, ...]]:
+        """Who holds each address: the member its owner key in etcd names (one per key;
+        while this member probes and binds after winning the key, that is itself)."""
+        return {k: (self.owners[k].member,) if k in self.owners else () for k in self.keys}
+
+    def placement(self) -> tuple[PoolAddressStatus, ...]:
+        """Every address with its owner, its preferred owner (home, per the etcd
+        definition in force) and state (held or free: an owner key has no half-way)."""
+        return placement(self.keys, self.holders(),
+                         home(self.keys, self.weights, self.preferred, pool=self.pool.name),
+                         {}, self.last_holder.moves)
+
     def snapshot(self) -> dict[str, Any]:
         now = self.clock()
         members = []
@@ -1405,6 +1419,7 @@ class EtcdPoolRuntime:
             "assignment": dict(self.assignment),
             "owners": {k: o.member for k, o in sorted(self.owners.items())},
             "addresses": {k: self.slots[k].value for k in self.keys},
+            "placement": [p.to_dict() for p in self.placement()],
             "held": held,
             "wants": [],
             "counters": dict(vars(self.counters)),

@@ -50,7 +50,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
-__all__ = ["assign", "caps", "ranking", "score"]
+__all__ = ["assign", "caps", "home", "ranking", "score"]
 
 _TWO64 = float(2**64)
 
@@ -123,3 +123,10 @@ def assign(addresses: Iterable[str], members_alive: Mapping[str, int],
     load = Counter(out.values())
     _place(pool, [a for a in walk if a not in out], alive, load, out, total)
     return out
+
+
+def home(addresses: Iterable[str], roster: Mapping[str, int],
+         preferred: Mapping[str, str] | None = None, *, pool: str = "") -> dict[str, str]:
+    """The home assignment (step 2): where each address goes while every configured
+    member is alive, its preferred owner. Monitoring compares the holder with it."""
+    return assign(addresses, roster, preferred, roster, pool=pool)

@@ -104,8 +104,10 @@ from minisft.pools.actions import (
     Tick,
     WitnessResult,
 )
-from minisft.pools.formula import assign, ranking
+from minisft.pools.formula import assign, home, ranking
+from minisft.pools.placement import HolderHistory, placement
 from minisft.pools.protocol import config_digest
+from minisft.status import PoolAddressStatus
 
 
 class Phase(StrEnum):
@@ -191,7 +193,8 @@ class PoolMachine:
                 self.preferred[key] = member
         self.views = {n: MemberView(n, self.weights[n]) for n in names if n != self.me}
         self.slots = dict.fromkeys(self.keys, Slot.FREE)
-        self.last_holder: dict[str, str] = {}
+        self.last_holder = HolderHistory()
+        self.home = home(self.keys, self.weights, self.preferred, pool=self.pool.name)
         self.assignment: dict[str, str] = {}
         self.wants: frozenset[str] = frozenset()
         self._probe_tokens: dict[int, str] = {}
@@ -255,6 +258,27 @@ class PoolMachine:
             "digest": self.digest,
         }
 
+    def holders(self) -> dict[str, tuple[str, ...]]:
+        """Who holds each address as this member sees it: itself for what it has bound,
+        then each live member whose heartbeats claim it (a lost member's last claims do
+        not count: the address is not reachable there)."""
+        out: dict[str, list[str]] = {a: [] for a in self.keys}
+        for a in self.held:
+            out[a].append(self.me)
+        for name in self.order:
+            v = self.views.get(name)
+            if v is not None and v.alive:
+                for a in sorted(v.holds):
+                    out[a].append(name)
+        return {a: tuple(h) for a, h in out.items()}
+
+    def placement(self) -> tuple[PoolAddressStatus, ...]:
+        """Every address with its owner, its preferred owner (home) and state."""
+        taking = {a: self.slots[a].value for a in self.keys
+                  if self.slots[a] in (Slot.PROBING, Slot.BINDING)}
+        return placement(self.keys, self.holders(), self.home, taking,
+                         self.last_holder.moves)
+
     def snapshot(self) -> dict[str, Any]:
         members = [{
             "name": self.me, "self": True, "weight": self.weights[self.me],
@@ -289,6 +313,7 @@ class PoolMachine:
             "members": members,
             "assignment": dict(self.assignment),
             "addresses": {a: self.slots[a].value for a in self.keys},
+            "placement": [p.to_dict() for p in self.placement()],
             "held": self.held,
             "wants": sorted(self.wants),
             "counters": dict(vars(self.counters)),
@@ -369,7 +394,7 @@ class PoolMachine:
         self._joined_at = self.now
         for a in sorted(ev.held & set(self.keys)):
             self.slots[a] = Slot.HELD
-            self.last_holder[a] = self.me
+            self.last_holder.saw(a, self.me)
             self._next_announce[a] = self.now + ANNOUNCE.refresh
             self._emit(EventKind.ADOPTED, "pool address already bound here at start-up: "
                        "adopted and announced again", address=a)
@@ -389,7 +414,7 @@ class PoolMachine:
         v.wants = ev.wants
         v.lost = ev.lost
         for a in v.holds:
-            self.last_holder[a] = ev.member
+            self.last_holder.saw(a, ev.member)
         if ev.digest != self.digest and not v.drift:
             v.drift = True
             self._emit(EventKind.CONFIG_DRIFT,
@@ -479,7 +504,7 @@ class PoolMachine:
         self._conflict_open.discard(a)
         self._next_announce[a] = self.now + ANNOUNCE.refresh
         before = self.last_holder.get(a)
-        self.last_holder[a] = self.me
+        self.last_holder.saw(a, self.me)
         self._do(SendHeartbeat())
         if before is not None and before != self.me:
             self.counters.takeovers += 1

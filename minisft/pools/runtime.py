@@ -67,8 +67,6 @@ class PoolRuntime:
         self.clock = clock
         self.machine = PoolMachine(pool, node, now=clock())
         self.transport = PoolTransport(pool, node, on_heartbeat=self._on_heartbeat, wall=wall)
-        self._addresses = addresses
-        self._iface = iface
         self._pinger = pinger
         self._by_key: dict[str, IPInterface] = {str(a): a for a in pool.addresses}
         self._loops: list[asyncio.Task[None]] = []
@@ -118,6 +116,10 @@ class PoolRuntime:
             await asyncio.sleep(0)  # let the datagram go out before the socket closes
         self.transport.close()
         self._started = False
+
+    def handover(self) -> None:
+        """Nothing to hand to a replacement: an embedded pool's identity is its config."""
+        return None
 
     def rebalance(self, by: str = "cli") -> None:
         """Admin: hand addresses to the members the formula gives them (manual fallback)."""
@@ -183,12 +185,11 @@ class PoolRuntime:
     async def _housekeeping_loop(self) -> None:
         while True:
             try:
-                up = await self.driver.netlink(self._addresses.link_up, self._iface)
+                up = await self.driver.link_up()
                 if up != self.machine.link_up:
                     self.feed(LinkChanged(up))
                 for key in self.machine.held:
-                    present = await self.driver.netlink(self._addresses.has_address, self._iface,
-                                                  self._by_key[key].ip)
+                    present = await self.driver.has_address(key)
                     if not present:
                         self.feed(AddressGone(key))
             except asyncio.CancelledError:

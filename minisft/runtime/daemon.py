@@ -18,21 +18,24 @@ import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from minisft import __version__
 from minisft.config.model import Config, MonitorConfig, PoolConfig
 from minisft.core.events import Event, EventKind, Notice, Severity
-from minisft.core.io import AddressVanished, Command, ConflictSeen, LinkChanged, Tick, Verb
-from minisft.core.monitor import AlreadyDone, CommandRefused, Purpose, State
+from minisft.core.io import Command, ConflictSeen, LinkChanged, Tick, Verb
+from minisft.core.monitor import AlreadyDone, CommandRefused
+from minisft.pools.backend import PoolBackend
+from minisft.pools.runtime import PoolRuntime
 from minisft.probes.looksalive import Pinger
 from minisft.runtime import systemd
 from minisft.runtime.control import ControlError, ControlServer
 from minisft.runtime.driver import in_netlink_thread
 from minisft.runtime.journald import EVENT_ATTR
 from minisft.runtime.monitor_runtime import Check, MonitorRuntime
+from minisft.runtime.reload import Change, ReloadDiff, ReloadPlan, ReloadRefused, needs_restart
 from minisft.sinks.factory import build_sinks
 from minisft.status import (
     STATUS_NAME,
@@ -53,25 +56,6 @@ STATUS_EVERY = 1.0
 
 class StartupError(Exception):
     """The daemon cannot start; nothing on the host was changed."""
-
-
-class ReloadRefused(Exception):
-    """A reload cannot be applied; nothing running was changed."""
-
-
-@dataclass
-class _ReloadPlan:
-    """What a reload prepared before touching anything running (see Daemon._prepare)."""
-
-    config: Config
-    checks: dict[str, Check | None] = field(default_factory=dict)  # changed/added monitors
-    pools: dict[str, Any] = field(default_factory=dict)  # embedded pools, socket open
-    sinks: list[Any] | None = None  # None: alerting unchanged
-
-    def discard(self) -> None:
-        for rt in self.pools.values():
-            rt.transport.close()
-        self.pools.clear()
 
 
 def _severity_to_logging(sev: Severity) -> int:
@@ -95,7 +79,7 @@ class Daemon:
         self.wall = wall
         self.started_at = wall()
         self.runtimes: dict[str, MonitorRuntime] = {}
-        self.pools: dict[str, Any] = {}  # name -> PoolRuntime (same interface per backend)
+        self.pools: dict[str, PoolBackend] = {}
         self._stop = asyncio.Event()
         self._stop_reason = "stopped"
         self._netlink_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
@@ -258,32 +242,37 @@ class Daemon:
             rt.feed(LinkChanged(False))
         return rt
 
-    async def _add_pool(self, pool: PoolConfig, resume: Any = None) -> None:
-        rt = self._make_pool_runtime(pool, resume)
-        if not pool.coordination.etcd:
+    async def _add_pool(self, pool: PoolConfig, resume: object | None = None) -> None:
+        rt: PoolBackend
+        if pool.coordination.etcd:
+            rt = self._make_etcd_pool(pool, resume)
+        else:
+            rt = embedded = self._make_embedded_pool(pool)
             try:
-                rt.transport.open()
+                embedded.transport.open()
             except OSError as exc:
                 raise StartupError(self._cannot_listen(pool, exc)) from None
         await self._start_pool(pool, rt)
 
-    def _make_pool_runtime(self, pool: PoolConfig, resume: Any = None) -> Any:
-        common: dict[str, Any] = dict(
-            node=self.config.node.name, clock=self.clock, neighbours=self.neighbours,
-            addresses=self.netlink, iface=self.iface, netlink_executor=self._netlink_pool,
-            emit=self.emit, wall=self.wall)
-        if pool.coordination.etcd:
-            # Imported here: aetcd and grpc load only on nodes with an etcd pool.
-            from minisft.pools.etcd_backend import EtcdPoolRuntime
+    def _make_embedded_pool(self, pool: PoolConfig) -> PoolRuntime:
+        return PoolRuntime(pool, node=self.config.node.name, clock=self.clock,
+                           neighbours=self.neighbours, addresses=self.netlink,
+                           iface=self.iface, netlink_executor=self._netlink_pool,
+                           emit=self.emit, wall=self.wall, pinger=self.pinger)
 
-            # No listening socket: etcd being down at start is not fatal, the
-            # runtime keeps retrying and holds nothing until it has a lease.
-            return EtcdPoolRuntime(pool, pinger=None, resume=resume, **common)
-        from minisft.pools.runtime import PoolRuntime
+    def _make_etcd_pool(self, pool: PoolConfig, resume: object | None) -> PoolBackend:
+        # Imported here: aetcd and grpc load only on nodes with an etcd pool.
+        from minisft.pools.etcd_backend import EtcdPoolRuntime, LeaseHandover
 
-        return PoolRuntime(pool, pinger=self.pinger, **common)
+        # No listening socket: etcd being down at start is not fatal, the
+        # runtime keeps retrying and holds nothing until it has a lease.
+        return EtcdPoolRuntime(pool, node=self.config.node.name, clock=self.clock,
+                               neighbours=self.neighbours, addresses=self.netlink,
+                               iface=self.iface, netlink_executor=self._netlink_pool,
+                               emit=self.emit, wall=self.wall, pinger=None,
+                               resume=resume if isinstance(resume, LeaseHandover) else None)
 
-    async def _start_pool(self, pool: PoolConfig, rt: Any) -> None:
+    async def _start_pool(self, pool: PoolConfig, rt: PoolBackend) -> None:
         """Start a pool runtime (an embedded one has its socket open already), adopting
         the pool's addresses that are on the interface."""
         held = [a for a in pool.addresses
@@ -381,12 +370,7 @@ class Daemon:
             if up and self.clock() >= next_address_check:
                 next_address_check = self.clock() + ADDRESS_POLL
                 for rt in list(self.runtimes.values()):
-                    # mode instead: the address lives in a cloud API, not on this link
-                    if rt.machine.state is State.HOLDING and rt.config.hooks.binds_locally:
-                        present = await self._in_netlink(self.netlink.has_address, self.iface,
-                                                         rt.config.ip)
-                        if not present and rt.machine.state is State.HOLDING:
-                            rt.feed(AddressVanished())
+                    await rt.look_for_vanished_address()
 
     async def _status_loop(self) -> None:
         last = 0.0
@@ -405,9 +389,8 @@ class Daemon:
         now_wall = self.wall()
         monitors = []
         for rt in self.runtimes.values():
-            snap = rt.machine.snapshot()
-            rt.machine.now = self.clock()
-            since = round(max(0.0, self.clock() - rt.machine.last_change), 3)
+            snap = rt.snapshot()
+            since = snap["seconds_since_change"]
             monitors.append(MonitorStatus.from_dict(
                 {**snap, "seconds_since_change": since, "last_change_time": now_wall - since}))
         return StatusDocument(
@@ -489,25 +472,17 @@ class Daemon:
             known = ", ".join(sorted(self.runtimes)) or "none"
             return {"ok": False, "error": f"no monitor named {name!r} (known: {known})"}
         facts = None
-        if verb is Verb.SWITCHOVER and not rt.machine.holds:
+        if verb is Verb.SWITCHOVER and not rt.holds:
             facts = await rt.switchover_facts(self.config.node.local_ip)
         try:
-            rt.feed(Command(verb, by=by, facts=facts))
+            refused = await rt.command(Command(verb, by=by, facts=facts))
         except AlreadyDone as exc:  # the wanted end state holds: success, nothing changed
-            return {"ok": True, "already": str(exc), "monitor": rt.machine.snapshot()}
+            return {"ok": True, "already": str(exc), "monitor": rt.snapshot()}
         except CommandRefused as exc:
             return {"ok": False, "error": str(exc)}
-        if verb in (Verb.CLAIM, Verb.SWITCHOVER):  # answer with the outcome, not "started"
-            purpose = Purpose.CLAIM if verb is Verb.CLAIM else Purpose.SWITCHOVER
-            deadline = self.clock() + 10.0
-            while (rt.machine.state in (State.PROBING, State.BINDING)
-                   and rt.machine.purpose is purpose and self.clock() < deadline):
-                await rt.changed.wait(timeout=0.5)
-            if rt.machine.state is not State.HOLDING:
-                return {"ok": False, "error": f"{name}: {verb.value} refused: "
-                        f"{rt.machine.reason}", "monitor": rt.machine.snapshot()}
-        await asyncio.sleep(0)  # let the release/bind task start
-        return {"ok": True, "monitor": rt.machine.snapshot()}
+        if refused is not None:
+            return {"ok": False, "error": f"{name}: {refused}", "monitor": rt.snapshot()}
+        return {"ok": True, "monitor": rt.snapshot()}
 
     async def test_alert(self) -> dict[str, str | None]:
         event = Event.stamp(Notice(EventKind.TEST_ALERT, "test alert from `minisft test-alert`:"
@@ -530,16 +505,11 @@ class Daemon:
                 msg = f"reload refused, the running config stays: {exc}"
                 self.emit(Notice(EventKind.CONFIG_REJECTED, msg))
                 return False, msg
-            fixed = [("node.name", new.node.name, self.config.node.name),
-                     ("node.local_ip", new.node.local_ip, self.config.node.local_ip),
-                     ("state_dir", new.state_dir, self.config.state_dir),
-                     ("control_socket", new.control_socket, self.config.control_socket)]
-            for key, a, b in fixed:
-                if a != b:
-                    msg = (f"reload refused, the running config stays: {key} changed "
-                           f"({b} -> {a}); that needs a restart")
-                    self.emit(Notice(EventKind.CONFIG_REJECTED, msg))
-                    return False, msg
+            restart = needs_restart(self.config, new)
+            if restart is not None:
+                msg = f"reload refused, the running config stays: {restart}"
+                self.emit(Notice(EventKind.CONFIG_REJECTED, msg))
+                return False, msg
             try:
                 plan = await self._prepare(new)
             except ReloadRefused as exc:
@@ -557,32 +527,26 @@ class Daemon:
         except Exception:  # nobody awaits a signal's task: say it here, loudly
             log.exception("reload on SIGHUP failed")
 
-    async def _prepare(self, new: Config) -> _ReloadPlan:
+    async def _prepare(self, new: Config) -> ReloadPlan:
         """Everything of a reload that can fail, done before anything running changes: the
         new IsAlive checks, the new pools' sockets (bound now, so a port in use refuses
         the reload while the old pool still runs) and the new sinks."""
-        old = self.config
-        plan = _ReloadPlan(new)
+        plan = ReloadPlan(new, ReloadDiff.between(self.config, new))
         try:
-            old_monitors = {m.name: m for m in old.monitors}
-            for mcfg in new.monitors:
-                if old_monitors.get(mcfg.name) != mcfg:
-                    try:
-                        plan.checks[mcfg.name] = self._build_check(mcfg)
-                    except Exception as exc:
-                        raise ReloadRefused(f"monitor {mcfg.name}: cannot build its IsAlive "
-                                            f"check: {exc}") from None
-            old_pools = {p.name: p for p in old.pools}
-            for pool in new.pools:
-                if old_pools.get(pool.name) == pool or pool.coordination.etcd:
-                    continue  # etcd pools have no socket; they start as at start-up
-                rt = self._make_pool_runtime(pool)
+            for mcfg in plan.diff.monitors_needing_checks:
+                try:
+                    plan.checks[mcfg.name] = self._build_check(mcfg)
+                except Exception as exc:
+                    raise ReloadRefused(f"monitor {mcfg.name}: cannot build its IsAlive "
+                                        f"check: {exc}") from None
+            for pool in plan.diff.pools_needing_sockets:
+                rt = self._make_embedded_pool(pool)
                 plan.pools[pool.name] = rt
                 try:
                     rt.transport.open()
                 except OSError as exc:
                     raise ReloadRefused(self._cannot_listen(pool, exc)) from None
-            if old.alerting != new.alerting or old.logging != new.logging:
+            if plan.diff.sinks_changed:
                 try:
                     plan.sinks = build_sinks(new, self.status,
                                              logs_to_journal=self.logs_to_journal)
@@ -593,56 +557,50 @@ class Daemon:
             raise
         return plan
 
-    async def _commit(self, plan: _ReloadPlan) -> list[str]:
+    async def _commit(self, plan: ReloadPlan) -> list[str]:
         """Swap to the prepared config. A monitor whose settings changed keeps its runtime
         and machine, with its work in flight (see MonitorRuntime.reconfigure)."""
-        old, new = self.config, plan.config
+        new, diff = plan.config, plan.diff
         changes: list[str] = []
-        old_by_name = {m.name: m for m in old.monitors}
-        new_by_name = {m.name: m for m in new.monitors}
-        for name, mcfg in old_by_name.items():
-            gone = name not in new_by_name
-            # a new hooks.mode changes where the address lives (bound here or moved by
-            # API): release it the old way, then start over the new way
-            moved = not gone and (new_by_name[name].address != mcfg.address
-                                  or new_by_name[name].hooks.mode != mcfg.hooks.mode)
-            if gone or moved:
+        leaving = (Change.REMOVED, Change.REPLACED)
+        for change in diff.monitors:
+            mcfg, name = change.config, change.config.name
+            if change.change in leaving:
                 rt = self.runtimes.pop(name)
                 await rt.stop()  # lets a bind under way finish: `holds` is then the truth
                 self.neighbours.unwatch(mcfg.ip)
-                if rt.machine.holds:
+                if rt.holds:
                     await rt.release_now()
                     self.emit(Notice(EventKind.RELEASED, "monitor removed from the config: "
                                      "released its address", monitor=name,
                                      address=str(mcfg.ip)))
-                changes.append(f"removed {name}" if gone else f"replaced {name}")
+                changes.append(f"{change.change.value} {name}")
         self.config = replace(new, source=new.source)
-        for name, mcfg in new_by_name.items():
-            if name not in self.runtimes:
+        for change in diff.monitors:
+            mcfg, name = change.config, change.config.name
+            if change.change is Change.ADDED:
                 await self._add_monitor(mcfg, plan.checks[name])
-                changes.append(f"added {name}")
-            elif old_by_name[name] != mcfg:
+            elif change.change is Change.UPDATED:
                 await self.runtimes[name].reconfigure(mcfg, plan.checks[name])
-                changes.append(f"updated {name}")
-        old_pools = {p.name: p for p in old.pools}
-        for pool in new.pools:
-            if old_pools.get(pool.name) == pool:
+            else:
                 continue
+            changes.append(f"{change.change.value} {name}")
+        for pool in diff.pools_started:
             resume = None
             if pool.name in self.pools:  # no hot swap: restart it, keeping its addresses
                 old_rt = self.pools.pop(pool.name)
                 await old_rt.stop(release=False)
-                resume = getattr(old_rt, "handover", lambda: None)()  # etcd: its lease
+                resume = old_rt.handover()  # etcd: its lease
             if pool.name in plan.pools:
                 await self._start_pool(pool, plan.pools.pop(pool.name))
             else:
                 await self._add_pool(pool, resume=resume)
-            changes.append(f"pool {pool.name} " + ("restarted" if pool.name in old_pools
-                                                   else "added"))
-        for name in set(old_pools) - {p.name for p in new.pools}:
+            changes.append(f"pool {pool.name} " + ("restarted" if pool.name in
+                                                   diff.pools_restarted else "added"))
+        for name in diff.pools_removed:
             await self.pools.pop(name).stop(release=True)
             changes.append(f"pool {name} removed (its addresses released)")
-        if old.journal != new.journal and self.journal is not None:
+        if diff.journal_changed and self.journal is not None:
             self.journal.retention = new.journal.max_age
             self.journal.max_bytes = new.journal.max_bytes  # applied at the next rotation
             changes.append("journal limits updated")
@@ -662,7 +620,7 @@ class Daemon:
             task.cancel()
         for rt in self.runtimes.values():
             await rt.stop()  # lets a bind under way finish: `holds` is then the truth
-        holding = [rt for rt in self.runtimes.values() if rt.machine.holds]
+        holding = [rt for rt in self.runtimes.values() if rt.holds]
         plan = (f"releasing {len(holding)} address(es)" if cfg.node.release_on_stop and holding
                 else "leaving addresses in place" if holding else "holding no address")
         self.emit(Notice(EventKind.DAEMON_STOPPING, f"{self._stop_reason}: {plan}"))

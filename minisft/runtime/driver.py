@@ -160,6 +160,14 @@ class ActionDriver:
         """Run a synchronous netlink call in the netlink worker thread."""
         return await in_netlink_thread(self._executor, fn, *args)
 
+    async def has_address(self, address_text: str) -> bool:
+        """Is the address on the interface (whoever put it there)?"""
+        ip = ipaddress.ip_interface(address_text).ip
+        return await self.netlink(self._netlink_port.has_address, self._iface, ip)
+
+    async def link_up(self) -> bool:
+        return await self.netlink(self._netlink_port.link_up, self._iface)
+
     # ------------------------------------------------------------- the actions
 
     def _cancel_probe(self, token: int) -> None:

@@ -19,6 +19,8 @@ from typing import Any, Protocol
 from minisft.config.model import MonitorConfig
 from minisft.core.events import Notice
 from minisft.core.io import (
+    AddressVanished,
+    Command,
     Input,
     LateReply,
     PeerAsked,
@@ -29,8 +31,9 @@ from minisft.core.io import (
     ServiceResult,
     Started,
     SwitchoverFacts,
+    Verb,
 )
-from minisft.core.monitor import MonitorMachine
+from minisft.core.monitor import MonitorMachine, Purpose, State
 from minisft.runtime.driver import ActionDriver, cancel_and_wait
 from minisft.runtime.ports import Neighbours, Netlink, Pinger
 
@@ -133,6 +136,44 @@ class MonitorRuntime:
     async def release_now(self) -> None:
         """Remove the address at shutdown (release_on_stop), then run the down hook."""
         await self.driver.remove(self.machine.address)
+
+    # ------------------------------------------------------------- what the daemon asks
+
+    @property
+    def holds(self) -> bool:
+        """The machine holds the address (after `stop()`: it is on the interface)."""
+        return self.machine.holds
+
+    def snapshot(self) -> dict[str, Any]:
+        """The monitor's status, its durations as of now."""
+        return self.machine.snapshot(now=self.clock())
+
+    async def command(self, command: Command, outcome_wait: float = 10.0) -> str | None:
+        """An admin command (raises AlreadyDone or CommandRefused, see the core). A claim
+        or switchover is answered with its outcome, not just "started": wait up to
+        `outcome_wait` for it and return why it was refused, or None."""
+        self.feed(command)
+        if command.verb in (Verb.CLAIM, Verb.SWITCHOVER):
+            purpose = Purpose.CLAIM if command.verb is Verb.CLAIM else Purpose.SWITCHOVER
+            deadline = self.clock() + outcome_wait
+            m = self.machine
+            while (m.state in (State.PROBING, State.BINDING) and m.purpose is purpose
+                   and self.clock() < deadline):
+                await self.changed.wait(timeout=0.5)
+            if m.state is not State.HOLDING:
+                return f"{command.verb.value} refused: {m.reason}"
+        await asyncio.sleep(0)  # let the release/bind task start
+        return None
+
+    async def look_for_vanished_address(self) -> None:
+        """While holding, check that the address is still on the interface: someone may
+        have removed it behind our back (the machine then takes it again or says why
+        not). Not in mode instead: the address lives in a cloud API, not on this link."""
+        if self.machine.state is not State.HOLDING or not self.config.hooks.binds_locally:
+            return
+        present = await self.driver.has_address(self.machine.address)
+        if not present and self.machine.state is State.HOLDING:
+            self.feed(AddressVanished())
 
     # ------------------------------------------------------------- the one entry point
 

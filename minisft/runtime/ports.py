@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from minisft.config.model import IPAddress, IPInterface
 from minisft.net.neighbour import ProbeAnswer
@@ -48,16 +48,15 @@ class MonotonicClock:
 
 class Netlink(Protocol):
     """The local interface. Synchronous (pyroute2): the driver calls it in the daemon's
-    single netlink worker thread, never on the event loop. `Iface` is whatever the real
-    port returns for the interface (`minisft.net.link.Interface`)."""
+    single netlink worker thread, never on the event loop."""
 
-    def bind(self, iface: object, address: IPInterface) -> None: ...
+    def bind(self, iface: Interface, address: IPInterface) -> None: ...
 
-    def release(self, iface: object, address: IPInterface) -> None: ...
+    def release(self, iface: Interface, address: IPInterface) -> None: ...
 
-    def has_address(self, iface: object, ip: IPAddress) -> bool: ...
+    def has_address(self, iface: Interface, ip: IPAddress) -> bool: ...
 
-    def link_up(self, iface: object) -> bool: ...
+    def link_up(self, iface: Interface) -> bool: ...
 
 
 class Neighbours(Protocol):
@@ -74,3 +73,22 @@ class Pinger(Protocol):
 
     async def ping(self, address: IPAddress, timeout: float, *, linger: float = 0.0,
                    on_late: Callable[[float], object] | None = None) -> PingOutcome: ...
+
+
+if TYPE_CHECKING:  # mypy checks here that the daemon's real ports fit these protocols
+    from minisft.net.link import Interface
+    from minisft.net.link import Netlink as LinuxNetlink
+    from minisft.net.neighbour import NeighbourWatch
+    from minisft.probes.looksalive import Pinger as IcmpPinger
+
+    def _real_clock_fits(clock: MonotonicClock) -> Clock:
+        return clock
+
+    def _real_netlink_fits(netlink: LinuxNetlink) -> Netlink:
+        return netlink
+
+    def _real_neighbours_fit(neighbours: NeighbourWatch) -> Neighbours:
+        return neighbours
+
+    def _real_pinger_fits(pinger: IcmpPinger) -> Pinger:
+        return pinger

@@ -22,6 +22,8 @@ NODE = (*OBJECTS, 1)  # the node scalars
 MONITOR_TABLE = (*OBJECTS, 2)
 MONITOR_ENTRY = (*MONITOR_TABLE, 1)
 EVENT = (*OBJECTS, 3)  # accessible-for-notify varbinds
+POOL_ADDRESS_TABLE = (*OBJECTS, 4)
+POOL_ADDRESS_ENTRY = (*POOL_ADDRESS_TABLE, 1)
 CONFORMANCE = (*MINISFT_MIB, 2)
 
 # Node scalars: (sub-id under NODE, descriptor).
@@ -58,6 +60,20 @@ MONITOR_COLUMNS: dict[str, int] = {
     "minisftMonitorConflicts": 18,
     "minisftMonitorLastChange": 19,
     "minisftMonitorReason": 20,
+}
+
+# Pool address table columns (1 is the not-accessible index).
+POOL_ADDRESS_COLUMNS: dict[str, int] = {
+    "minisftPoolAddressIndex": 1,
+    "minisftPoolAddressPool": 2,
+    "minisftPoolAddressType": 3,
+    "minisftPoolAddress": 4,
+    "minisftPoolAddressPrefixLength": 5,
+    "minisftPoolAddressOwner": 6,
+    "minisftPoolAddressPreferredOwner": 7,
+    "minisftPoolAddressState": 8,
+    "minisftPoolAddressOnPreferred": 9,
+    "minisftPoolAddressMoves": 10,
 }
 
 # Notification varbind objects (accessible-for-notify).
@@ -155,5 +171,7 @@ HEALTH = {"unknown": 1, "up": 2, "degraded": 3, "down": 4}
 CHECK_RESULT = {"unknown": 1, "ok": 2, "failed": 3, "disabled": 4}
 ROLE = {"primary": 1, "backup": 2}
 HOLDER = {"unknown": 1, "self": 2, "other": 3, "none": 4}
+PLACEMENT_STATE = {"unknown": 0, "held": 1, "free": 2, "probing": 3, "binding": 4,
+                   "duplicate": 5}
 TRUTH = {True: 1, False: 2}  # SNMPv2-TC TruthValue
 INET_ADDRESS_TYPE = {"unknown": 0, "ipv4": 1, "ipv6": 2}

@@ -1,5 +1,6 @@
-"""`minisft-snmp-pass`: a net-snmp pass_persist helper serving MINISFT-MIB's node scalars
-and monitor table from the daemon's status file (STATE_DIR/status.json).
+"""`minisft-snmp-pass`: a net-snmp pass_persist helper serving MINISFT-MIB's node scalars,
+monitor table and pool address table from the daemon's status file
+(STATE_DIR/status.json).
 
 snmpd.conf:
     pass_persist .1.3.6.1.4.1.32473.1 /usr/bin/minisft-snmp-pass --config /etc/minisft/minisft.yaml
@@ -28,7 +29,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from minisft.snmp import oids
-from minisft.status import MonitorStatus, StatusDocument, StatusError, load
+from minisft.status import (
+    MonitorStatus,
+    PoolAddressStatus,
+    PoolStatus,
+    StatusDocument,
+    StatusError,
+    load,
+)
 
 DEFAULT_CONFIG = Path("/etc/minisft/minisft.yaml")
 DEFAULT_STATE_DIR = Path("/var/lib/minisft")
@@ -187,15 +195,50 @@ def monitor_row(mon: MonitorStatus, updated: float | None) -> dict[str, tuple[st
     }
 
 
+def pool_address_row(pool: PoolStatus, address: PoolAddressStatus
+                     ) -> dict[str, tuple[str, str]]:
+    """Column name -> (pass type, value) for one address of a pool."""
+    addr_type, addr_text, prefixlen = _address(address.address or "")
+    return {
+        "minisftPoolAddressPool": ("string", _text(pool.name)),
+        "minisftPoolAddressType": ("integer", str(addr_type)),
+        "minisftPoolAddress": ("string", addr_text),  # MinisftAddressText
+        "minisftPoolAddressPrefixLength": ("gauge", str(prefixlen)),
+        "minisftPoolAddressOwner": ("string", _text(",".join(address.holders))),
+        "minisftPoolAddressPreferredOwner": ("string", _text(address.preferred)),
+        "minisftPoolAddressState": ("integer", str(oids.PLACEMENT_STATE.get(
+            str(address.state), oids.PLACEMENT_STATE["unknown"]))),
+        "minisftPoolAddressOnPreferred": ("integer", str(_truth(address.on_preferred))),
+        "minisftPoolAddressMoves": ("counter", str(_u32(address.moves) % 2**32)),
+    }
+
+
+def _address(text: str) -> tuple[int, str, int]:
+    """(InetAddressType, address text, prefix length) of "192.0.2.50/24" or a bare IP."""
+    try:
+        interface = ipaddress.ip_interface(text.split("%", 1)[0])
+    except ValueError:
+        return oids.INET_ADDRESS_TYPE["unknown"], "", 0
+    return (1 if interface.version == 4 else 2), str(interface.ip), \
+        interface.network.prefixlen
+
+
+def _table(entry: OID, columns: dict[str, int], rows: list[dict[str, tuple[str, str]]]
+           ) -> Iterator[Entry]:
+    for column, number in columns.items():
+        if number == 1:  # the not-accessible index
+            continue
+        for index, row in enumerate(rows[:65535], start=1):
+            kind, value = row[column]
+            yield (*entry, number, index), kind, value
+
+
 def build_entries(status: StatusDocument, now: float) -> list[Entry]:
     entries = list(node_entries(status, now))
-    rows = [monitor_row(m, status.updated_at) for m in status.monitors[:65535]]
-    for column, number in oids.MONITOR_COLUMNS.items():
-        if column == "minisftMonitorIndex":  # not-accessible
-            continue
-        for index, row in enumerate(rows, start=1):
-            kind, value = row[column]
-            entries.append(((*oids.MONITOR_ENTRY, number, index), kind, value))
+    monitors = [monitor_row(m, status.updated_at) for m in status.monitors]
+    entries.extend(_table(oids.MONITOR_ENTRY, oids.MONITOR_COLUMNS, monitors))
+    addresses = [pool_address_row(p, a) for p in status.pools for a in p.placement]
+    entries.extend(_table(oids.POOL_ADDRESS_ENTRY, oids.POOL_ADDRESS_COLUMNS, addresses))
     entries.sort(key=lambda e: e[0])
     return entries
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import selectors
+import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from typing import Any, TypeVar
 from minisft.config.model import IPAddress, IPInterface
 from minisft.net.neighbour import ProbeAnswer
 from minisft.probes.looksalive import PingOutcome
-from minisft.runtime.ports import OnProberRule
+from minisft.runtime.ports import Clock, Neighbours, Netlink, OnProberRule, Pinger
 
 T = TypeVar("T")
 
@@ -156,6 +157,9 @@ class FakeHost:
         self.probe_error: str | None = None  # probes cannot be sent (e.g. ENETDOWN)
         self.probe_ignores_cancel = False  # a probe that reports despite its cancel
         self.fail_bind: str | None = None
+        # seconds a bind blocks its netlink thread (real time: for a real worker thread
+        # only, e.g. so that a reload can land while a bind is under way)
+        self.bind_latency = 0.0
         self.log: list[str] = []
         self.watched: dict[IPAddress, Callable[[str], object]] = {}
         self.askers: dict[IPAddress, Callable[[IPAddress, str], object]] = {}
@@ -183,6 +187,8 @@ class FakeHost:
     def bind(self, iface: object, address: IPInterface) -> None:
         if self.fail_bind:
             raise OSError(self.fail_bind)
+        if self.bind_latency:
+            time.sleep(self.bind_latency)
         self.bound.add(address)
         self.log.append(f"bind {address}")
 
@@ -255,3 +261,12 @@ class FakeHost:
             asyncio.get_running_loop().call_later(self.rtt, on_late, self.rtt)
         await asyncio.sleep(timeout)
         return PingOutcome(False, None, f"no reply within {timeout:g}s")
+
+
+def _fake_host_fits(host: FakeHost) -> tuple[Netlink, Neighbours, Pinger]:
+    """mypy checks here that FakeHost fits the ports it stands in for."""
+    return host, host, host
+
+
+def _virtual_clock_fits(clock: VirtualClock) -> Clock:
+    return clock

@@ -94,7 +94,15 @@ def alarm_status(dropped: int = 0, yields: int = 0) -> StatusDocument:
         "sinks": [{"name": "snmp-192.0.2.9-162-v2c-trap", "delivered": 10, "pending": 3,
                    "dropped": dropped, "failures": 4, "last_error": "timeout",
                    "state": "retrying"}],
-        "pools": [],
+        "pools": [{"name": "front", "member": "alpha", "phase": "active", "placement": [
+            {"address": "192.0.2.50/24", "owner": "alpha", "preferred": "alpha",
+             "state": "held", "holders": ["alpha"], "moves": 0},
+            {"address": "192.0.2.51/24", "owner": "alpha", "preferred": "beta",
+             "state": "held", "holders": ["alpha"], "moves": 1},
+            {"address": "192.0.2.52/24", "owner": None, "preferred": "beta",
+             "state": "free", "holders": [], "moves": 1},
+            {"address": "192.0.2.53/24", "owner": "alpha", "preferred": "alpha",
+             "state": "duplicate", "holders": ["alpha", "beta"], "moves": 0}]}],
     })
 
 
@@ -114,7 +122,7 @@ def test_promtool_check_rules() -> None:
     proc = sh(tool("promtool"), "check", "rules",
               str(ALERTING / "prometheus" / "minisft-rules.yml"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS: 9 rules found" in proc.stdout
+    assert "SUCCESS: 12 rules found" in proc.stdout
 
 
 def _series(before: bytes, after: bytes, steps: int) -> list[dict[str, str]]:
@@ -176,6 +184,15 @@ def test_alert_rules_fire_on_rendered_metrics(tmp_path: Path) -> None:
                 {"eval_time": "10m", "alertname": "MiniSFTSinkFailing",
                  "exp_alerts": [{"exp_labels": {"severity": "warning",
                                                 "sink": "snmp-192.0.2.9-162-v2c-trap"}}]},
+                {"eval_time": "10m", "alertname": "MiniSFTPoolAddressHeldByNobody",
+                 "exp_alerts": [{"exp_labels": {**sev, "pool": "front", "state": "free",
+                                                "address": "192.0.2.52/24"}}]},
+                {"eval_time": "10m", "alertname": "MiniSFTPoolAddressHeldTwice",
+                 "exp_alerts": [{"exp_labels": {**sev, "pool": "front", "state": "duplicate",
+                                                "address": "192.0.2.53/24"}}]},
+                {"eval_time": "10m", "alertname": "MiniSFTPoolAddressNotOnPreferred",
+                 "exp_alerts": [{"exp_labels": {"severity": "warning", "pool": "front",
+                                                "address": "192.0.2.51/24"}}]},
                 {"eval_time": "10m", "alertname": "MiniSFTDown",
                  "exp_alerts": [{"exp_labels": {**sev, "job": "minisft",
                                                 "instance": "beta:9523"}}]},

@@ -280,3 +280,44 @@ def test_snmpd_sees_status_updates(tmp_path: Path, status_file: Path) -> None:
         walk = agent.walk("MINISFT-MIB::minisftMonitorState")
     assert "minisftMonitorState.1 = INTEGER: watching(2)" in walk
     assert "minisftMonitorState.3" not in walk
+
+
+def pool_status_doc() -> StatusDocument:
+    front = status_docs.pool("front", "alpha", {
+        "192.0.2.50/24": ("alpha", "alpha", "held"),
+        "2001:db8::51/64": ("alpha", "beta", "held"),
+        "192.0.2.52/24": (None, "beta", "probing"),
+        "192.0.2.53/24": ("alpha", "alpha", "held")})
+    twice = replace(front.placement[3], holders=("alpha", "beta"), state="duplicate",
+                    moves=3)
+    front = replace(front, placement=(*front.placement[:3], twice))
+    return replace(status_doc(), pools=(front,))
+
+
+@needs_snmpd
+def test_snmpwalk_and_snmptable_show_every_pool_address(tmp_path: Path,
+                                                         status_file: Path) -> None:
+    write_status(status_file, pool_status_doc())
+    with SnmpAgent(tmp_path / "agent", status_file) as agent:
+        table = agent.table("MINISFT-MIB::minisftPoolAddressTable", "-Cf", "|")
+        walk = agent.walk("MINISFT-MIB::minisftPoolAddressTable")
+    rows = [line.split("|") for line in table.splitlines() if line.count("|") > 5]
+    header, body = rows[0], rows[1:]
+    assert header[0] == "minisftPoolAddressPool"
+    col = {name: header.index(name) for name in header}
+    assert [r[col["minisftPoolAddress"]] for r in body] == \
+        ["192.0.2.50", "2001:db8::51", "192.0.2.52", "192.0.2.53"]
+    assert [r[col["minisftPoolAddressType"]] for r in body] == \
+        ["ipv4", "ipv6", "ipv4", "ipv4"]
+    assert [r[col["minisftPoolAddressPrefixLength"]] for r in body] == ["24", "64", "24", "24"]
+    assert [r[col["minisftPoolAddressOwner"]] for r in body] == \
+        ["alpha", "alpha", "", "alpha,beta"]
+    assert [r[col["minisftPoolAddressPreferredOwner"]] for r in body] == \
+        ["alpha", "beta", "beta", "alpha"]
+    assert [r[col["minisftPoolAddressState"]] for r in body] == \
+        ["held", "held", "probing", "duplicate"]
+    assert [r[col["minisftPoolAddressOnPreferred"]] for r in body] == \
+        ["true", "false", "false", "false"]
+    assert "MINISFT-MIB::minisftPoolAddressPool.1 = STRING: front" in walk
+    assert "MINISFT-MIB::minisftPoolAddressMoves.4 = Counter32: 3" in walk
+    assert "MINISFT-MIB::minisftPoolAddressOwner.3 = STRING: " in walk  # nobody

@@ -21,8 +21,8 @@ from minisft.config.model import AddressHooksConfig, HookMode, MonitorConfig
 from minisft.core.events import EventKind, Notice
 from minisft.core.io import Command, Verb
 from minisft.core.monitor import State
-from minisft.net.neighbour import ProbeAnswer
 from minisft.runtime.monitor_runtime import MonitorRuntime
+from minisft.testing.fakes import FakeHost, FakeInterface
 
 BASE = """\
 node: {name: alpha, local_ip: 192.0.2.1}
@@ -91,41 +91,6 @@ def test_check_config_names_a_bad_placeholder_without_traceback(tmp_path: Path) 
 # ====================================================================== runtime
 
 
-class Iface:
-    name = "eth7"
-
-
-class FakeNet:
-    def __init__(self, log: list[str]) -> None:
-        self.log = log
-
-    def bind(self, iface: Any, address: Any) -> None:
-        self.log.append(f"bind {address}")
-
-    def release(self, iface: Any, address: Any) -> None:
-        self.log.append(f"release {address}")
-
-
-class FakeNeighbours:
-    def __init__(self, log: list[str], holder: str | None = None) -> None:
-        self.log = log
-        self.holder = holder
-
-    async def probe_answer(self, ip: Any, count: int, interval: float, *,
-                           on_prober: str = "yield") -> ProbeAnswer | None:
-        self.log.append("probe")
-        return ProbeAnswer(self.holder) if self.holder else None
-
-    async def announce(self, ip: Any, count: int, interval: float) -> None:
-        await asyncio.sleep(0.05)
-        self.log.append("announced")
-
-
-class NoPinger:
-    async def ping(self, ip: Any, timeout: float, **late: Any) -> Any:
-        await asyncio.sleep(3600)
-
-
 def hook_script(tmp_path: Path, log: Path, name: str, body: str = "") -> Path:
     """A hook that appends its argv and environment to `log`, then runs `body`."""
     script = tmp_path / name
@@ -137,12 +102,19 @@ def hook_script(tmp_path: Path, log: Path, name: str, body: str = "") -> Path:
 
 def runtime(tmp_path: Path, hooks: str, log: list[str], notices: list[Notice],
             holder: str | None = None) -> MonitorRuntime:
+    """The monitor's runtime on a fake host whose record of bind/probe/announce/release
+    is `log`; `holder`: another host answers ARP/NDP (not ping) for the address."""
     config: MonitorConfig = parse_config(
         BASE + textwrap.indent(textwrap.dedent(hooks), "    ")).monitors[0]
+    host = FakeHost()
+    host.iface = FakeInterface(name="eth7")
+    host.log = log
+    if holder is not None:
+        host.add_neighbour(holder, str(config.ip)).answers_ping = False
     return MonitorRuntime(
-        config, clock=asyncio.get_running_loop().time, pinger=NoPinger(),  # type: ignore[arg-type]
-        neighbours=FakeNeighbours(log, holder), addresses=FakeNet(log), iface=Iface(),
-        netlink_executor=ThreadPoolExecutor(1), emit=notices.append, check=None)
+        config, clock=asyncio.get_running_loop().time, pinger=host, neighbours=host,
+        addresses=host, iface=host.iface, netlink_executor=ThreadPoolExecutor(1),
+        emit=notices.append, check=None)
 
 
 async def settle(rt: MonitorRuntime, until: Any, timeout: float = 10.0) -> None:
@@ -176,7 +148,7 @@ async def test_up_runs_after_bind_and_announce_down_after_release(
     rt.start(address_bound=False)
     await settle(rt, lambda: out.exists())
     assert rt.machine.state is State.HOLDING
-    assert log[:3] == ["probe", "bind 192.0.2.10/24", "announced"]
+    assert log[:3] == ["probe 192.0.2.10", "bind 192.0.2.10/24", "announce 192.0.2.10"]
     assert out.read_text() == "up 192.0.2.10 24 eth7 web env=up,eth7,24 secret=none\n"
     rt.feed(Command(Verb.RELEASE))
     await settle(rt, lambda: "down" in out.read_text())
@@ -231,10 +203,10 @@ async def test_mode_instead_never_binds_and_a_failed_up_is_a_failed_takeover(
     rt.start(address_bound=False)
     await settle(rt, lambda: rt.machine.state is State.HOLDING)
     assert out.read_text().startswith("up 192.0.2.10 ")
-    assert log == ["probe"]  # no bind, no announce: the API moved it
+    assert log == ["probe 192.0.2.10"]  # no bind, no announce: the API moved it
     rt.feed(Command(Verb.RELEASE))
     await asyncio.sleep(0.2)
-    assert log == ["probe"]  # nor a local release
+    assert log == ["probe 192.0.2.10"]  # nor a local release
     await rt.stop()
 
     bad = hook_script(tmp_path, out, "bad", "echo 'quota exceeded' >&2\nexit 2")

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from minisft.nagios.plugin import Range, State, main
-from minisft.status import MonitorStatus
-from tests.support.status_docs import monitor, ok_status, with_monitor, write
+from minisft.status import MonitorStatus, PoolStatus, StatusDocument
+from tests.support.status_docs import monitor, ok_status, pool, with_monitor, write
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -388,3 +388,80 @@ def test_plugin_imports_stay_light(tmp_path: Path) -> None:
                 for line in proc.stderr.splitlines() if line.startswith("import time:")}
     assert "minisft" in imported  # the importtime report really is there
     assert not imported & set(HEAVY), imported & set(HEAVY)
+
+
+# ------------------------------------------------------------------------------- pools
+
+FRONT_HOME = {"192.0.2.50": ("alpha", "alpha", "held"), "192.0.2.51": ("beta", "beta", "held")}
+
+
+def with_pools(*pools: PoolStatus) -> StatusDocument:
+    return replace(ok_status(), pools=pools)
+
+
+def test_a_pool_with_every_address_at_home_is_ok(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    path = str(write(tmp_path, with_pools(pool("front", "alpha", FRONT_HOME))))
+    code, out = check(capsys, "--status", path)
+    assert code == 0, out
+    assert "pool front: 2 addresses on their preferred members" in out
+    perf = perf_items(out)
+    assert "'pool_front_held'=2;;;0;2" in perf and "'pool_front_off_preferred'=0;;;0;2" in perf
+
+
+@pytest.mark.parametrize(("placement", "code", "needle"), [
+    ({**FRONT_HOME, "192.0.2.51": ("alpha", "beta", "held")}, 1,
+     "pool front: 192.0.2.51 is on alpha, not on its preferred member beta (no fallback yet)"),
+    ({**FRONT_HOME, "192.0.2.51": (None, "beta", "free")}, 2,
+     "pool front: 192.0.2.51 is held by nobody"),
+    ({**FRONT_HOME, "192.0.2.51": (None, "beta", "probing")}, 2,
+     "pool front: 192.0.2.51 is held by nobody, alpha is probing it"),
+], ids=["off-preferred", "nobody", "probing"])
+def test_pool_address_states(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                             placement: dict[str, tuple[str | None, str, str]], code: int,
+                             needle: str) -> None:
+    path = str(write(tmp_path, with_pools(pool("front", "alpha", placement))))
+    got, out = check(capsys, "--status", path)
+    assert got == code, out
+    assert needle in out.splitlines()[0]
+
+
+def test_a_pool_address_held_twice_is_critical(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    front = pool("front", "alpha", FRONT_HOME)
+    twice = replace(front.placement[1], holders=("alpha", "beta"), state="duplicate")
+    front = replace(front, placement=(front.placement[0], twice))
+    code, out = check(capsys, "--status", str(write(tmp_path, with_pools(front))))
+    assert code == 2, out
+    assert "192.0.2.51 is held by alpha and beta at once" in out
+
+
+def test_an_isolated_member_says_so_instead_of_judging_what_it_cannot_see(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    front = pool("front", "alpha", {"192.0.2.50": ("alpha", "alpha", "held"),
+                                    "192.0.2.51": (None, "beta", "free")},
+                 phase="isolated", reason="no quorum")
+    code, out = check(capsys, "--status", str(write(tmp_path, with_pools(front))))
+    assert code == 1, out
+    assert "pool front: member alpha is isolated: no quorum" in out
+    assert "held by nobody" not in out
+
+
+def test_pool_selection(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    broken = pool("back", "alpha", {"198.51.100.9": (None, "alpha", "free")})
+    path = str(write(tmp_path, with_pools(pool("front", "alpha", FRONT_HOME), broken)))
+    assert check(capsys, "--status", path)[0] == 2
+    code, out = check(capsys, "--status", path, "--pool", "front")
+    assert code == 0, out
+    assert "monitor" not in out.splitlines()[0].split("|")[0]  # only the pool named
+    assert "'pool_back_held'" not in out and "'web_rtt'" not in out
+    code, out = check(capsys, "--status", path, "-p", "back", "--no-sinks", "-v")
+    assert code == 2 and "pool back: 198.51.100.9 is held by nobody" in out
+    assert "    198.51.100.9 owner=- preferred=alpha state=free moves=0" in out
+    code, out = check(capsys, "--status", path, "--monitor", "web")
+    assert code == 0 and "pool" not in out, out  # a monitor's service leaves pools out
+    code, out = check(capsys, "--status", path, "--pool", "nope")
+    assert code == 3
+    assert "no pool named nope on alpha (known: back, front)" in out
+    code, out = check(capsys, "--status", path, "--no-monitors")
+    assert code == 0, out

@@ -65,7 +65,9 @@ def test_snmptranslate_resolves_every_notification_and_object() -> None:
     names = [name for _, name in oids.NOTIFICATION.values()]
     objects = {**{n: (*oids.NODE, i) for n, i in oids.NODE_SCALARS.items()},
                **{n: (*oids.MONITOR_ENTRY, i) for n, i in oids.MONITOR_COLUMNS.items()},
-               **{n: (*oids.EVENT, i) for n, i in oids.EVENT_OBJECTS.items()}}
+               **{n: (*oids.EVENT, i) for n, i in oids.EVENT_OBJECTS.items()},
+               **{n: (*oids.POOL_ADDRESS_ENTRY, i)
+                  for n, i in oids.POOL_ADDRESS_COLUMNS.items()}}
     args = [f"MINISFT-MIB::{n}" for n in [*names, *objects]]
     done = snmptranslate("-On", *args)
     assert done.returncode == 0, done.stderr
@@ -113,6 +115,8 @@ def test_compiled_copy_matches_oid_table() -> None:
         assert oid_of(name) == (*oids.MONITOR_ENTRY, sub)
     for name, sub in oids.EVENT_OBJECTS.items():
         assert oid_of(name) == (*oids.EVENT, sub)
+    for name, sub in oids.POOL_ADDRESS_COLUMNS.items():
+        assert oid_of(name) == (*oids.POOL_ADDRESS_ENTRY, sub)
 
 
 def test_enumerations_match_oids_module() -> None:
@@ -128,6 +132,7 @@ def test_enumerations_match_oids_module() -> None:
     assert enum("minisftMonitorIsAlive") == oids.CHECK_RESULT
     assert enum("minisftMonitorRole") == oids.ROLE
     assert enum("minisftMonitorHolder") == oids.HOLDER
+    assert enum("minisftPoolAddressState") == oids.PLACEMENT_STATE
     from minisft.core.events import Severity
 
     assert enum("minisftEventSeverity") == {s.label: int(s) for s in Severity}

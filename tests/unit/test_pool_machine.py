@@ -45,6 +45,7 @@ from minisft.pools.actions import (
 )
 from minisft.pools.formula import assign
 from minisft.pools.machine import IllegalInput, Phase, PoolMachine, Slot
+from minisft.pools.placement import placement
 
 ADDRESSES = ("192.0.2.101/24", "192.0.2.102/24", "192.0.2.103/24", "192.0.2.104/24",
              "192.0.2.105/24", "2001:db8::101/64")
@@ -575,6 +576,54 @@ def test_snapshot_shape() -> None:
     assert all(m["alive"] for m in snap["members"])
     assert snap["assignment"] == formula(NAMES, NAMES)
     assert set(snap["held"]) == sim.nodes["a"].bound
+
+
+def _placement(sim: Sim, name: str) -> dict[str, tuple[str | None, str | None, str]]:
+    return {str(p.address): (p.owner, p.preferred, str(p.state))
+            for p in sim.nodes[name].machine.placement()}
+
+
+def test_placement_shows_each_address_with_its_holder_and_preferred_member() -> None:
+    sim = started(mode=FallbackMode.MANUAL)
+    home = formula(NAMES, NAMES)
+    # every member sees the same table: all at home
+    for name in NAMES:
+        assert _placement(sim, name) == {a: (m, m, "held") for a, m in home.items()}
+    sim.kill("b")
+    sim.run(0.3)  # b is silent but not yet lost: its addresses still show as held by b
+    assert {a for a, (o, _, _) in _placement(sim, "a").items() if o == "b"} == {
+        a for a, m in home.items() if m == "b"}
+    sim.run(2.0)
+    survivors = formula(NAMES, ["a", "c", "d"])
+    view = _placement(sim, "a")
+    for a, m in home.items():
+        expected = (survivors[a], m, "held")
+        assert view[a] == expected  # b's share on the survivors, b still preferred
+    moved = {a for a, m in home.items() if m == "b"}
+    assert {p.address: p.moves for p in sim.nodes["c"].machine.placement()} == {
+        a: int(a in moved) for a in ADDRESSES}
+    assert not any(p.on_preferred for p in sim.nodes["a"].machine.placement()
+                   if p.address in moved)
+    sim.restart("b")  # manual fallback: b is back but gets nothing back
+    sim.run(HOLD_DOWN + 1.0)
+    assert _placement(sim, "b") == view
+
+
+def test_placement_of_an_address_nobody_holds() -> None:
+    pool = make_pool(["a", "b"], addresses=ADDRESSES[:2])
+    sim = Sim({"a": pool, "b": pool}, start=False)
+    machine = sim.nodes["a"].machine
+    assert {p.state for p in machine.placement()} == {"free"}
+    assert all(p.owner is None and p.preferred in ("a", "b") for p in machine.placement())
+
+
+def test_placement_names_every_holder_of_a_duplicate_and_a_takeover_under_way() -> None:
+    table = placement(["x", "y", "z"], {"x": ("a", "b"), "y": ()}, {"x": "b", "y": "a"},
+                      {"y": "probing"}, {"x": 2})
+    assert [(p.address, p.owner, p.holders, p.state, p.moves) for p in table] == [
+        ("x", "a", ("a", "b"), "duplicate", 2), ("y", None, (), "probing", 0),
+        ("z", None, (), "free", 0)]
+    assert not any(p.on_preferred for p in table)
 
 
 def test_a_member_back_from_silence_and_a_peer_never_both_bind_an_orphan() -> None:

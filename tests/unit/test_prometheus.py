@@ -263,3 +263,29 @@ def test_metrics_connections_beyond_the_limit_are_closed_and_scrapes_go_on(
     refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert len(refusals) == 1, refusals
     assert "Traceback" not in caplog.text
+
+
+def test_pool_addresses_with_owner_preferred_owner_placement_and_moves() -> None:
+    front = status_docs.pool("front", "alpha", {
+        "192.0.2.50/24": ("alpha", "alpha", "held"),
+        "192.0.2.51/24": ("alpha", "beta", "held"),
+        "192.0.2.52/24": (None, "beta", "free")})
+    front = replace(front, placement=(
+        front.placement[0], replace(front.placement[1], moves=2), front.placement[2]))
+    body = render_metrics(replace(ok_status(), pools=(front,)))
+    at_home = {"pool": "front", "address": "192.0.2.50/24"}
+    away = {"pool": "front", "address": "192.0.2.51/24"}
+    nobody = {"pool": "front", "address": "192.0.2.52/24"}
+    assert value(body, "minisft_pool_member_active", pool="front") == 1
+    assert value(body, "minisft_pool_address_owner", **at_home, owner="alpha") == 1
+    assert value(body, "minisft_pool_address_owner", **away, owner="alpha") == 1
+    assert value(body, "minisft_pool_address_preferred_owner", **away, preferred="beta") == 1
+    assert value(body, "minisft_pool_address_placement", **at_home) == 1
+    assert value(body, "minisft_pool_address_placement", **away) == 0
+    assert value(body, "minisft_pool_address_placement", **nobody) == 0
+    assert value(body, "minisft_pool_address_moves_total", **away) == 2
+    assert value(body, "minisft_pool_address_state", **nobody, state="free") == 1
+    assert value(body, "minisft_pool_address_state", **nobody, state="held") == 0
+    # nobody holds it: no owner series at all rather than an empty owner label
+    assert not [k for k in samples(body) if k[0] == "minisft_pool_address_owner"
+                and ("address", "192.0.2.52/24") in k[1]]

@@ -36,10 +36,9 @@ from minisft.core.io import (
     Verb,
 )
 from minisft.core.monitor import TRANSITIONS, IllegalInput, MonitorMachine, Purpose, State
-from minisft.net.neighbour import ProbeAnswer
-from minisft.probes.looksalive import PingOutcome
 from minisft.runtime.daemon import Daemon
 from minisft.runtime.monitor_runtime import MonitorRuntime
+from minisft.testing.fakes import FakeHost
 from tests.unit.core_driver import make_config
 
 HOLDER_MAC = "02:00:00:00:00:aa"
@@ -47,66 +46,39 @@ PEER = ipaddress.ip_address("192.0.2.1")
 BIND_LATENCY = 0.4  # long enough for a reload to land while the bind is under way
 
 
-class FakeHost:
-    """The interface (netlink), ARP/NDP and ICMP as a daemon sees them, in memory."""
+class ReloadHost(FakeHost):
+    """The shared fake host; the holder of the address and the primary's own host
+    (peer_ip) are switched on and off by the scenarios."""
 
     def __init__(self) -> None:
-        self.bound: set[Any] = set()
-        self.holder_alive = True  # another host holds the address and answers for it
-        self.peer_alive = False  # the primary's own host (peer_ip)
-        self.arp_answers = True  # ... and answers ARP/NDP for it
-        self.watched: dict[Any, Callable[[str], object]] = {}
+        super().__init__()
+        self.bind_latency = BIND_LATENCY
+        self.holder = self.add_neighbour(HOLDER_MAC, "192.0.2.10")
+        self.peer = self.add_neighbour("02:00:00:00:00:bb")
 
-    # netlink (runs in the daemon's netlink thread)
-    def has_address(self, iface: Any, ip: Any) -> bool:
-        return ip in self.bound
+    @property
+    def holder_alive(self) -> bool:  # another host holds the address and answers for it
+        return bool(self.holder.holds)
 
-    def bind(self, iface: Any, address: Any) -> None:
-        time.sleep(BIND_LATENCY)
-        self.bound.add(address.ip)
+    @holder_alive.setter
+    def holder_alive(self, alive: bool) -> None:
+        self.holder.holds = {ipaddress.ip_address("192.0.2.10")} if alive else set()
 
-    def release(self, iface: Any, address: Any) -> None:
-        self.bound.discard(address.ip)
+    @property
+    def arp_answers(self) -> bool:
+        return self.holder.answers_arp
 
-    def link_up(self, iface: Any) -> bool:
-        return True
+    @arp_answers.setter
+    def arp_answers(self, answers: bool) -> None:
+        self.holder.answers_arp = answers
 
-    def close(self) -> None:
-        pass
+    @property
+    def peer_alive(self) -> bool:  # the primary's own host (peer_ip)
+        return bool(self.peer.holds)
 
-    # neighbours
-    async def probe(self, ip: Any, count: int, interval: float, *,
-                    on_prober: str = "yield") -> str | None:
-        if self.holder_alive and self.arp_answers:
-            return HOLDER_MAC
-        await asyncio.sleep(count * interval)
-        return None
-
-    async def probe_answer(self, ip: Any, count: int, interval: float, *,
-                           on_prober: str = "yield") -> ProbeAnswer | None:
-        mac = await self.probe(ip, count, interval, on_prober=on_prober)
-        return None if mac is None else ProbeAnswer(mac, prober=False)
-
-    async def announce(self, ip: Any, count: int, interval: float) -> None:
-        pass
-
-    def watch(self, ip: Any, callback: Callable[[str], object]) -> None:
-        self.watched[ip] = callback
-
-    def watch_askers(self, ip: Any, callback: Callable[[Any, str], object]) -> None:
-        pass  # nobody on this fake wire resolves the address
-
-    def unwatch(self, ip: Any) -> None:
-        self.watched.pop(ip, None)
-
-    # pinger
-    async def ping(self, address: Any, timeout: float, **late: Any) -> PingOutcome:
-        alive = self.peer_alive if address == PEER else self.holder_alive
-        if alive:
-            await asyncio.sleep(0.001)
-            return PingOutcome(True, 0.001, "")
-        await asyncio.sleep(timeout)
-        return PingOutcome(False, None, "timeout")
+    @peer_alive.setter
+    def peer_alive(self, alive: bool) -> None:
+        self.peer.holds = {PEER} if alive else set()
 
 
 def monitor(role: str, **extra: Any) -> dict[str, Any]:
@@ -130,7 +102,7 @@ def write_config(path: Path, monitors: list[dict[str, Any]], **extra: Any) -> No
 
 class Harness:
     def __init__(self, path: Path) -> None:
-        self.host = FakeHost()
+        self.host = ReloadHost()
         self.daemon = Daemon(load_config(path), config_path=path)
         self.events: list[Notice] = []
         d = self.daemon
@@ -258,7 +230,7 @@ def test_a_reload_in_flight_never_strands_the_monitor(tmp_path: Path, case: str)
         bound = cfg.probe.duration + cfg.detection_time + BIND_LATENCY + 1.0
         await h.until("the monitor to hold the address",
                       lambda: h.web.machine.state is State.HOLDING, bound)
-        assert ipaddress.ip_address("192.0.2.10") in h.host.bound
+        assert h.host.holds("192.0.2.10/24")
 
     # a primary starts on a free address; a backup starts watching a live holder
     run(path, scenario, holder_alive=role == "backup")
@@ -276,7 +248,7 @@ def test_a_monitor_removed_while_binding_does_not_leave_its_address_behind(
         assert ok and "removed web" in message, message
         await h.daemon._in_netlink(lambda: None)  # every netlink call issued has finished
         # the bind under way finished; the monitor is gone, so must its address be
-        assert ipaddress.ip_address("192.0.2.10") not in h.host.bound
+        assert not h.host.holds("192.0.2.10/24")
 
     run(path, scenario, holder_alive=False)
 

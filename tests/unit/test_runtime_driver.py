@@ -334,3 +334,43 @@ def test_a_late_reply_undoes_the_miss_it_followed() -> None:
     assert m.rt.machine.looks.lost == 0
     assert "bind 192.0.2.10/24" not in host.log and not host.bound
     assert m.rt.machine.looks.last_rtt == pytest.approx(0.3)
+
+
+def test_an_admin_claim_is_answered_with_its_outcome() -> None:
+    host = FakeHost()
+    holder = host.add_neighbour(HOLDER_MAC, IP)
+
+    async def main() -> tuple[str | None, str | None]:
+        m = monitor(host, startup_grace=5.0)
+        m.rt.start(address_bound=False)
+        await asyncio.sleep(10)
+        refused = await m.rt.command(Command(Verb.CLAIM, by="admin"))
+        holder.holds.clear()  # the holder gives the address up (its admin released it)
+        await asyncio.sleep(0.1)
+        claimed = await m.rt.command(Command(Verb.CLAIM, by="admin"))
+        await m.rt.stop()
+        return refused, claimed
+
+    refused, claimed = run_virtual(main())
+    assert refused is not None and HOLDER_MAC in refused  # says who has the address
+    assert claimed is None and host.holds(ADDRESS)
+
+
+def test_an_address_removed_behind_the_daemons_back_is_noticed() -> None:
+    host = FakeHost()
+
+    async def main() -> Monitor:
+        m = monitor(host, role=Role.PRIMARY)
+        m.rt.start(address_bound=False)
+        await until("holding", lambda: m.rt.machine.state is State.HOLDING, 10)
+        await m.rt.look_for_vanished_address()
+        assert EventKind.ADDRESS_REMOVED not in m.kinds()  # still there: nothing to say
+        host.bound.clear()  # `ip addr del` by someone else
+        await m.rt.look_for_vanished_address()
+        await asyncio.sleep(5)
+        await m.rt.stop()
+        return m
+
+    m = run_virtual(main())
+    assert EventKind.ADDRESS_REMOVED in m.kinds()
+    assert host.holds(ADDRESS)  # probed and bound again: nobody else has it

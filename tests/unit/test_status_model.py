@@ -178,3 +178,24 @@ def test_status_file_is_found_as_the_readers_find_it(tmp_path: Path) -> None:
     config.write_text("- a list\n")
     with pytest.raises(StatusError, match="top level is not a mapping"):
         status_file(None, config)
+
+
+def test_a_pool_placement_round_trips_and_reads_typed(tmp_path: Path) -> None:
+    document = daemon_document()
+    document["pools"][0].update(
+        backend="etcd", config_drift=None, assignment={"192.0.2.50": "alpha"},
+        etcd={"endpoint": "http://192.0.2.9:2379", "connected": True, "lease": "1f",
+              "ttl": 5, "last_error": None, "revision": 9},
+        placement=[{"address": "192.0.2.50", "owner": "alpha", "preferred": "beta",
+                    "state": "held", "holders": ["alpha"], "moves": 3}])
+    source = tmp_path / "daemon.json"
+    source.write_text(json.dumps(document))
+    dump(load(source), tmp_path / "status.json")
+    assert json.loads((tmp_path / "status.json").read_text()) == document
+    front = load(source).pools[0]
+    assert front.etcd is not None and front.etcd.lease == "1f"
+    assert front.etcd.extra["revision"] == 9
+    address = front.address("192.0.2.50")
+    assert address is not None
+    assert (address.owner, address.preferred, address.moves) == ("alpha", "beta", 3)
+    assert not address.on_preferred

@@ -120,7 +120,8 @@ minisftMIB = ModuleIdentity(
 )
 if mibBuilder.loadTexts:
     minisftMIB.setRevisions(
-        ("2026-12-05 00:00",
+        ("2026-12-05 09:00",
+         "2026-12-05 00:00",
          "2026-12-04 00:00",
          "2025-01-15 00:00")
     )
@@ -239,6 +240,30 @@ class MinisftHolder(TextualConvention, Integer32):
           ("self", 2),
           ("other", 3),
           ("none", 4))
+    )
+
+
+
+class MinisftPlacementState(TextualConvention, Integer32):
+    status = "current"
+    subtypeSpec = Integer32.subtypeSpec
+    subtypeSpec += ConstraintsUnion(
+        SingleValueConstraint(
+            *(0,
+              1,
+              2,
+              3,
+              4,
+              5)
+        )
+    )
+    namedValues = NamedValues(
+        *(("unknown", 0),
+          ("held", 1),
+          ("free", 2),
+          ("probing", 3),
+          ("binding", 4),
+          ("duplicate", 5))
     )
 
 
@@ -673,6 +698,121 @@ minisftEventPeerMac = _MinisftEventPeerMac_Object(
 minisftEventPeerMac.setMaxAccess("accessible-for-notify")
 if mibBuilder.loadTexts:
     minisftEventPeerMac.setStatus("current")
+_MinisftPoolAddressTable_Object = MibTable
+minisftPoolAddressTable = _MinisftPoolAddressTable_Object(
+    (1, 3, 6, 1, 4, 1, 32473, 1, 4)
+)
+if mibBuilder.loadTexts:
+    minisftPoolAddressTable.setStatus("current")
+_MinisftPoolAddressEntry_Object = MibTableRow
+minisftPoolAddressEntry = _MinisftPoolAddressEntry_Object(
+    (1, 3, 6, 1, 4, 1, 32473, 1, 4, 1)
+)
+minisftPoolAddressEntry.setIndexNames(
+    (0, "MINISFT-MIB", "minisftPoolAddressIndex"),
+)
+if mibBuilder.loadTexts:
+    minisftPoolAddressEntry.setStatus("current")
+
+
+class _MinisftPoolAddressIndex_Type(Unsigned32):
+    """Custom type minisftPoolAddressIndex based on Unsigned32"""
+    subtypeSpec = Unsigned32.subtypeSpec
+    subtypeSpec += ConstraintsUnion(
+        ValueRangeConstraint(1, 65535),
+    )
+
+
+_MinisftPoolAddressIndex_Type.__name__ = "Unsigned32"
+_MinisftPoolAddressIndex_Object = MibTableColumn
+minisftPoolAddressIndex = _MinisftPoolAddressIndex_Object(
+    (1, 3, 6, 1, 4, 1, 32473, 1, 4, 1, 1),
+    _MinisftPoolAddressIndex_Type()
+)
+minisftPoolAddressIndex.setMaxAccess("not-accessible")
+if mibBuilder.loadTexts:
+    minisftPoolAddressIndex.setStatus("current")
+_MinisftPoolAddressPool_Type = SnmpAdminString
+_MinisftPoolAddressPool_Object = MibTableColumn
+minisftPoolAddressPool = _MinisftPoolAddressPool_Object(
+    (1, 3, 6, 1, 4, 1, 32473, 1, 4, 1, 2),
+    _MinisftPoolAddressPool_Type()
+)
+minisftPoolAddressPool.setMaxAccess("read-only")
+if mibBuilder.loadTexts:
+    minisftPoolAddressPool.setStatus("current")
+_MinisftPoolAddressType_Type = InetAddressType
+_MinisftPoolAddressType_Object = MibTableColumn
+minisftPoolAddressType = _MinisftPoolAddressType_Object(
+    (1, 3, 6, 1, 4, 1, 32473, 1, 4, 1, 3),
+    _MinisftPoolAddressType_Type()
+)
+minisftPoolAddressType.setMaxAccess("read-only")
+if mibBuilder.loadTexts:
+    minisftPoolAddressType.setStatus("current")
+_MinisftPoolAddress_Type = MinisftAddressText
+_MinisftPoolAddress_Object = MibTableColumn
+minisftPoolAddress = _MinisftPoolAddress_Object(
+    (1, 3, 6, 1, 4, 1, 32473, 1, 4, 1, 4),
+    _MinisftPoolAddress_Type()
+)
+minisftPoolAddress.setMaxAccess("read-only")
+if mibBuilder.loadTexts:
+    minisftPoolAddress.setStatus("current")
+_MinisftPoolAddressPrefixLength_Type = InetAddressPrefixLength
+_MinisftPoolAddressPrefixLength_Object = MibTableColumn
+minisftPoolAddressPrefixLength = _MinisftPoolAddressPrefixLength_Object(
+    (1, 3, 6, 1, 4, 1, 32473, 1, 4, 1, 5),
+    _MinisftPoolAddressPrefixLength_Type()
+)
+minisftPoolAddressPrefixLength.setMaxAccess("read-only")
+if mibBuilder.loadTexts:
+    minisftPoolAddressPrefixLength.setStatus("current")
+_MinisftPoolAddressOwner_Type = SnmpAdminString
+_MinisftPoolAddressOwner_Object = MibTableColumn
+minisftPoolAddressOwner = _MinisftPoolAddressOwner_Object(
+    (1, 3, 6, 1, 4, 1, 32473, 1, 4, 1, 6),
+    _MinisftPoolAddressOwner_Type()
+)
+minisftPoolAddressOwner.setMaxAccess("read-only")
+if mibBuilder.loadTexts:
+    minisftPoolAddressOwner.setStatus("current")
+_MinisftPoolAddressPreferredOwner_Type = SnmpAdminString
+_MinisftPoolAddressPreferredOwner_Object = MibTableColumn
+minisftPoolAddressPreferredOwner = _MinisftPoolAddressPreferredOwner_Object(
+    (1, 3, 6, 1, 4, 1, 32473, 1, 4, 1, 7),
+    _MinisftPoolAddressPreferredOwner_Type()
+)
+minisftPoolAddressPreferredOwner.setMaxAccess("read-only")
+if mibBuilder.loadTexts:
+    minisftPoolAddressPreferredOwner.setStatus("current")
+_MinisftPoolAddressState_Type = MinisftPlacementState
+_MinisftPoolAddressState_Object = MibTableColumn
+minisftPoolAddressState = _MinisftPoolAddressState_Object(
+    (1, 3, 6, 1, 4, 1, 32473, 1, 4, 1, 8),
+    _MinisftPoolAddressState_Type()
+)
+minisftPoolAddressState.setMaxAccess("read-only")
+if mibBuilder.loadTexts:
+    minisftPoolAddressState.setStatus("current")
+_MinisftPoolAddressOnPreferred_Type = TruthValue
+_MinisftPoolAddressOnPreferred_Object = MibTableColumn
+minisftPoolAddressOnPreferred = _MinisftPoolAddressOnPreferred_Object(
+    (1, 3, 6, 1, 4, 1, 32473, 1, 4, 1, 9),
+    _MinisftPoolAddressOnPreferred_Type()
+)
+minisftPoolAddressOnPreferred.setMaxAccess("read-only")
+if mibBuilder.loadTexts:
+    minisftPoolAddressOnPreferred.setStatus("current")
+_MinisftPoolAddressMoves_Type = Counter32
+_MinisftPoolAddressMoves_Object = MibTableColumn
+minisftPoolAddressMoves = _MinisftPoolAddressMoves_Object(
+    (1, 3, 6, 1, 4, 1, 32473, 1, 4, 1, 10),
+    _MinisftPoolAddressMoves_Type()
+)
+minisftPoolAddressMoves.setMaxAccess("read-only")
+if mibBuilder.loadTexts:
+    minisftPoolAddressMoves.setStatus("current")
 _MinisftConformance_ObjectIdentity = ObjectIdentity
 minisftConformance = _MinisftConformance_ObjectIdentity(
     (1, 3, 6, 1, 4, 1, 32473, 2)
@@ -749,6 +889,23 @@ minisftEventGroup.setObjects(
 )
 if mibBuilder.loadTexts:
     minisftEventGroup.setStatus("current")
+
+minisftPoolAddressGroup = ObjectGroup(
+    (1, 3, 6, 1, 4, 1, 32473, 2, 2, 5)
+)
+minisftPoolAddressGroup.setObjects(
+      *(("MINISFT-MIB", "minisftPoolAddressPool"),
+        ("MINISFT-MIB", "minisftPoolAddressType"),
+        ("MINISFT-MIB", "minisftPoolAddress"),
+        ("MINISFT-MIB", "minisftPoolAddressPrefixLength"),
+        ("MINISFT-MIB", "minisftPoolAddressOwner"),
+        ("MINISFT-MIB", "minisftPoolAddressPreferredOwner"),
+        ("MINISFT-MIB", "minisftPoolAddressState"),
+        ("MINISFT-MIB", "minisftPoolAddressOnPreferred"),
+        ("MINISFT-MIB", "minisftPoolAddressMoves"))
+)
+if mibBuilder.loadTexts:
+    minisftPoolAddressGroup.setStatus("current")
 
 
 # Notification objects
@@ -1536,7 +1693,8 @@ minisftCompliance.setObjects(
       *(("MINISFT-MIB", "minisftNodeGroup"),
         ("MINISFT-MIB", "minisftMonitorGroup"),
         ("MINISFT-MIB", "minisftEventGroup"),
-        ("MINISFT-MIB", "minisftNotificationGroup"))
+        ("MINISFT-MIB", "minisftNotificationGroup"),
+        ("MINISFT-MIB", "minisftPoolAddressGroup"))
 )
 if mibBuilder.loadTexts:
     minisftCompliance.setStatus(
@@ -1554,6 +1712,7 @@ mibBuilder.export_symbols(
        "MinisftCheckResult": MinisftCheckResult,
        "MinisftRole": MinisftRole,
        "MinisftHolder": MinisftHolder,
+       "MinisftPlacementState": MinisftPlacementState,
        "MinisftSeverity": MinisftSeverity,
        "minisftMIB": minisftMIB,
        "minisftNotifications": minisftNotifications,
@@ -1638,6 +1797,18 @@ mibBuilder.export_symbols(
        "minisftEventAddress": minisftEventAddress,
        "minisftEventNewState": minisftEventNewState,
        "minisftEventPeerMac": minisftEventPeerMac,
+       "minisftPoolAddressTable": minisftPoolAddressTable,
+       "minisftPoolAddressEntry": minisftPoolAddressEntry,
+       "minisftPoolAddressIndex": minisftPoolAddressIndex,
+       "minisftPoolAddressPool": minisftPoolAddressPool,
+       "minisftPoolAddressType": minisftPoolAddressType,
+       "minisftPoolAddress": minisftPoolAddress,
+       "minisftPoolAddressPrefixLength": minisftPoolAddressPrefixLength,
+       "minisftPoolAddressOwner": minisftPoolAddressOwner,
+       "minisftPoolAddressPreferredOwner": minisftPoolAddressPreferredOwner,
+       "minisftPoolAddressState": minisftPoolAddressState,
+       "minisftPoolAddressOnPreferred": minisftPoolAddressOnPreferred,
+       "minisftPoolAddressMoves": minisftPoolAddressMoves,
        "minisftConformance": minisftConformance,
        "minisftCompliances": minisftCompliances,
        "minisftCompliance": minisftCompliance,
@@ -1645,5 +1816,6 @@ mibBuilder.export_symbols(
        "minisftNodeGroup": minisftNodeGroup,
        "minisftMonitorGroup": minisftMonitorGroup,
        "minisftEventGroup": minisftEventGroup,
-       "minisftNotificationGroup": minisftNotificationGroup}
+       "minisftNotificationGroup": minisftNotificationGroup,
+       "minisftPoolAddressGroup": minisftPoolAddressGroup}
 )
