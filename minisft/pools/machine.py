@@ -22,7 +22,10 @@ Rules, each with the reason its event carries:
   the others adopt the watcher's verdict (the ``lost`` list in its heartbeats), or judge
   by themselves after twice the detection time if the watcher says nothing. One verdict
   per member keeps views identical under asymmetric loss, so the formula agrees.
-* **Quorum.** Visible = this node plus the members it hears. ACTIVE needs a strict
+* **Quorum.** Visible = this node plus the members it hears that hear it too (whose
+  heartbeats do not list it lost; a member lists one it never heard once it has joined):
+  two members whose own heartbeats are lost would otherwise both count the same third
+  members as their quorum and take the same address. ACTIVE needs a strict
   majority of the configured members, or exactly half plus a reachable `witness` (the
   tie-breaker for even pools, e.g. two members). A minority never counts the witness:
   a member that is cut off from its peers but still sees the gateway must not take the
@@ -251,8 +254,7 @@ class PoolMachine:
             "isolated" if self.phase is Phase.ISOLATED else "alive",
             "holds": () if leaving else tuple(claimed),
             "wants": tuple(sorted(self.wants)),
-            "lost": tuple(sorted(n for n, v in self.views.items()
-                                 if not v.alive and v.last_seen is not None)),
+            "lost": self._lost_members(),
             "digest": self.digest,
         }
 
@@ -350,10 +352,29 @@ class PoolMachine:
         one probe round before its verdict."""
         return max(0.0, 1.0 - PROBE.duration / self.detection_time)
 
+    def _lost_members(self) -> tuple[str, ...]:
+        """The members this node counts lost, for its heartbeats. One never heard counts
+        too once this node has listened for its joining window: silence since this node
+        started is silence, and its peers read this list to tell whether it hears them."""
+        settled = self.phase not in (Phase.STARTING, Phase.JOINING)
+        return tuple(sorted(n for n, v in self.views.items()
+                            if not v.alive and (v.last_seen is not None or settled)))
+
+    def _not_hearing_me(self, factor: float = 1.0) -> list[str]:
+        """Members heard within `factor` x the detection time whose heartbeats list this
+        node lost: this node's own heartbeats do not reach them."""
+        return [n for n, v in self.views.items()
+                if not self._silent(v, factor) and v.state != "leaving" and self.me in v.lost]
+
     def _visible(self, factor: float = 1.0) -> int:
-        """This node plus the members heard within `factor` x the detection time."""
+        """This node plus the members heard within `factor` x the detection time that hear
+        it too. One that lists this node lost leaves it out of its own quorum and formula:
+        counting it here would let two members that cannot hear each other (their own
+        heartbeats lost on the way) each see a quorum in the same third members and take
+        the same address."""
         return 1 + sum(1 for v in self.views.values()
-                       if not self._silent(v, factor) and v.state != "leaving")
+                       if not self._silent(v, factor) and v.state != "leaving"
+                       and self.me not in v.lost)
 
     def _counts_as_quorum(self, visible: int) -> bool:
         n = len(self.order)
@@ -573,7 +594,10 @@ class PoolMachine:
             if self.pool.witness is not None:
                 witness = (" (the witness only breaks ties at exactly half)"
                            if 2 * visible < n else f"; witness {self.pool.witness} unreachable")
-            ok, why = False, f"sees only {visible} of {n} members{witness}"
+            deaf = self._not_hearing_me()
+            unheard = (f" ({', '.join(sorted(deaf))} count{'s' if len(deaf) == 1 else ''} "
+                       f"{self.me} lost: its heartbeats do not reach them)" if deaf else "")
+            ok, why = False, f"sees only {visible} of {n} members{unheard}{witness}"
         if ok and self.phase is not Phase.ACTIVE:
             was = self.phase
             self._go(Phase.ACTIVE, f"active: {why}")
@@ -589,6 +613,8 @@ class PoolMachine:
                        f"the {len(held)} address(es) held here", visible=visible, members=n)
         elif ok:
             self.reason = f"active: {why}"
+        else:  # keep the reason current: who is missing changes while isolated
+            self.reason = f"isolated: {why}"
 
     def _cancel_probe(self, a: str) -> None:
         for token, addr in list(self._probe_tokens.items()):

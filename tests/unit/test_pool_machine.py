@@ -650,23 +650,81 @@ def test_a_member_whose_heartbeats_are_lost_never_binds_what_a_deaf_peer_claims(
     """The shrunk history of the hypothesis test below (seed 119), as a plain example: c
     dies and restarts before its peers judge it lost (they still count it, holding
     nothing), then its heartbeats are lost while it joins. c probes its 192.0.2.104; a
-    judges c lost, probes it too and claims it in `wants`. c hears that claim and ranks
-    first by HRW, but a lists c in `lost`: a never hears c's claim, so c binding on its
-    rank put the address on both (a's probe ended just before c's bind landed)."""
+    judges c lost, probes it too and claims it in `wants`. c heard that claim and ranked
+    first by HRW, but a lists c in `lost` and never hears c's claim: c bound it on its
+    rank while a bound it too. Now c does not count peers that list it lost (it is
+    isolated and takes nothing), and a claimant that counts it lost outranks it."""
     orphan = "192.0.2.104/24"
     assert formula(NAMES, NAMES)[orphan] == "c"
     assert formula(NAMES, ["a", "b", "d"])[orphan] == "a"
     sim = Sim({n: make_pool(NAMES) for n in NAMES})
-    sim.run(2.875)  # the timing decides which probe ends first: this one lets both bind
+    sim.run(2.875)  # the timing decides which probe ends first: this one let both bind
     for what, who, wait in [("kill", "c", 0.5), ("restart", "c", 0.25), ("mute", "c", 2.0)]:
         sim.apply(what, who)
         for _ in range(round(wait / STEP)):
             sim.step()
             assert len(sim.holders(orphan)) <= 1, f"{sim.holders(orphan)} at t={sim.t}"
     assert sim.holders(orphan) == ["a"]
-    backed_off = [e for e in sim.events("c", EventKind.YIELDED) if e.address == orphan]
-    assert backed_off and "counts c lost" in backed_off[0].reason
-    assert not sim.events("a", EventKind.YIELDED)
+    c = sim.nodes["c"].machine
+    assert c.phase is Phase.ISOLATED and "a, b, d count c lost" in c.reason, c.reason
+
+
+def test_a_claimant_that_counts_this_node_lost_binds_and_this_node_backs_off() -> None:
+    """Only a stops hearing c (c's quorum b, d still hears it). Both claim the free
+    192.0.2.104: c ranks first by HRW, but a lists c lost and cannot hear its claim, so c
+    backs off with a reason instead of binding it a second time."""
+    orphan = "192.0.2.104/24"
+    m = PoolMachine(make_pool(NAMES), "c", now=0.0)
+    m.handle(Started(frozenset()), 0.0)
+    t = 0.0
+    probes: list[StartProbe] = []
+
+    def beat(member: str, **kw: Any) -> None:
+        out = m.handle(HeartbeatSeen(member, frozenset(), m.digest,
+                                     wants=kw.get("wants", frozenset()),
+                                     lost=kw.get("lost", frozenset())), t)
+        probes.extend(x for x in out if isinstance(x, StartProbe) and x.address == orphan)
+
+    while t < 1.0:  # joined with everyone alive; nobody holds the address yet
+        t = round(t + 0.1, 6)
+        for peer in "abd":
+            beat(peer)
+    [probe] = probes
+    beat("a", wants=frozenset({orphan}), lost=frozenset({"c"}))
+    beat("b")
+    beat("d")
+    out = m.handle(ProbeDone(probe.token, None), t)
+    assert not [x for x in out if isinstance(x, Bind)]
+    yielded = [x.notice for x in out if isinstance(x, Emit)
+               and x.notice.kind is EventKind.YIELDED]
+    assert yielded and "a claims this free address too but counts c lost" in \
+        yielded[0].reason
+    assert m.slots[orphan] is Slot.FREE
+
+
+def test_two_members_that_cannot_hear_each_other_never_both_take_an_orphan() -> None:
+    """From the hypothesis test below (seed 7): the heartbeats of a and of d are lost (both
+    still hear b and c, and answer ARP), then b, which holds 192.0.2.105, dies and
+    restarts. a and d each counted b and c as their quorum although neither of them is
+    heard, each gave b's orphans to itself (the formula without the other) and both bound
+    192.0.2.105. Now a member only counts peers that do not list it lost: a and d stay
+    isolated and take nothing."""
+    orphan = "192.0.2.105/24"
+    assert formula(NAMES, NAMES)[orphan] == "b"
+    assert formula(NAMES, ["a"])[orphan] == "a" and formula(NAMES, ["d"])[orphan] == "d"
+    sim = started()
+    for what, who, wait in [("mute", "a", 1.0), ("mute", "d", 1.5), ("kill", "b", 2.2),
+                            ("restart", "b", 1.5)]:
+        sim.apply(what, who)
+        for _ in range(round(wait / STEP)):
+            sim.step()
+            for address in ADDRESSES:
+                assert len(sim.holders(address)) <= 1, \
+                    f"{address}: {sim.holders(address)} at t={sim.t}"
+    for muted in ("a", "d"):
+        machine = sim.nodes[muted].machine
+        assert machine.phase is Phase.ISOLATED
+        assert f"b, c count {muted} lost" in machine.reason, machine.reason
 
 
 # ---------------------------------------------------------------- random histories
