@@ -345,3 +345,33 @@ def test_only_the_configured_peer_resolving_the_address_reaches_the_core() -> No
             await rt.stop()
 
     asyncio.run(case())
+
+
+def test_the_neighbour_watch_reports_who_resolves_the_address_and_nothing_else() -> None:
+    """What makes PeerAsked: an ARP request for the address from a host's own address.
+    Not a probe (sender 0.0.0.0: a host about to claim it), not an announcement (sender
+    is the address itself: a host that holds it), not a request for another address."""
+    from ipaddress import IPv4Address
+
+    from minisft.net import arp
+    from minisft.net.link import Interface
+    from minisft.net.neighbour import NeighbourWatch
+
+    watch = NeighbourWatch(Interface("eth0", 2, BACKUP_MAC))
+    seen: list[tuple[str, str]] = []
+    watch.watch_askers(IPv4Address("192.0.2.10"), lambda ip, mac: seen.append((str(ip), mac)))
+    broadcast, peer = arp.mac_to_bytes(arp.BROADCAST_MAC), arp.mac_to_bytes(PRIMARY_MAC)
+
+    def request(sender: str, target: str) -> bytes:
+        return arp._frame(broadcast, peer, arp.OP_REQUEST, IPv4Address(sender), bytes(6),
+                          IPv4Address(target))
+
+    watch._on_arp(arp.build_probe(PRIMARY_MAC, IPv4Address("192.0.2.10")))
+    watch._on_arp(arp.build_announcement(PRIMARY_MAC, IPv4Address("192.0.2.10")))
+    watch._on_arp(request(PRIMARY_IP, "192.0.2.11"))
+    assert seen == []
+    watch._on_arp(request(PRIMARY_IP, "192.0.2.10"))
+    assert seen == [(PRIMARY_IP, PRIMARY_MAC)]
+    watch.unwatch(IPv4Address("192.0.2.10"))
+    watch._on_arp(request(PRIMARY_IP, "192.0.2.10"))
+    assert len(seen) == 1
