@@ -60,7 +60,7 @@ import math
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from enum import StrEnum
@@ -80,7 +80,7 @@ from minisft.core.events import EventKind, Notice, Severity
 from minisft.pools.formula import assign, home
 from minisft.pools.machine import ANNOUNCE, PROBE
 from minisft.pools.placement import HolderHistory, placement
-from minisft.runtime.driver import ActionDriver
+from minisft.runtime.driver import ActionDriver, cancel_and_wait
 from minisft.runtime.ports import Neighbours, Netlink, Pinger
 from minisft.status import PoolAddressStatus
 
@@ -88,6 +88,11 @@ log = logging.getLogger("minisft.pools.etcd")
 T = TypeVar("T")
 
 RESYNC = 5.0  # full read of the pool's keys, behind the watch
+# stop(): how long the loops and operations get to end once cancelled, and the netlink
+# call that removes one address; every step of a stop is bounded, so SIGTERM always ends
+# the daemon within seconds, whatever etcd (or a library waiting on it) does
+STOP_GRACE = 2.0
+CLOSE_GRACE = 2.0  # closing the gRPC channel (aetcd's watcher shutdown included)
 HOUSEKEEPING = 1.0  # own link state, held addresses still on the interface
 TICK = 0.1  # fence check and timers (hold-down, retries)
 DEFINITION_VERSION = 1
@@ -210,6 +215,32 @@ class Endpoint:
         return cls(url, host, u.port or 2379, u.scheme == "https")
 
 
+async def within(work: Awaitable[Any], seconds: float, what: str) -> bool:
+    """Run `work` for at most `seconds`; True if it ended (its errors are logged, not
+    raised). Unlike asyncio.wait_for this never waits for a cancelled `work` to end (one
+    that swallows its cancel would hang the caller), and a cancel of the caller still
+    propagates: what is left of `work` is cancelled and abandoned."""
+    task = asyncio.ensure_future(work)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=seconds)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        task.add_done_callback(_consume)  # no "exception was never retrieved" later
+        log.warning("%s: no end after %gs, abandoned", what, seconds)
+        return False
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("%s: %s", what, task.exception())
+    return True
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 class EtcdSession:
     """One gRPC connection to one endpoint at a time, every call bounded by `timeout`.
 
@@ -308,8 +339,10 @@ class EtcdSession:
         client, self.client = self.client, None
         self.generation += 1
         if client is not None:
-            with contextlib.suppress(Exception, asyncio.TimeoutError):
-                await asyncio.wait_for(client.close(), 2.0)
+            # Not wait_for: on a timeout or a cancel it waits for the close to end, and
+            # aetcd's watcher shutdown swallows a cancel (`except CancelledError: pass`
+            # around its request handler), so the close could outlive any deadline.
+            await within(client.close(), CLOSE_GRACE, f"{self.endpoint.url}: close")
 
     async def call(self, fn: Callable[[Any], Awaitable[T]], what: str) -> T:
         """Run `fn(client)` with the deadline; every failure becomes EtcdUnavailable."""
@@ -516,7 +549,7 @@ class EtcdPoolRuntime:
         self._conflict_open: set[str] = set()
         self._next_announce: dict[str, float] = {}
         self._ops: dict[str, asyncio.Task[None]] = {}
-        self._background: set[asyncio.Future[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
         self._broken = asyncio.Event()
@@ -573,32 +606,44 @@ class EtcdPoolRuntime:
     async def stop(self, release: bool) -> None:
         """Stop; with `release`, remove the addresses, then revoke the lease so the others
         take them over at once. Without, the lease is left to expire: a daemon restarted
-        within `ttl` adopts its addresses (the key names this member)."""
+        within `ttl` adopts its addresses (the key names this member).
+
+        Every step is bounded (SIGTERM must end the daemon even while etcd does not
+        answer): the loops and operations get STOP_GRACE to end, cancelled again and again
+        meanwhile (a cancel that lands in a library's cleanup can be swallowed); the
+        addresses go first, each removal bounded, as a fence would remove them (no lease
+        renewal from now on means no address); the farewell to etcd gets two RPC
+        deadlines, after which the lease simply expires; closing the channel CLOSE_GRACE."""
         self._running = False
-        tasks = [*self._loops, *self._ops.values(), *self._background]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        busy = set(self._ops)  # an operation under way may have bound its address already
+        tasks = {*self._loops, *self._ops.values(), *self._background}
+        if not await within(cancel_and_wait(tasks), STOP_GRACE, f"pool {self.pool.name}: "
+                            "stopping the etcd loops"):
+            log.error("pool %s: still running after %gs: %s", self.pool.name, STOP_GRACE,
+                      ", ".join(sorted(t.get_name() for t in tasks if not t.done())))
         self._loops.clear()
         self._ops.clear()
         if release:
             for key in self.keys:
-                if self.slots[key] is not Slot.FREE:
-                    with contextlib.suppress(Exception):
-                        await self.driver.netlink(self._addresses.release, self._iface,
-                                            self._by_key[key])
+                if self.slots[key] is not Slot.FREE or key in busy:
+                    await within(self.driver.netlink(self._addresses.release, self._iface,
+                                                     self._by_key[key]),
+                                 STOP_GRACE, f"pool {self.pool.name}: release {key}")
                     self.slots[key] = Slot.FREE
             if self.lease_id is not None:
-                lease = self.lease_id
-                with contextlib.suppress(EtcdUnavailable):
-                    await self.session.call(lambda c: c.put(
-                        self._members_prefix + self.node.encode(),
-                        self._member_value("leaving"), lease=lease), "leaving")
-                    await self.session.call(lambda c: c.revoke_lease(lease), "revoke")
+                await within(self._farewell(self.lease_id), 2 * (self.session.timeout + 0.5),
+                             f"pool {self.pool.name}: leaving etcd (the lease expires "
+                             f"after {self.timing.ttl}s instead)")
                 self.lease_id = None
         await self.session.close()
+
+    async def _farewell(self, lease: int) -> None:
+        """Mark this member leaving, then revoke its lease: its keys go at once."""
+        with contextlib.suppress(EtcdUnavailable):
+            await self.session.call(lambda c: c.put(
+                self._members_prefix + self.node.encode(),
+                self._member_value("leaving"), lease=lease), "leaving")
+            await self.session.call(lambda c: c.revoke_lease(lease), "revoke")
 
     def rebalance(self, by: str = "cli") -> None:
         """Admin: hand addresses to the members the formula gives them (manual fallback)."""
@@ -887,8 +932,9 @@ class EtcdPoolRuntime:
                 getter.cancel()
             broken.cancel()
             pumper.cancel()
-            with contextlib.suppress(Exception, asyncio.CancelledError, asyncio.TimeoutError):
-                await asyncio.wait_for(watch.cancel(), 1.0)
+            # bounded, and a cancel that lands here (stop, reload) is not swallowed: the
+            # session loop would go on reading and renewing, and stop() wait for it
+            await within(watch.cancel(), 1.0, f"pool {self.pool.name}: cancel the watch")
 
     def _on_event(self, event: Any) -> None:
         self.counters.watch_events += 1
@@ -1140,8 +1186,8 @@ class EtcdPoolRuntime:
                 elif want and owner is None and retry_ok and not self.startup.is_open(now):
                     self._spawn(key, self._acquire(key, have_key=False))
 
-    def _background_task(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
+    def _background_task(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

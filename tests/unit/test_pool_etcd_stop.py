@@ -1,0 +1,75 @@
+"""Stopping an etcd pool member (SIGTERM) while etcd does not answer: the daemon's own
+`EtcdPoolRuntime` on a `FakeEtcd` in virtual time, on a `FakeHost`."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+
+from minisft.config.model import (
+    CoordinationBackend,
+    CoordinationConfig,
+    PoolConfig,
+    PoolMemberConfig,
+)
+from minisft.core.events import Notice
+from minisft.pools.etcd_backend import EtcdPoolRuntime
+from minisft.testing.fake_etcd import FakeEtcd, FakeEtcdSession
+from minisft.testing.fakes import FakeHost, InlineExecutor, run_virtual
+
+ADDRESSES = ("192.0.2.101/24", "192.0.2.102/24")
+TTL = 3
+
+
+def one_member_pool() -> PoolConfig:
+    return PoolConfig(
+        name="front",
+        members=(PoolMemberConfig("a", ipaddress.ip_address("192.0.2.1")),),
+        addresses=tuple(ipaddress.ip_interface(a) for a in ADDRESSES),
+        coordination=CoordinationConfig(backend=CoordinationBackend.ETCD,
+                                        endpoints=("http://192.0.2.250:2379",), ttl=TTL),
+    )
+
+
+async def until(what: str, ok: object, seconds: float) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    while not ok():  # type: ignore[operator]
+        assert loop.time() < end, f"not {what} within {seconds}s"
+        await asyncio.sleep(0.05)
+
+
+def test_sigterm_while_etcd_stops_answering_ends_promptly_and_releases() -> None:
+    """The member holds both addresses; etcd stops answering, which ends the watch, and
+    the stop (SIGTERM) lands while the runtime is cancelling that watch -- a request that
+    never comes back. The cancel was swallowed there: the session loop went on
+    reconnecting for good and stop() waited for it, so the daemon never exited and kept
+    the addresses bound. Now the stop ends within seconds and the addresses are gone."""
+    pool = one_member_pool()
+    host = FakeHost()
+    events: list[Notice] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        etcd = FakeEtcd()
+        rt = EtcdPoolRuntime(pool, node="a", clock=loop.time, neighbours=host,
+                             addresses=host, iface=host.iface,
+                             netlink_executor=InlineExecutor(), emit=events.append)
+        rt.session = FakeEtcdSession(pool, rt.timing.rpc_timeout, etcd)
+        await rt.start()
+        try:
+            await until("both addresses held", lambda: all(host.holds(a) for a in ADDRESSES),
+                        TTL + 5.0)
+            etcd.stop_answering()
+            # the watch ends at once; the runtime then cancels it and waits for etcd
+            await until("the runtime cancelling its watch",
+                        lambda: "watch cancel" in etcd.waiting, 1.0)
+            stopping = asyncio.ensure_future(rt.stop(release=True))
+            done, _ = await asyncio.wait({stopping}, timeout=10.0)
+            assert stopping in done, "stop() still running 10s after SIGTERM"
+            assert not host.bound, f"still bound after the stop: {sorted(map(str, host.bound))}"
+        finally:
+            for task in asyncio.all_tasks() - {asyncio.current_task()}:
+                task.cancel()
+
+    run_virtual(main())
