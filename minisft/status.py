@@ -537,7 +537,11 @@ def _state_dir_from_yaml(text: str, config: Path) -> str:
     try:
         data = yaml.load(text, Loader=loader)  # a SafeLoader variant
     except yaml.YAMLError as exc:
-        raise StatusError(f"config {config} is not valid YAML: {exc}") from None
+        # where, never what: PyYAML's message quotes the offending line, and the line may
+        # hold a secret; a nagios check's output lands in every monitoring database
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise StatusError(f"config {config} is not valid YAML{where}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -507,7 +507,7 @@ class EtcdPoolRuntime:
         self._emit_fn = emit
         # probes, netlink and announcements; no hooks: the config refuses them on etcd
         self.driver = ActionDriver(
-            owner=f"pool {pool.name}", task_prefix=f"pool-{pool.name}",
+            owner=pool.name, label=f"pool {pool.name}", task_prefix=f"pool-{pool.name}",
             report=lambda result: None, emit=emit, neighbours=neighbours, netlink=addresses,
             iface=iface, netlink_executor=netlink_executor, hooks=pool.hooks,
             announce=ANNOUNCE, log=log, replace_probes=False)

@@ -73,7 +73,8 @@ class PoolRuntime:
         self._hb_soon = False
         self._started = False
         self.driver = ActionDriver(
-            owner=f"pool {pool.name}", task_prefix=f"pool-{pool.name}", report=self.feed,
+            owner=pool.name, label=f"pool {pool.name}", task_prefix=f"pool-{pool.name}",
+            report=self.feed,
             emit=emit, neighbours=neighbours, netlink=addresses, iface=iface,
             netlink_executor=netlink_executor, hooks=pool.hooks, announce=ANNOUNCE, log=log,
             replace_probes=False)

@@ -79,6 +79,7 @@ class ActionDriver:
         self,
         *,
         owner: str,
+        label: str | None = None,
         task_prefix: str,
         report: Callable[[ProbeDone | BindDone], object],
         emit: Callable[[Notice], object],
@@ -91,11 +92,14 @@ class ActionDriver:
         log: logging.Logger,
         replace_probes: bool,
     ) -> None:
-        """`owner`: the monitor or pool name, in events and hook arguments. `report`: feeds
+        """`owner`: the monitor or pool name, in events and hook arguments (`{monitor}`), so
+        it stays the bare name an admin configured. `label`: how log lines name it ("pool
+        front"); the owner when not given. `report`: feeds
         a result back to the machine. `replace_probes`: a new probe of an address cancels
         one still running for it (a monitor has one probe at a time; a pool's machine
         cancels its own)."""
         self.owner = owner
+        self.label = label if label is not None else owner
         self.hooks = hooks  # a reload may swap them (monitors)
         self.announce_settings = announce
         self._task_prefix = task_prefix
@@ -187,7 +191,7 @@ class ActionDriver:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self._log.error("%s: probe of %s failed: %s", self.owner, ip, exc)
+            self._log.error("%s: probe of %s failed: %s", self.label, ip, exc)
             return ProbeAnswer(PROBE_FAILED, prober=False)
 
     async def _run_probe(self, action: StartProbe) -> None:
@@ -227,7 +231,7 @@ class ActionDriver:
         try:
             await self.remove(address_text)
         except Exception as exc:
-            self._log.error("%s: could not remove %s: %s", self.owner, address_text, exc)
+            self._log.error("%s: could not remove %s: %s", self.label, address_text, exc)
 
     async def remove(self, address_text: str) -> None:
         """Remove the address from the interface (hooks in mode `instead`: nothing to
@@ -248,7 +252,7 @@ class ActionDriver:
         failure = await runner.run(hook, address, str(getattr(self._iface, "name",
                                                               self._iface)))
         if failure is not None:
-            self._log.warning("%s: %s: %s", self.owner, key, failure.reason)
+            self._log.warning("%s: %s: %s", self.label, key, failure.reason)
             self._emit(Notice(EventKind.HOOK_FAILED, failure.reason, monitor=self.owner,
                               address=str(address.ip), details=failure.details))
         return failure
@@ -261,4 +265,4 @@ class ActionDriver:
         try:
             await self._neighbours.announce(ip, a.count, a.interval)
         except Exception as exc:
-            self._log.error("%s: announcement of %s failed: %s", self.owner, ip, exc)
+            self._log.error("%s: announcement of %s failed: %s", self.label, ip, exc)

@@ -173,6 +173,7 @@ def test_partitioned_member_is_isolated_and_takes_nothing(tmp_path: Path) -> Non
 
 CAPTURE = r"""
 import socket, sys
+# argv: switch port, udp port, destination ip, source ip
 # ETH_P_ALL: taps for one protocol do not see frames the port transmits
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
 s.bind((sys.argv[1], 0))
@@ -184,8 +185,11 @@ while True:
         continue
     ihl = (ip[0] & 15) * 4
     udp = ip[ihl:]
-    dst = socket.inet_aton(sys.argv[3])
-    if int.from_bytes(udp[2:4], "big") == int(sys.argv[2]) and ip[16:20] == dst:
+    dst, src = socket.inet_aton(sys.argv[3]), socket.inet_aton(sys.argv[4])
+    # from one member only: c's heartbeats pass here too, and replayed from b's address
+    # they would be wrong_sender, not replayed
+    if int.from_bytes(udp[2:4], "big") == int(sys.argv[2]) and ip[16:20] == dst \
+            and ip[12:16] == src:
         print(udp[8:].hex())
         break
 """
@@ -221,7 +225,8 @@ def test_forged_replayed_and_drifted(tmp_path: Path) -> None:
         # capture a real heartbeat b -> a on a's switch port, replay it
         port = pl.hosts["a"].port
         cap = subprocess.run(["ip", "netns", "exec", pl.lab.switch_ns, sys.executable, "-c",
-                              CAPTURE, port, str(PORT), a_ip], capture_output=True,
+                              CAPTURE, port, str(PORT), a_ip, pl.hosts["b"].ip],
+                             capture_output=True,
                              text=True, timeout=30)
         real = cap.stdout.strip()
         assert real, cap.stderr

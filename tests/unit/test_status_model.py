@@ -180,6 +180,17 @@ def test_status_file_is_found_as_the_readers_find_it(tmp_path: Path) -> None:
         status_file(None, config)
 
 
+def test_a_config_that_is_not_yaml_is_named_by_position_never_quoted(tmp_path: Path) -> None:
+    """check_minisft reads state_dir from the config; its output goes to every monitoring
+    database, so a broken line (which may hold a password) is located, not quoted."""
+    config = tmp_path / "minisft.yaml"
+    config.write_text("state_dir: /srv\nsecret: 's3cr3t-t0ken\n  bad: [\n")
+    with pytest.raises(StatusError) as err:
+        status_file(None, config)
+    assert "not valid YAML (line" in str(err.value)
+    assert "s3cr3t" not in str(err.value)
+
+
 def test_a_pool_placement_round_trips_and_reads_typed(tmp_path: Path) -> None:
     document = daemon_document()
     document["pools"][0].update(
