@@ -143,8 +143,9 @@ class Harness:
     async def until(self, what: str, predicate: Callable[[], bool], timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while not predicate():
-            assert time.monotonic() < deadline, f"not within {timeout:g}s: {what} " \
-                f"(web: {self.web.machine.state.value} {self.web.machine.reason!r})"
+            web = self.daemon.runtimes.get("web")
+            seen = f"web: {web.machine.state.value} {web.machine.reason!r}" if web else "no web"
+            assert time.monotonic() < deadline, f"not within {timeout:g}s: {what} ({seen})"
             await asyncio.sleep(0.01)
 
 
@@ -246,8 +247,11 @@ def test_a_monitor_removed_while_binding_does_not_leave_its_address_behind(
         write_config(path, [])
         ok, message = await h.daemon.reload()
         assert ok and "removed web" in message, message
-        await h.daemon._in_netlink(lambda: None)  # every netlink call issued has finished
-        # the bind under way finished; the monitor is gone, so must its address be
+        # the bind under way finished; the monitor is gone, so must its address be. Waited
+        # for, not assumed: the release is a task of its own, and a no-op queued on the
+        # netlink thread now may run before that task has queued its call
+        await h.until("the address released", lambda: not h.host.holds("192.0.2.10/24"), 2)
+        await asyncio.sleep(0.5)  # and it stays released: no late bind puts it back
         assert not h.host.holds("192.0.2.10/24")
 
     run(path, scenario, holder_alive=False)
@@ -303,8 +307,9 @@ def test_a_reload_in_the_fallback_grace_keeps_the_grace_then_takes_back(
         h.host.peer_alive = True  # the primary's host is back (but will not claim)
         await h.until("the fallback", lambda: h.web.machine.counters.fallbacks == 1, 10)
         released_at, grace = time.monotonic(), h.web.machine.fallback_grace
-        await h.daemon._in_netlink(lambda: None)  # the release issued has run
-        assert h.web.machine.state is State.WATCHING and not h.host.bound
+        # the release is a task of its own: wait for it rather than for the netlink queue
+        await h.until("the release", lambda: not h.host.bound, 2)
+        assert h.web.machine.state is State.WATCHING
         write_config(path, [monitor("backup", **auto, looksalive={
             "interval": "300ms", "retry": 3, "timeout": "100ms"})])
         ok, message = await h.daemon.reload()
