@@ -31,12 +31,13 @@ from minisft.pools.actions import (
     PoolAction,
     PoolInput,
     Rebalance,
+    RebalanceAnswer,
     SendHeartbeat,
     Started,
     Tick,
     WitnessResult,
 )
-from minisft.pools.machine import ANNOUNCE, PoolMachine
+from minisft.pools.machine import ANNOUNCE, IllegalInput, PoolMachine
 from minisft.pools.protocol import Heartbeat
 from minisft.pools.transport import PoolTransport
 from minisft.runtime.driver import ActionDriver
@@ -122,9 +123,17 @@ class PoolRuntime:
         """Nothing to hand to a replacement: an embedded pool's identity is its config."""
         return None
 
-    def rebalance(self, by: str = "cli") -> None:
-        """Admin: hand addresses to the members the formula gives them (manual fallback)."""
-        self.feed(Rebalance(by))
+    def rebalance(self, by: str = "cli") -> RebalanceAnswer:
+        """Admin: take this member's formula addresses back make-before-break and hand
+        over those another member asks for (manual fallback); the machine's answer."""
+        self.machine.last_rebalance = None
+        try:
+            self.feed(Rebalance(by))
+        except IllegalInput:
+            return RebalanceAnswer(False, "this member is still starting: try again")
+        answer = self.machine.last_rebalance
+        assert answer is not None  # every Rebalance input leaves its answer
+        return answer
 
     def snapshot(self) -> dict[str, Any]:
         snap = self.machine.snapshot()
