@@ -23,6 +23,7 @@ from concurrent.futures import Executor
 from typing import Any
 
 from minisft.config.model import IPInterface, PoolConfig
+from minisft.core.actions import IllegalInput
 from minisft.core.events import Notice
 from minisft.pools.actions import (
     AddressGone,
@@ -37,7 +38,7 @@ from minisft.pools.actions import (
     Tick,
     WitnessResult,
 )
-from minisft.pools.machine import ANNOUNCE, IllegalInput, PoolMachine
+from minisft.pools.machine import ANNOUNCE, PoolMachine
 from minisft.pools.protocol import Heartbeat
 from minisft.pools.transport import PoolTransport
 from minisft.runtime.driver import ActionDriver
