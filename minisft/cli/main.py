@@ -75,7 +75,9 @@ Before binding it checks, and refuses with the reason (exit 1) when:
 Already holding the address here: says so, changes nothing, exit 0.
 
 The backup recognises the switchover when the primary resolved the address by
-ARP/NDP while watching it; otherwise it still yields, and reports a split brain.
+ARP/NDP while watching it (over IPv6 also from its link-local address, known by
+its MAC); `minisft status` on the backup shows it as the peer's watching_mac.
+Otherwise it still yields, and reports a split brain.
 """
 
 

@@ -80,7 +80,22 @@ class PeerAsked:
     """`peer_ip` asked who has the address (an ARP request or IPv6 neighbour solicitation
     for it, sent from peer_ip): the peer resolves the address, so it watches it and does
     not hold it. `mac` is the peer's link-layer address, the one its announcements carry.
-    """
+
+    `link_local`: the solicitation came from an IPv6 link-local address, not from peer_ip.
+    Linux sends its neighbour-unreachability probes (every re-check of an address it
+    already resolved) from its link-local address, so a watching IPv6 peer mostly asks
+    that way; the core counts it as the peer's only when `mac` is the peer's
+    (`PeerLinkAddress`)."""
+
+    mac: str
+    link_local: bool = False
+
+
+@dataclass(frozen=True)
+class PeerLinkAddress:
+    """A frame showed which link-layer address `peer_ip` has (an ARP or a neighbour
+    solicitation sent from peer_ip, a neighbour advertisement for it): how the core tells
+    the peer's IPv6 link-local solicitations from anybody else's."""
 
     mac: str
 
@@ -139,6 +154,6 @@ class Command:
 
 Input = (
     Started | PingResult | LateReply | ServiceResult | PeerPingResult | PeerServiceResult
-    | ProbeDone | BindDone | ConflictSeen | PeerAsked | LinkChanged | AddressVanished | Tick
-    | Command | Reconfigured
+    | ProbeDone | BindDone | ConflictSeen | PeerAsked | PeerLinkAddress | LinkChanged
+    | AddressVanished | Tick | Command | Reconfigured
 )

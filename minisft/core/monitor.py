@@ -53,6 +53,8 @@ reason string its event carries:
   from a third node. The backup tells a switchover from a healed split brain by what the
   peer did before announcing: a switchover comes from a peer that resolved the address
   by ARP/NDP (`PeerAsked`: it was watching it), a split brain from a peer that held it.
+  Over IPv6 the peer mostly asks from its link-local address: that counts when the MAC
+  is the one frames from or for peer_ip showed (`PeerLinkAddress`).
   The evidence is dropped at the first unanswered ping to a peer that was not down, so
   a partition in between turns it back into a split brain. Both sides report `switchover`.
 * Automatic fallback (backup role only): release once `peer_ip` passed LooksAlive (and
@@ -94,6 +96,7 @@ from minisft.core.io import (
     LateReply,
     LinkChanged,
     PeerAsked,
+    PeerLinkAddress,
     PeerPingResult,
     PeerServiceResult,
     PingResult,
@@ -206,6 +209,9 @@ class PeerStatus:
     # the MAC the peer used to resolve the address since it last answered ping: it was
     # watching the address, so its announcement of it is a switchover (module docstring)
     watching_mac: str | None = None
+    # the peer's link-layer address, as frames from or for peer_ip show it: identifies its
+    # IPv6 solicitations from a link-local address (PeerAsked.link_local)
+    link_mac: str | None = None
 
 
 @dataclass
@@ -417,6 +423,9 @@ class MonitorMachine:
                 "fallback": c.fallback.mode.value,
                 "hold_down": c.fallback.hold_down,
                 "auto_fallback_suspended": self._fallback_suspended,
+                # set while holding: the peer resolved the address, so its announcement
+                # will count as a switchover, not a split brain
+                "watching_mac": self.peer.watching_mac,
             },
             "counters": dict(vars(self.counters)),
         }
@@ -816,8 +825,13 @@ class MonitorMachine:
 
     def _on_peer_asked(self, ev: PeerAsked) -> None:
         """The peer resolved the address: it watches it (module docstring, switchover)."""
+        if ev.link_local and ev.mac != self.peer.link_mac:
+            return  # a link-local sender is the peer only by the peer's own MAC
         if self.state is State.HOLDING and self.config.role is Role.BACKUP and self.link_up:
             self.peer.watching_mac = ev.mac
+
+    def _on_peer_link_address(self, ev: PeerLinkAddress) -> None:
+        self.peer.link_mac = ev.mac
 
     def _on_vanished(self, ev: AddressVanished) -> None:
         if not self.link_up or self.state is not State.HOLDING:
@@ -1124,6 +1138,7 @@ _COMMON: dict[type, Handler] = {
     ProbeDone: MonitorMachine._on_probe_done,
     ConflictSeen: _IGNORE,
     PeerAsked: MonitorMachine._on_peer_asked,
+    PeerLinkAddress: MonitorMachine._on_peer_link_address,
     AddressVanished: _IGNORE,
     Reconfigured: MonitorMachine._on_reconfigured,
 }
@@ -1135,6 +1150,7 @@ TRANSITIONS: dict[State, dict[type, Handler]] = {
         LinkChanged: MonitorMachine._on_link,
         Tick: _IGNORE,
         PeerAsked: _IGNORE,  # the network callbacks are live before the first look
+        PeerLinkAddress: MonitorMachine._on_peer_link_address,
         Reconfigured: MonitorMachine._on_reconfigured,
     },
     State.WATCHING: dict(_COMMON),

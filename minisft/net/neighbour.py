@@ -107,6 +107,7 @@ class NeighbourWatch:
         self._probes: dict[IPAddress, dict[asyncio.Future[ProbeAnswer], OnProber]] = {}
         self._watches: dict[IPAddress, Callable[[str], None]] = {}
         self._askers: dict[IPAddress, Callable[[IPAddress, str], None]] = {}
+        self._users: dict[IPAddress, list[Callable[[str], None]]] = {}
         self.stats: dict[str, int] = {
             "frames_seen": 0,
             "own_frames": 0,
@@ -215,6 +216,20 @@ class NeighbourWatch:
         announcement). A host that resolves an address watches it; it does not hold it."""
         self._askers[ip_address(ip)] = callback
 
+    def watch_users(self, ip: IPAddress | str, callback: Callable[[str], None]) -> None:
+        """Call callback(mac) whenever a frame shows which link-layer address uses ip: an
+        ARP or neighbour solicitation sent from ip, a neighbour advertisement for it. Adds
+        to the callbacks for ip (several monitors can share a peer)."""
+        self._users.setdefault(ip_address(ip), []).append(callback)
+
+    def unwatch_users(self, ip: IPAddress | str, callback: Callable[[str], None]) -> None:
+        addr = ip_address(ip)
+        callbacks = self._users.get(addr, [])
+        if callback in callbacks:
+            callbacks.remove(callback)
+        if not callbacks:
+            self._users.pop(addr, None)
+
     # ------------------------------------------------------------ sending
 
     def _socket(self, version: int) -> socket.socket:
@@ -311,7 +326,9 @@ class NeighbourWatch:
             # another host probing for the same address at the same time
             self._answer(packet.target, mac, prober=True)
         else:
-            # an NS sent *from* ip: its sender uses the address, as an ARP sender_ip does
+            # an NS sent *from* ip: its sender uses the address, as an ARP sender_ip does.
+            # It may be a link-local address: Linux re-checks a resolved neighbour (NUD
+            # probe, unicast) from its link-local address, not from the one it pings from.
             self._answer(packet.src, mac, prober=False)
             self._conflict(packet.src, mac)
             self._asked(packet.target, packet.src, mac)
@@ -340,6 +357,12 @@ class NeighbourWatch:
             log.exception("resolver callback for %s", ip)
 
     def _conflict(self, ip: IPAddress, mac: str) -> None:
+        for user in list(self._users.get(ip, ())):
+            try:
+                user(mac)
+            except Exception:
+                self.stats["callback_errors"] += 1
+                log.exception("user callback for %s", ip)
         callback = self._watches.get(ip)
         if callback is None:
             return

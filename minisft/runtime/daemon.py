@@ -237,6 +237,8 @@ class Daemon:
         bound = await self._in_netlink(self.netlink.has_address, self.iface, mcfg.ip)
         self.neighbours.watch(mcfg.ip, lambda mac, rt=rt: rt.feed(ConflictSeen(mac)))
         self.neighbours.watch_askers(mcfg.ip, rt.peer_asked)
+        if mcfg.peer_ip is not None:
+            self.neighbours.watch_users(mcfg.peer_ip, rt.peer_link_address)
         rt.start(bound)
         if self._link_up is False:
             rt.feed(LinkChanged(False))
@@ -572,6 +574,8 @@ class Daemon:
                 rt = self.runtimes.pop(name)
                 await rt.stop()  # lets a bind under way finish: `holds` is then the truth
                 self.neighbours.unwatch(mcfg.ip)
+                if mcfg.peer_ip is not None:
+                    self.neighbours.unwatch_users(mcfg.peer_ip, rt.peer_link_address)
                 if rt.holds:
                     await rt.release_now()
                     self.emit(Notice(EventKind.RELEASED, "monitor removed from the config: "
@@ -584,7 +588,14 @@ class Daemon:
             if change.change is Change.ADDED:
                 await self._add_monitor(mcfg, plan.checks[name])
             elif change.change is Change.UPDATED:
-                await self.runtimes[name].reconfigure(mcfg, plan.checks[name])
+                rt = self.runtimes[name]
+                old_peer = rt.config.peer_ip
+                await rt.reconfigure(mcfg, plan.checks[name])
+                if old_peer != mcfg.peer_ip:  # learn the new peer's MAC, not the old one's
+                    if old_peer is not None:
+                        self.neighbours.unwatch_users(old_peer, rt.peer_link_address)
+                    if mcfg.peer_ip is not None:
+                        self.neighbours.watch_users(mcfg.peer_ip, rt.peer_link_address)
             else:
                 continue
             changes.append(f"{change.change.value} {name}")

@@ -24,6 +24,7 @@ from minisft.core.io import (
     Input,
     LateReply,
     PeerAsked,
+    PeerLinkAddress,
     PeerPingResult,
     PeerServiceResult,
     PingResult,
@@ -189,9 +190,19 @@ class MonitorRuntime:
 
     def peer_asked(self, sender: Any, mac: str) -> None:
         """A host resolved the address (NeighbourWatch.watch_askers): if it is this
-        monitor's peer_ip, the core learns the peer watches the address."""
-        if self.config.peer_ip is not None and sender == self.config.peer_ip:
+        monitor's peer_ip, the core learns the peer watches the address. An IPv6 link-local
+        sender may be the peer too (PeerAsked.link_local): the core judges it by the MAC."""
+        peer = self.config.peer_ip
+        if peer is None:
+            return
+        if sender == peer:
             self.feed(PeerAsked(mac))
+        elif peer.version == 6 and sender.version == 6 and sender.is_link_local:
+            self.feed(PeerAsked(mac, link_local=True))
+
+    def peer_link_address(self, mac: str) -> None:
+        """A frame showed peer_ip's MAC (NeighbourWatch.watch_users)."""
+        self.feed(PeerLinkAddress(mac))
 
     async def switchover_facts(self, local_ip: Any) -> SwitchoverFacts:
         """What a switchover needs to know, found out at once and side by side: who answers

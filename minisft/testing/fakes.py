@@ -163,6 +163,7 @@ class FakeHost:
         self.log: list[str] = []
         self.watched: dict[IPAddress, Callable[[str], object]] = {}
         self.askers: dict[IPAddress, Callable[[IPAddress, str], object]] = {}
+        self.users: dict[IPAddress, list[Callable[[str], object]]] = {}
 
     # ------------------------------------------------------------- the segment
 
@@ -239,6 +240,14 @@ class FakeHost:
     def watch_askers(self, ip: IPAddress,
                      callback: Callable[[IPAddress, str], object]) -> None:
         self.askers[ip] = callback  # a test plays a host resolving ip: askers[ip](sender, mac)
+
+    def watch_users(self, ip: IPAddress, callback: Callable[[str], object]) -> None:
+        self.users.setdefault(ip, []).append(callback)  # a test plays ip's frames: users[ip]
+
+    def unwatch_users(self, ip: IPAddress, callback: Callable[[str], object]) -> None:
+        callbacks = self.users.get(ip, [])
+        if callback in callbacks:
+            callbacks.remove(callback)
 
     def unwatch(self, ip: IPAddress) -> None:
         self.watched.pop(ip, None)

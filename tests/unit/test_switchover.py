@@ -18,7 +18,7 @@ import pytest
 from minisft.config.model import MonitorConfig, Role
 from minisft.core.actions import Bind, IllegalInput, Release, StartProbe
 from minisft.core.events import EventKind, Notice
-from minisft.core.io import Command, PeerAsked, SwitchoverFacts, Verb
+from minisft.core.io import Command, PeerAsked, PeerLinkAddress, SwitchoverFacts, Verb
 from minisft.core.monitor import AlreadyDone, CommandRefused, Purpose, State
 from minisft.net.neighbour import ProbeAnswer
 from minisft.runtime.monitor_runtime import MonitorRuntime
@@ -150,6 +150,33 @@ def test_an_announcement_from_another_mac_than_the_watching_peer_is_no_switchove
     backup.conflict(INTRUDER_MAC)
     assert backup.kinds(mark) == [K.YIELDED]
     assert INTRUDER_MAC in backup.last(K.YIELDED).reason
+
+
+def test_the_peer_asking_from_its_link_local_address_makes_a_switchover() -> None:
+    """Issue 14, IPv6: Linux re-checks a neighbour it already resolved with a unicast
+    solicitation from its link-local address, not from peer_ip. The backup knows the
+    peer's MAC from its frames for peer_ip, so that solicitation is the peer watching."""
+    _lan, _primary, backup = after_failover()
+    backup.feed(PeerLinkAddress(PRIMARY_MAC))
+    backup.feed(PeerAsked(PRIMARY_MAC, link_local=True))
+    mark = backup.mark()
+    backup.conflict(PRIMARY_MAC)
+    assert backup.kinds(mark) == [K.SWITCHOVER]
+    assert backup.last(K.SWITCHOVER).details["side"] == "yielded"
+
+
+def test_a_link_local_asker_that_is_not_the_peer_leaves_a_split_brain() -> None:
+    """A link-local address says nothing about who sent it: only the peer's MAC counts.
+    Not learned yet, or another host's MAC: the announcement is a split brain."""
+    _lan, _primary, backup = after_failover()
+    backup.feed(PeerAsked(PRIMARY_MAC, link_local=True))  # the peer's MAC is not known yet
+    backup.feed(PeerLinkAddress(PRIMARY_MAC))
+    backup.feed(PeerAsked(INTRUDER_MAC, link_local=True))
+    assert backup.machine.peer.watching_mac is None
+    mark = backup.mark()
+    backup.conflict(PRIMARY_MAC)
+    assert backup.kinds(mark) == [K.YIELDED]
+    assert backup.last(K.YIELDED).details["split_brain"] is True
 
 
 def test_peer_asked_while_not_holding_is_ignored() -> None:
@@ -375,3 +402,70 @@ def test_the_neighbour_watch_reports_who_resolves_the_address_and_nothing_else()
     watch.unwatch(IPv4Address("192.0.2.10"))
     watch._on_arp(request(PRIMARY_IP, "192.0.2.10"))
     assert len(seen) == 1
+
+
+PRIMARY_IP6, PRIMARY_LINK_LOCAL = "2001:db8::1", "fe80::1"
+
+
+def test_an_ipv6_peer_solicitation_from_its_link_local_address_reaches_the_core() -> None:
+    """The runtime passes a link-local asker on, marked as such (the core checks the MAC);
+    the peer's MAC reaches the core from the frames for peer_ip."""
+    async def case() -> None:
+        cfg = make_config(Role.BACKUP, address="2001:db8::10/64", peer_ip=PRIMARY_IP6,
+                          interval=1.0, retry=3, timeout=0.3)
+        rt = MonitorRuntime(
+            cfg, clock=asyncio.get_running_loop().time,
+            pinger=None,  # type: ignore[arg-type]  # no loop runs in this test
+            neighbours=_Neighbours({}), addresses=None,  # type: ignore[arg-type]
+            iface=None, netlink_executor=ThreadPoolExecutor(1), emit=[].append,  # type: ignore[arg-type]
+            check=None)
+        rt.start(address_bound=True)  # holding (adopted)
+        try:
+            rt.peer_link_address(PRIMARY_MAC)
+            rt.peer_asked(ipaddress.ip_address("fe80::77"), INTRUDER_MAC)
+            assert rt.machine.peer.watching_mac is None
+            rt.peer_asked(ipaddress.ip_address(PRIMARY_LINK_LOCAL), PRIMARY_MAC)
+            assert rt.machine.peer.watching_mac == PRIMARY_MAC
+        finally:
+            await rt.stop()
+
+    asyncio.run(case())
+
+
+def test_the_neighbour_watch_reports_ipv6_askers_and_the_peers_link_address() -> None:
+    """The frames Linux sends for an IPv6 address it watches: a multicast solicitation from
+    the address it pings from, then unicast re-checks from its link-local address. Both
+    resolve the address. And the advertisement for peer_ip shows the peer's MAC."""
+    from ipaddress import IPv6Address
+
+    from minisft.net import ndp
+    from minisft.net.link import Interface
+    from minisft.net.neighbour import NeighbourWatch
+
+    vip, peer = IPv6Address("2001:db8::10"), IPv6Address(PRIMARY_IP6)
+    link_local = IPv6Address(PRIMARY_LINK_LOCAL)
+    watch = NeighbourWatch(Interface("eth0", 2, BACKUP_MAC))
+    asked: list[tuple[str, str]] = []
+    users: list[str] = []
+    watch.watch_askers(vip, lambda ip, mac: asked.append((str(ip), mac)))
+    watch.watch_users(peer, users.append)
+    slla = bytes([ndp.OPT_SOURCE_LLA, 1]) + ndp.mac_to_bytes(PRIMARY_MAC)
+
+    def solicitation(src: IPv6Address, dst: IPv6Address, eth_dst: str) -> bytes:
+        return ndp._frame(eth_dst, PRIMARY_MAC, src, dst, ndp.NdpType.NS, 0, vip, slla)
+
+    watch._on_ndp(ndp.build_dad_probe(PRIMARY_MAC, vip))  # about to claim it: not asking
+    watch._on_ndp(ndp.build_unsolicited_na(PRIMARY_MAC, vip))  # holds it: not asking
+    assert asked == []
+    group = ndp.solicited_node(vip)
+    watch._on_ndp(solicitation(peer, group, ndp.multicast_mac(group)))
+    watch._on_ndp(solicitation(link_local, vip, BACKUP_MAC))  # the NUD re-check
+    assert asked == [(PRIMARY_IP6, PRIMARY_MAC), (PRIMARY_LINK_LOCAL, PRIMARY_MAC)]
+    assert users == [PRIMARY_MAC]  # the solicitation sent from peer_ip
+    tlla = bytes([ndp.OPT_TARGET_LLA, 1]) + ndp.mac_to_bytes(PRIMARY_MAC)
+    watch._on_ndp(ndp._frame(BACKUP_MAC, PRIMARY_MAC, peer, IPv6Address("2001:db8::2"),
+                             ndp.NdpType.NA, ndp.NA_FLAG_SOLICITED << 24, peer, tlla))
+    assert users == [PRIMARY_MAC, PRIMARY_MAC]  # its answer when this node resolves peer_ip
+    watch.unwatch_users(peer, users.append)
+    watch._on_ndp(solicitation(peer, group, ndp.multicast_mac(group)))
+    assert len(users) == 2
