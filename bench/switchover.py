@@ -15,7 +15,14 @@ the two implementations so both see the same machine load.
   as it hears beta's lower-priority advertisement. keepalived has no command to move a
   VIP by hand; preemption is its way back, so that is what is measured.
 
-    python bench/switchover.py [--trials 10] [--settings 1,0.1] [--json F]
+* --ipv6: the address is 2001:db8::10/64 and each peer_ip the other node's IPv6 address;
+  MiniSFT only (no keepalived IPv6 VRRP instance here). The failover is alpha's daemon
+  stopped (it releases the address, beta takes it) and started again, not a link cut: a
+  link cut also flushes the hosts' static IPv6 addresses, which the lab does not put
+  back. Once alpha watches, the script waits until beta's status shows alpha resolving
+  the address (peer.watching_mac), what makes beta take the move as a switchover.
+
+    python bench/switchover.py [--trials 10] [--settings 1,0.1] [--ipv6] [--json F]
 
 Not a test: prints tables; the numbers depend on the machine and its load.
 """
@@ -54,6 +61,7 @@ from tests.integration.cluster import Cluster, Node
 
 VIP = "192.0.2.10/24"
 VIP_IP = "192.0.2.10"
+VIP6 = "2001:db8::10/64"
 SETTLE = 1.0  # s of pings before the move, and after it
 
 
@@ -85,28 +93,41 @@ def _watching(node: Node) -> bool:
     return bool(m["state"] == "watching" and m["looksalive"]["health"] == "up")
 
 
-def minisft_trial(tmp: Path, interval: float) -> dict[str, float]:
-    with Cluster(tmp, ["alpha", "beta"], ipv6=False) as c:
+def _own_ip(node: Node, ipv6: bool) -> str:
+    return (node.host.ipv6 or "").split("/")[0] if ipv6 else node.host.ip
+
+
+def minisft_trial(tmp: Path, interval: float, ipv6: bool = False) -> dict[str, float]:
+    vip = VIP6 if ipv6 else VIP
+    vip_ip = vip.split("/")[0]
+    with Cluster(tmp, ["alpha", "beta"], ipv6=ipv6) as c:
         alpha, beta = c.nodes["alpha"], c.nodes["beta"]
         la = {"looksalive": {"interval": f"{round(interval * 1000)}ms"}}
-        alpha.configure([monitor("web", VIP, "primary", peer=beta.host.ip, **la)])
-        beta.configure([monitor("web", VIP, "backup", peer=alpha.host.ip, **la)])
+        alpha.configure([monitor("web", vip, "primary", peer=_own_ip(beta, ipv6), **la)])
+        beta.configure([monitor("web", vip, "backup", peer=_own_ip(alpha, ipv6), **la)])
         alpha.start(wait=False)
         beta.start(wait=False)
         for node in (alpha, beta):
             wait_until(f"{node.name}'s daemon to listen", node._ready, timeout=30)
         wait_until("alpha holds, beta watches",
-                   lambda: c.holders(VIP) == ["alpha"] and _watching(beta), timeout=60)
+                   lambda: c.holders(vip) == ["alpha"] and _watching(beta), timeout=60)
         cut = beta.last_seq()  # a takeover before this (a false one under load) is not it
         cut_alpha = alpha.last_seq()
-        alpha.host.link_down()
-        beta.wait_event("takeover", "web", timeout=30, after=cut)
-        # alpha polls its link: a flap shorter than that, it never sees, and keeps holding
-        alpha.wait_event("link_down", timeout=30, after=cut_alpha)
-        alpha.host.link_up()
+        if ipv6:
+            alpha.stop()  # releases the address (see the module docstring)
+            beta.wait_event("takeover", "web", timeout=30, after=cut)
+            alpha.start()
+        else:
+            alpha.host.link_down()
+            beta.wait_event("takeover", "web", timeout=30, after=cut)
+            # alpha polls its link: a flap shorter than that, it never sees, and keeps holding
+            alpha.wait_event("link_down", timeout=30, after=cut_alpha)
+            alpha.host.link_up()
         wait_until("alpha watches the address at beta", lambda: _watching(alpha), timeout=30)
+        wait_until("beta has seen alpha resolve the address", lambda: beta.monitor("web")
+                   ["peer"].get("watching_mac") == alpha.host.mac, timeout=90)
         mark = beta.last_seq()
-        pings = start_pings(c.client, VIP_IP)
+        pings = start_pings(c.client, vip_ip)
         time.sleep(SETTLE)
         asked = time.time()
         out = alpha.cli("switchover", "web")
@@ -119,7 +140,7 @@ def minisft_trial(tmp: Path, interval: float) -> dict[str, float]:
         stamps, lost = stop_counting(pings)
         took = alpha.events("switchover", "web")[-1]
         _, _, gap = outage(stamps, asked)
-        assert c.holders(VIP) == ["alpha"], c.holders(VIP)
+        assert c.holders(vip) == ["alpha"], c.holders(vip)
         return {"gap": gap, "lost": lost, "baseline": baseline(stamps, asked),
                 "command": answered - asked, "bound": took.time - asked,
                 "yielded": gave.time - took.time}
@@ -167,11 +188,13 @@ def main() -> None:
                     "setting (default 10)")
     ap.add_argument("--settings", default="1,0.1",
                     help="looksalive interval = advert_int, seconds (default 1,0.1)")
+    ap.add_argument("--ipv6", action="store_true",
+                    help="an IPv6 address (2001:db8::10/64), MiniSFT only")
     ap.add_argument("--json", type=Path, help="write the raw trials here")
     args = ap.parse_args()
     os.environ["PYTHONPATH"] = str(ROOT)
     settings = [float(s) for s in args.settings.split(",")]
-    impls = ["minisft", "keepalived"]
+    impls = ["minisft"] if args.ipv6 else ["minisft", "keepalived"]
     print(f"machine:    {machine_line()}")
     print(f"keepalived: {keepalived_version()}\n")
     results: dict[str, dict[str, list[dict[str, float]]]] = {}
@@ -183,8 +206,10 @@ def main() -> None:
                 for impl in impls:
                     tmp = Path(tmpdir) / f"{impl}-{key}-{n}"
                     tmp.mkdir()
-                    trial = minisft_trial if impl == "minisft" else keepalived_trial
-                    r = trial(tmp, interval)
+                    if impl == "minisft":
+                        r = minisft_trial(tmp, interval, ipv6=args.ipv6)
+                    else:
+                        r = keepalived_trial(tmp, interval)
                     results[key][impl].append(r)
                     print(f"  {key}s trial {n + 1:2d} {impl:10s} gap {r['gap'] * 1000:6.1f} ms  "
                           + f"lost {r['lost']:.0f}  "
@@ -200,6 +225,8 @@ def main() -> None:
             rows.append([f"{key} s", impl, len(g), f"{median(g):.1f}", f"{min(g):.1f}",
                          f"{max(g):.1f}", sum(1 for x in g if x > 50), f"{median(quiet):.1f}",
                          f"{sum(lost)} ({max(lost)})"])
+        if "keepalived" not in gaps:
+            continue
         m, k = gaps["minisft"], gaps["keepalived"]
         rows.append([f"{key} s", "**ratio MiniSFT/keepalived**", "",
                      f"**{median(m) / median(k):.2f}**", "", f"**{max(m) / max(k):.2f}**", "", "",
