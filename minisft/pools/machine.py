@@ -264,6 +264,12 @@ class PoolMachine:
     def held(self) -> list[str]:
         return [a for a in self.keys if self.slots[a] is Slot.HELD]
 
+    @property
+    def switching(self) -> frozenset[str]:
+        """Addresses this node is taking make-before-break (a rebalance): bound, or being
+        bound, while their holder still holds them."""
+        return frozenset(self._switching)
+
     def heartbeat_fields(self, leaving: bool = False) -> dict[str, Any]:
         """What this node's next heartbeat says (state, holds, wants, lost).
 

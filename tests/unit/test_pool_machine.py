@@ -910,3 +910,45 @@ def test_rebalance_with_nothing_to_move_changes_nothing() -> None:
     sim.run(1.0)
     assert sim.layout() == before
     assert not any(sim.events(n, EventKind.SWITCHOVER) for n in TRIO)
+
+
+rebalance_faults = st.lists(st.tuples(
+    st.sampled_from(["kill", "restart", "mute", "unmute", "rebalance", "rebalance", "wait"]),
+    st.sampled_from(NAMES), st.floats(0.0, 1.5)), min_size=1, max_size=10)
+
+
+@given(st.sampled_from(NAMES), st.floats(0.8, 2.5), rebalance_faults)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_rebalances_in_random_histories_hold_an_address_twice_only_while_switching(
+        back: str, after: float, history: list[tuple[str, str, float]]) -> None:
+    """After a failover (`back` dies and returns `after` seconds later), rebalances fed at
+    any moment, among more deaths, returns and muted members: the only second holder of
+    an address is a member taking it make-before-break, and once everything is back every
+    address has exactly one holder."""
+    pool = make_pool(NAMES, mode=FallbackMode.MANUAL)
+    sim = Sim({n: pool for n in NAMES})
+    sim.run(2.0)
+    sim.kill(back)
+    sim.run(1.5)
+    sim.restart(back)
+    sim.run(after)
+    for what, who, wait in [("rebalance", back, 0.0), *history]:
+        if what == "rebalance":
+            if sim.nodes[who].running:
+                sim.feed(who, Rebalance("test"))
+        else:
+            sim.apply(what, who)
+        for _ in range(round(wait / STEP)):
+            sim.step()
+            for a in ADDRESSES:
+                holders = sim.holders(a)
+                taking = [h for h in holders if a in sim.nodes[h].machine.switching]
+                assert len(holders) - len(taking) <= 1, f"{a}: {holders} at t={sim.t}"
+    sim.mute.clear()
+    for name, node in sim.nodes.items():
+        if not node.running:
+            sim.restart(name)
+    sim.run(HOLD_DOWN + 4.0)
+    sim.layout()  # asserts one holder per address
+    for node in sim.nodes.values():
+        assert not node.machine.switching
