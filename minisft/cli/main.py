@@ -38,6 +38,7 @@ manual fallback, the original procedure as commands:
 
 switchover, the same move without an outage (make-before-break):
   on the primary:               minisft switchover web (binds at once; the backup yields)
+  pools, on the member back:    minisft rebalance front (takes its addresses back)
 
 examples:
   minisft run --config /etc/minisft/minisft.yaml       foreground, for systemd
@@ -46,9 +47,9 @@ examples:
   minisft events --follow                              the event journal, as it grows
   minisft demo                                         a two-node takeover in a namespace lab
 
-exit codes: 0 ok (also when the wanted state already held: release, claim, pause, resume
-and switchover are idempotent), 1 command refused or failed, 2 bad configuration,
-3 daemon unreachable.
+exit codes: 0 ok (also when the wanted state already held: release, claim, pause, resume,
+switchover and rebalance are idempotent), 1 command refused or failed, 2 bad
+configuration, 3 daemon unreachable.
 """
 
 
@@ -77,6 +78,38 @@ The backup recognises the switchover when the primary resolved the address by
 ARP/NDP while watching it (over IPv6 also from its link-local address, known by
 its MAC); `minisft status` on the backup shows it as the peer's watching_mac.
 Otherwise it still yields, and reports a split brain.
+"""
+
+
+REBALANCE_HELP = """\
+Move a pool's addresses back to the members the formula gives them: the manual
+fallback of a pool (fallback: {mode: manual}), where addresses stay on the member
+that took them over until an admin acts.
+
+Run it on the member that should get its addresses back, once it is healthy and
+active again (`minisft status` shows the pool active). It takes them without a gap,
+make-before-break: it binds each of its addresses at once, without waiting for the
+member holding it to let go, and announces it; the holder hears that it is held
+twice, the pool's duplicates rule names this member keeper, and the holder
+releases it (both sides report a `switchover` event). Clients see a gap of a few
+milliseconds at most, not a detection time.
+
+Run on a member that holds addresses another member asks for, it also hands those
+over, break-before-make (release here, the other member probes, then binds).
+
+It refuses with the reason (exit 1), binding nothing, when:
+  - this member is not active (still joining, or isolated: no quorum),
+  - this member's link is down,
+  - it became active less than one detection time ago (after a restart or a healed
+    partition the members' views are still settling: try again in a moment),
+  - the holder of an address is isolated, has gone quiet, counts this member lost
+    (it would not hear this member hold the address and would keep it too), or by
+    its own view of the pool would keep the address.
+Those addresses stay where they are; the others still move.
+Nothing to move: says so, changes nothing, exit 0.
+
+Pools coordinated through etcd hand over break-before-make only: run it on the
+members holding the addresses.
 """
 
 
@@ -115,8 +148,8 @@ def _parser() -> argparse.ArgumentParser:
     so = add("switchover", "move the address back to this node, its primary, without an "
              "outage", SWITCHOVER_HELP)
     so.add_argument("monitor", metavar="NAME", help="monitor name from the config")
-    rb = add("rebalance", "pools: move every address to the member the formula names now "
-             "(the manual fallback of a pool)")
+    rb = add("rebalance", "pools: on a member back after a failover, take its addresses "
+             "back without a gap (the manual fallback of a pool)", REBALANCE_HELP)
     rb.add_argument("pool", metavar="POOL", help="pool name from the config")
     pool = sub.add_parser("pool", help="pools in etcd mode: manage the definition in etcd",
                           description="Pools coordinated through etcd keep their definition "
@@ -437,7 +470,7 @@ def cmd_rebalance(args: argparse.Namespace) -> int:
     if not answer.get("ok"):
         print(f"minisft: rebalance refused: {answer.get('error')}", file=sys.stderr)
         return EXIT_FAILED
-    print(f"{args.pool}: rebalancing to the formula's layout")
+    print(f"{args.pool}: {answer.get('message') or 'rebalancing to the formula layout'}")
     return EXIT_OK
 
 

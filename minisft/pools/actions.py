@@ -27,8 +27,8 @@ from minisft.core.io import LinkChanged, Tick
 __all__ = [
     "Action", "AddressGone", "Announce", "Bind", "BindDone", "CancelProbe", "Emit",
     "HeartbeatSeen", "LinkChanged", "OnProber", "PoolAction", "PoolInput", "ProbeDone",
-    "Rebalance", "Release", "SendHeartbeat", "StartProbe", "Started", "Tick",
-    "WitnessResult",
+    "Rebalance", "RebalanceAnswer", "Release", "SendHeartbeat", "StartProbe", "Started",
+    "Tick", "WitnessResult",
 ]
 
 # ---------------------------------------------------------------- inputs
@@ -68,10 +68,23 @@ class AddressGone:
 
 @dataclass(frozen=True)
 class Rebalance:
-    """Admin: hand addresses over to the members the formula gives them (the manual
-    fallback's "admin acts"); a one-shot pass, whatever the fallback mode."""
+    """Admin: move addresses to the members the formula gives them (the manual fallback's
+    "admin acts"); a one-shot pass, whatever the fallback mode. On the member that should
+    get addresses back it takes them make-before-break; on a holder it hands over the
+    addresses whose member asks for them."""
 
     by: str = "cli"
+
+
+@dataclass(frozen=True)
+class RebalanceAnswer:
+    """What a `Rebalance` did, for the admin who asked: `ok` False is a refusal (nothing
+    changed), `message` is one line saying what moves or why not."""
+
+    ok: bool
+    message: str
+    taking: tuple[str, ...] = ()  # addresses bound here make-before-break
+    handing_over: tuple[str, ...] = ()  # addresses released here to their member
 
 
 PoolInput = (Started | HeartbeatSeen | WitnessResult | AddressGone | Tick | ProbeDone

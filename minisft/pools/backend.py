@@ -19,7 +19,8 @@ Timing contract (what the daemon, the docs and the tests may rely on):
   and the replacement adopts them through `start(held)`.
 - `handover()` after `stop(release=False)` gives what the replacement needs to keep the
   pool's identity (etcd: its lease, so no other member sees it leave), or None.
-- `rebalance(by)` is an admin request; it returns at once, the moves follow as events.
+- `rebalance(by)` is an admin request; it returns at once with a `RebalanceAnswer` (a
+  refusal changes nothing), the moves follow as events.
 - `snapshot()` is cheap and never blocks: it is read every status interval.
 """
 
@@ -27,6 +28,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any, Protocol
+
+from minisft.pools.actions import RebalanceAnswer
 
 
 class PoolBackend(Protocol):
@@ -36,6 +39,6 @@ class PoolBackend(Protocol):
 
     def handover(self) -> object | None: ...
 
-    def rebalance(self, by: str = "cli") -> None: ...
+    def rebalance(self, by: str = "cli") -> RebalanceAnswer: ...
 
     def snapshot(self) -> dict[str, Any]: ...

@@ -77,6 +77,7 @@ from minisft.config.model import (
 )
 from minisft.core.actions import OnProber
 from minisft.core.events import EventKind, Notice, Severity
+from minisft.pools.actions import RebalanceAnswer
 from minisft.pools.formula import assign, home
 from minisft.pools.machine import ANNOUNCE, PROBE
 from minisft.pools.placement import HolderHistory, placement
@@ -645,10 +646,19 @@ class EtcdPoolRuntime:
                 self._member_value("leaving"), lease=lease), "leaving")
             await self.session.call(lambda c: c.revoke_lease(lease), "revoke")
 
-    def rebalance(self, by: str = "cli") -> None:
-        """Admin: hand addresses to the members the formula gives them (manual fallback)."""
+    def rebalance(self, by: str = "cli") -> RebalanceAnswer:
+        """Admin: hand addresses to the members the formula gives them (manual fallback).
+
+        Break-before-make here: the holder releases, then deletes its owner key, and the
+        formula's member takes it after its probe. The embedded pool's make-before-break
+        switchover would need a bind before the owner key moves, which breaks "holding
+        implies owning" (the fencing margin relies on it), so etcd pools do not do it."""
         self._rebalance_by = by
         self._wake.set()
+        return RebalanceAnswer(True, "etcd pool: each address this member holds that the "
+                               "formula gives to another member is handed over "
+                               "break-before-make (run it on the holders; make-before-break "
+                               "is for embedded pools only)")
 
     # ------------------------------------------------------------- helpers
 

@@ -59,7 +59,23 @@ Rules, each with the reason its event carries:
   formula count it, so it gets its addresses back after the hold-down. ``manual``: members
   count as soon as they are alive (they get free and orphaned addresses), but a holder
   never releases to rebalance: addresses stay where they are until an admin feeds
-  `Rebalance` (one hand-over pass, as auto would do it) or their holder dies.
+  `Rebalance` or their holder dies.
+* **Rebalance** (admin, one pass). On the member that should get addresses back it is a
+  switchover, make-before-break: every address the formula over all live members (the
+  duplicates rule's keeper formula, below) gives to this node and that one live member
+  holds is bound here at once, without a probe (the holder is known and heard), and
+  announced; this node then claims it in ``holds`` and ``wants`` until the holder lets
+  go. The holder hears a duplicate, the duplicates rule names this node keeper, and it
+  releases (a ``switchover`` event on both sides): clients see the announcement before
+  the release, so no gap. Refused (nothing bound, one reason) unless this node is active
+  with a sure quorum and its link up, has been active for one detection time (views
+  settle after joining or a healed partition), and the holder is not isolated, not
+  suspect, does not count this node lost, and names this node keeper by its own view
+  (its ``lost`` list): a holder that could not hear this node, or would keep the address
+  by its view, would leave it held twice for good. A holder that still holds it one
+  detection time after the bind wins after all: this node releases it again. On a holder
+  the pass hands over (break-before-make, as auto does) each address whose member asks
+  for it in ``wants``.
 * **Two claimants of a free address** (both probing it, e.g. their views differ about a
   member back from silence): each names it in `wants`; the one ranked first by HRW binds,
   the other backs off (YIELDED) -- unless a claimant lists the other in its `lost`: it does
@@ -97,6 +113,7 @@ from minisft.pools.actions import (
     PoolInput,
     ProbeDone,
     Rebalance,
+    RebalanceAnswer,
     Release,
     SendHeartbeat,
     Started,
@@ -153,6 +170,7 @@ class Counters:
     conflicts: int = 0  # a probe found someone answering
     bind_failures: int = 0
     heartbeats_seen: int = 0
+    switchovers: int = 0  # moved make-before-break by a rebalance (taken or yielded)
 
 
 # Probe and announce settings are not per pool: the core's LAN-scale defaults.
@@ -173,6 +191,7 @@ class PoolMachine:
     _token: int = 0
     _pending: list[PoolAction] = field(default_factory=list)
     _rebalance_by: str | None = None
+    last_rebalance: RebalanceAnswer | None = None  # the answer to the last `Rebalance`
 
     def __post_init__(self) -> None:
         names = [m.name for m in self.pool.members]
@@ -204,6 +223,8 @@ class PoolMachine:
         # round per suspect episode, so a probe that fails at once cannot spin
         self._early_done: dict[str, tuple[str, float, float, bool]] = {}
         self._bind_tokens: dict[int, str] = {}
+        # switchovers of a rebalance: address -> (holder, by, since: bind asked or done)
+        self._switching: dict[str, tuple[str, str, float]] = {}
         self._retry_at: dict[str, float] = {}
         self._conflict_open: set[str] = set()
         self._next_announce: dict[str, float] = {}
@@ -248,7 +269,10 @@ class PoolMachine:
 
         `leaving`: the farewell a stopping member sends after releasing its addresses, so
         the others take them over at once instead of after the detection time."""
-        claimed = [a for a in self.keys if self.slots[a] in (Slot.HELD, Slot.BINDING)]
+        # A switchover's bind is claimed only once done (announced): the holder releases
+        # when it hears the claim, and clients must have the announcement by then.
+        claimed = [a for a in self.keys if self.slots[a] is Slot.HELD
+                   or (self.slots[a] is Slot.BINDING and a not in self._switching)]
         return {
             "state": "leaving" if leaving else
             "isolated" if self.phase is Phase.ISOLATED else "alive",
@@ -453,12 +477,96 @@ class PoolMachine:
         if self.slots.get(a) is not Slot.HELD:
             return
         self.slots[a] = Slot.FREE
+        self._switching.pop(a, None)
         self._do(SendHeartbeat())
         self._emit(EventKind.ADDRESS_REMOVED, "the address vanished from the interface; it "
                    "is taken again if the formula still gives it to this node", address=a)
 
     def _on_rebalance(self, ev: Rebalance) -> None:
-        self._rebalance_by = ev.by  # used (and cleared) by the reconcile of this input
+        refusal = self._rebalance_refusal()
+        if refusal is not None:
+            self.last_rebalance = RebalanceAnswer(False, refusal)
+            return
+        self._rebalance_by = ev.by  # the hand-over pass, in the reconcile of this input
+        everyone = assign(self.keys, self._live(stable_only=False), self.preferred,
+                          self.weights, pool=self.pool.name)
+        taking: dict[str, str] = {}
+        refused: list[str] = []
+        for a in self.keys:
+            if everyone[a] != self.me or self.slots[a] is not Slot.FREE:
+                continue
+            holders = sorted(n for n, v in self.views.items() if v.alive and a in v.holds)
+            if not holders:
+                continue  # free: the normal path probes and binds it
+            why = self._switchover_refusal(a, holders)
+            if why is None:
+                taking[a] = holders[0]
+            else:
+                refused.append(f"{a}: {why}")
+        handing = tuple(a for a in self.held if self.assignment.get(a, self.me) != self.me
+                        and a in self.views[self.assignment[a]].wants)
+        for a, holder in taking.items():
+            self._switching[a] = (holder, ev.by, self.now)
+            self._start_bind(a)
+        parts = []
+        if taking:
+            parts.append("taking make-before-break " + ", ".join(
+                f"{a} from {h}" for a, h in taking.items()))
+        if handing:
+            parts.append("handing over " + ", ".join(
+                f"{a} to {self.assignment[a]}" for a in handing))
+        if refused:
+            parts.append("not moving " + "; ".join(refused))
+        if not taking and not handing:
+            self.last_rebalance = RebalanceAnswer(
+                not refused, "; ".join(parts) if refused else
+                f"nothing to move: no address the formula gives to {self.me} is held by "
+                f"another member, and no member asks for one {self.me} holds")
+            return
+        self.last_rebalance = RebalanceAnswer(True, "; ".join(parts), tuple(taking), handing)
+
+    def _rebalance_refusal(self) -> str | None:
+        """Why this node may not take addresses from their holders now, or None."""
+        if self.phase is not Phase.ACTIVE:
+            return f"this member is not active ({self.reason})"
+        if not self.link_up:
+            return "this member's link is down"
+        if not self._sure_quorum():
+            return ("this member's quorum is not sure (a peer is about to be judged lost): "
+                    "try again once the pool is settled")
+        active_for = self.now - self.last_change
+        if active_for < self.detection_time:
+            return (f"this member has been active for only {active_for:.1f}s: the members' "
+                    f"views settle for one detection time ({self.detection_time:g}s) after "
+                    f"joining or regaining quorum; try again in "
+                    f"{self.detection_time - active_for:.1f}s")
+        return None
+
+    def _switchover_refusal(self, a: str, holders: list[str]) -> str | None:
+        """Why `a` may not be bound here while its holder still holds it, or None.
+
+        The holder lets go only by the duplicates rule, by its own view: one that cannot
+        hear this node, or whose formula keeps the address elsewhere, would keep it too."""
+        if len(holders) > 1:
+            return (f"held by {' and '.join(holders)} at once: the duplicates rule settles "
+                    "that first")
+        holder = holders[0]
+        v = self.views[holder]
+        if v.state == "isolated":
+            return f"its holder {holder} is isolated: it takes no decision, so it would keep it"
+        if self.me in v.lost:
+            return (f"its holder {holder} counts {self.me} lost (this node's heartbeats do not "
+                    "reach it): it would keep it")
+        if self._silent(v, self._suspect_factor):
+            return f"its holder {holder} has gone quiet: it may not hear this node"
+        theirs = {n: self.weights[n] for n in self.order if n not in v.lost
+                  and (n in (holder, self.me) or self.views[n].state != "isolated")}
+        keeper = assign(self.keys, theirs, self.preferred, self.weights,
+                        pool=self.pool.name)[a]
+        if keeper != self.me:
+            return (f"its holder {holder} would keep it: by its view (lost: "
+                    f"{', '.join(sorted(v.lost)) or 'none'}) the formula gives it to {keeper}")
+        return None
 
     def _on_probe_done(self, ev: ProbeDone) -> None:
         for early, (token, suspect, started) in list(self._early.items()):
@@ -493,7 +601,9 @@ class PoolMachine:
         a = self._bind_tokens.pop(ev.token, None)
         if a is None or self.slots[a] is not Slot.BINDING:
             return
+        switching = self._switching.get(a)
         if ev.error is not None:
+            self._switching.pop(a, None)
             self.slots[a] = Slot.FREE
             self._retry_at[a] = self.now + self.detection_time
             self.counters.bind_failures += 1
@@ -506,7 +616,15 @@ class PoolMachine:
         before = self.last_holder.get(a)
         self.last_holder.saw(a, self.me)
         self._do(SendHeartbeat())
-        if before is not None and before != self.me:
+        if switching is not None:
+            holder, by, _ = switching
+            self._switching[a] = (holder, by, self.now)  # the holder's time runs from here
+            self.counters.switchovers += 1
+            self._emit(EventKind.SWITCHOVER,
+                       f"took it from {holder} make-before-break (rebalance by {by}): bound "
+                       f"and announced here; {holder} releases it when it hears this node "
+                       "hold it", address=a, details={"from": holder, "to": self.me})
+        elif before is not None and before != self.me:
             self.counters.takeovers += 1
             lost = before in self.views and not self.views[before].alive
             why = "was lost" if lost else "released it"
@@ -646,10 +764,31 @@ class PoolMachine:
             slot = self.slots[a]
             others = {n for n, v in self.views.items() if v.alive and a in v.holds}
             if slot is Slot.HELD:
+                if a in self._switching:
+                    holder, by, since = self._switching[a]
+                    if not others:
+                        del self._switching[a]  # the holder let go: the switchover is done
+                    elif self.now - since > self.detection_time:
+                        # its view differs after all: one holder, not two for good
+                        self._release(a)
+                        self._emit(EventKind.YIELDED,
+                                   f"switchover (rebalance by {by}): {', '.join(sorted(others))} "
+                                   f"still holds it {self.detection_time:g}s after the bind; "
+                                   "released it here so it is not held twice", address=a,
+                                   keeper=holder)
+                    continue
                 if others:
                     keeper = everyone[a] if everyone[a] in others | {self.me} else \
                         self._ranked_first(a, others | {self.me})
-                    if keeper != self.me:
+                    if keeper != self.me and a in self.views[keeper].wants:
+                        # the keeper bound it while this node held it: a rebalance there
+                        self.counters.switchovers += 1
+                        self._release(a)
+                        self._emit(EventKind.SWITCHOVER,
+                                   f"{keeper} took it make-before-break (rebalance): bound "
+                                   f"and announced there, released it here", address=a,
+                                   details={"from": self.me, "to": keeper})
+                    elif keeper != self.me:
                         self.counters.yields += 1
                         self._release(a)
                         self._emit(EventKind.YIELDED,
@@ -683,6 +822,9 @@ class PoolMachine:
         # bind. The claim lets the one ranked second back off before binding.
         wants |= {a for a in self.keys if self.slots[a] is Slot.PROBING}
         wants |= set(self._early) | set(self._early_done)
+        # a switchover claims what it bound until the holder lets go: the holder tells a
+        # switchover (both sides report it) from a duplicate after a partition
+        wants |= {a for a in self._switching if self.slots[a] is Slot.HELD}
         if wants != self.wants:
             self.wants = frozenset(wants)
             self._do(SendHeartbeat())
@@ -789,6 +931,7 @@ class PoolMachine:
 
     def _release(self, a: str) -> None:
         self.slots[a] = Slot.FREE
+        self._switching.pop(a, None)
         self._do(Release(a), SendHeartbeat())
 
     def _refresh_announcements(self) -> None:

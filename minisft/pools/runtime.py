@@ -23,6 +23,7 @@ from concurrent.futures import Executor
 from typing import Any
 
 from minisft.config.model import IPInterface, PoolConfig
+from minisft.core.actions import IllegalInput
 from minisft.core.events import Notice
 from minisft.pools.actions import (
     AddressGone,
@@ -31,6 +32,7 @@ from minisft.pools.actions import (
     PoolAction,
     PoolInput,
     Rebalance,
+    RebalanceAnswer,
     SendHeartbeat,
     Started,
     Tick,
@@ -122,9 +124,17 @@ class PoolRuntime:
         """Nothing to hand to a replacement: an embedded pool's identity is its config."""
         return None
 
-    def rebalance(self, by: str = "cli") -> None:
-        """Admin: hand addresses to the members the formula gives them (manual fallback)."""
-        self.feed(Rebalance(by))
+    def rebalance(self, by: str = "cli") -> RebalanceAnswer:
+        """Admin: take this member's formula addresses back make-before-break and hand
+        over those another member asks for (manual fallback); the machine's answer."""
+        self.machine.last_rebalance = None
+        try:
+            self.feed(Rebalance(by))
+        except IllegalInput:
+            return RebalanceAnswer(False, "this member is still starting: try again")
+        answer = self.machine.last_rebalance
+        assert answer is not None  # every Rebalance input leaves its answer
+        return answer
 
     def snapshot(self) -> dict[str, Any]:
         snap = self.machine.snapshot()

@@ -459,8 +459,11 @@ class Daemon:
             if pool is None:
                 known = ", ".join(sorted(self.pools)) or "none"
                 return {"ok": False, "error": f"no pool named {name!r} (known: {known})"}
-            pool.rebalance(by=str(req.get("by") or "cli"))
-            return {"ok": True, "pool": pool.snapshot()}
+            answer = pool.rebalance(by=str(req.get("by") or "cli"))
+            if not answer.ok:
+                return {"ok": False, "error": f"{name}: {answer.message}"}
+            return {"ok": True, "message": answer.message, "taking": list(answer.taking),
+                    "handing_over": list(answer.handing_over), "pool": pool.snapshot()}
         if cmd == "reload":
             ok, message = await self.reload()
             return {"ok": ok, "message": message} if ok else {"ok": False, "error": message}

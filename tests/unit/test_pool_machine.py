@@ -786,3 +786,127 @@ def test_silent_members_never_make_an_address_held_twice(
             sim.step()
             for a in ADDRESSES:
                 assert len(sim.holders(a)) <= 1, f"{a}: {sim.holders(a)} at t={sim.t}"
+
+
+# ---------------------------------------------------------------- rebalance: switchover
+
+TRIO = ["a", "b", "c"]
+_INPUTS = (HeartbeatSeen, Tick, ProbeDone, BindDone, Rebalance, Started, LinkChanged,
+           WitnessResult)
+
+
+def _c_back_after_failover() -> tuple[Sim, dict[str, str]]:
+    """Manual fallback: c dies, its addresses move to a and b, c comes back and settles
+    (active for more than one detection time) holding nothing."""
+    sim = started(TRIO, mode=FallbackMode.MANUAL)
+    home = sim.layout()
+    assert "c" in home.values()
+    sim.kill("c")
+    sim.run(2.0)
+    assert "c" not in sim.layout().values()
+    sim.restart("c")
+    sim.run(2.5)
+    assert sim.nodes["c"].machine.phase is Phase.ACTIVE
+    assert not sim.nodes["c"].bound
+    return sim, home
+
+
+def test_rebalance_on_the_returned_member_takes_its_addresses_make_before_break() -> None:
+    sim, home = _c_back_after_failover()
+    moved = {a: sim.holders(a)[0] for a in ADDRESSES if home[a] == "c"}
+    sim.feed("c", Rebalance("cli"))
+    answer = sim.nodes["c"].machine.last_rebalance
+    assert answer is not None and answer.ok, answer
+    assert sorted(answer.taking) == sorted(moved)
+    for _ in range(round(1.0 / STEP)):
+        sim.step()
+        for a in ADDRESSES:
+            # never a moment with nobody answering for an address: no gap
+            assert sim.holders(a), f"{a} unbound at t={sim.t}"
+    for a, holder in moved.items():
+        # make-before-break: the holder released on hearing c hold it (c had bound it)
+        trace = sim.nodes[holder].trace
+        at = next(i for i, (_, _, x) in enumerate(trace) if x == Release(a))
+        cause = next(x for _, _, x in reversed(trace[:at]) if isinstance(x, _INPUTS))
+        assert isinstance(cause, HeartbeatSeen) and cause.member == "c", cause
+        assert a in cause.holds
+    assert sim.layout() == home == formula(TRIO, TRIO)
+    took = sim.events("c", EventKind.SWITCHOVER)
+    assert sorted(e.address or "" for e in took) == sorted(moved)
+    assert all("make-before-break (rebalance by cli)" in e.reason for e in took)
+    for holder in set(moved.values()):
+        yielded = sim.events(holder, EventKind.SWITCHOVER)
+        assert sorted(e.address or "" for e in yielded) == sorted(
+            a for a, h in moved.items() if h == holder)
+        assert all("c took it" in e.reason for e in yielded)
+        assert not sim.events(holder, EventKind.YIELDED)
+    # idempotent: a second pass has nothing to move and changes nothing
+    sim.feed("c", Rebalance("cli"))
+    again = sim.nodes["c"].machine.last_rebalance
+    assert again is not None and again.ok and again.message.startswith("nothing to move")
+    sim.run(0.5)
+    assert sim.layout() == home
+
+
+def test_rebalance_refuses_on_an_isolated_member() -> None:
+    sim, _home = _c_back_after_failover()
+    sim.isolate("c")
+    sim.run(1.5)
+    assert sim.nodes["c"].machine.phase is Phase.ISOLATED
+    sim.feed("c", Rebalance("cli"))
+    answer = sim.nodes["c"].machine.last_rebalance
+    assert answer is not None and not answer.ok
+    assert "not active (isolated" in answer.message
+    sim.run(0.5)
+    assert not sim.nodes["c"].bound
+
+
+def test_rebalance_refuses_inside_the_rejoin_window() -> None:
+    sim = started(TRIO, mode=FallbackMode.MANUAL)
+    sim.kill("c")
+    sim.run(2.0)
+    sim.restart("c")
+    detection = sim.nodes["c"].machine.detection_time
+    while sim.nodes["c"].machine.phase is not Phase.ACTIVE:
+        sim.step()
+    sim.feed("c", Rebalance("cli"))
+    answer = sim.nodes["c"].machine.last_rebalance
+    assert answer is not None and not answer.ok
+    assert "active for only" in answer.message and "try again" in answer.message
+    sim.run(0.5)
+    assert not sim.nodes["c"].bound
+    sim.run(detection)
+    sim.feed("c", Rebalance("cli"))
+    later = sim.nodes["c"].machine.last_rebalance
+    assert later is not None and later.ok and later.taking
+
+
+def test_rebalance_never_binds_what_a_holder_that_counts_it_lost_holds() -> None:
+    """A holder that lists c lost does not hear c's heartbeats: it would never see c hold
+    the address and would keep it too, so c must not bind it."""
+    sim, home = _c_back_after_failover()
+    moved = {a: sim.holders(a)[0] for a in ADDRESSES if home[a] == "c"}
+    deaf = sorted(set(moved.values()))[0]
+    fields = sim.nodes[deaf].machine.heartbeat_fields()
+    sim.feed("c", HeartbeatSeen(deaf, frozenset(fields["holds"]), fields["digest"],
+                                fields["state"], frozenset(fields["wants"]),
+                                frozenset({"c"})))
+    sim.feed("c", Rebalance("cli"))
+    answer = sim.nodes["c"].machine.last_rebalance
+    assert answer is not None
+    assert f"its holder {deaf} counts c lost" in answer.message
+    assert not set(answer.taking) & {a for a, h in moved.items() if h == deaf}
+    assert answer.ok == bool(answer.taking)
+
+
+def test_rebalance_with_nothing_to_move_changes_nothing() -> None:
+    sim = started(TRIO, mode=FallbackMode.MANUAL)
+    before = sim.layout()
+    for name in TRIO:
+        sim.feed(name, Rebalance("cli"))
+        answer = sim.nodes[name].machine.last_rebalance
+        assert answer is not None and answer.ok
+        assert answer.message.startswith("nothing to move")
+    sim.run(1.0)
+    assert sim.layout() == before
+    assert not any(sim.events(n, EventKind.SWITCHOVER) for n in TRIO)
