@@ -61,6 +61,18 @@ def test_rebalance_takes_a_returning_members_addresses_back_with_a_gap_under_50m
         moved = {x: layout()[x][0] for x in cs}
 
         node_c.start()
+        wait_until("c's pool active", lambda: node_c.status()["pools"][0]["phase"] ==
+                   "active", timeout=30)
+        # a link cut on c: it refuses, binds nothing, and says why in one line
+        mark = node_c.last_seq()
+        node_c.host.link_down()
+        node_c.wait_event("isolated", "front", after=mark, timeout=10)
+        refused = node_c.cli("rebalance", "front")
+        assert refused.returncode == 1, refused.stdout
+        assert "not active (isolated: own link is down)" in refused.stderr, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
+        assert not any(node_c.holds(x) for x in ADDRESSES)
+        node_c.host.link_up()
         wait_until("c's pool active for one detection time", lambda: (
             (p := node_c.status()["pools"][0])["phase"] == "active"
             and p["seconds_since_change"] > DETECTION + 0.5), timeout=30)

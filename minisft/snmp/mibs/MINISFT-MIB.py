@@ -120,7 +120,8 @@ minisftMIB = ModuleIdentity(
 )
 if mibBuilder.loadTexts:
     minisftMIB.setRevisions(
-        ("2026-12-05 09:00",
+        ("2026-12-05 14:00",
+         "2026-12-05 09:00",
          "2026-12-05 00:00",
          "2026-12-04 00:00",
          "2025-01-15 00:00")
