@@ -432,3 +432,35 @@ def test_a_reload_cannot_move_a_running_machine() -> None:
     m = MonitorMachine(cfg, now=0.0)
     with pytest.raises(IllegalInput):
         m.handle(Reconfigured(replace(cfg, address=ipaddress.ip_interface("192.0.2.11/24"))), 1.0)
+
+
+def test_a_reload_that_changes_peer_ip_learns_the_new_peers_mac_not_the_old_ones(
+        tmp_path: Path) -> None:
+    """The peer's MAC tells its IPv6 link-local solicitations from anyone's (switchover):
+    after a reload to another peer_ip only frames for the new one set it, and a removed
+    monitor listens for none."""
+    path = tmp_path / "minisft.yaml"
+    new_peer = ipaddress.ip_address("192.0.2.3")
+    write_config(path, [monitor("backup", peer_ip=str(PEER))])
+
+    async def scenario(h: Harness) -> None:
+        def frame_for(ip: Any, mac: str) -> None:  # a frame showing which MAC uses ip
+            for callback in list(h.host.users.get(ip, [])):
+                callback(mac)
+
+        frame_for(PEER, "02:00:00:00:00:bb")
+        assert h.web.machine.peer.link_mac == "02:00:00:00:00:bb"
+        write_config(path, [monitor("backup", peer_ip=str(new_peer))])
+        ok, message = await h.daemon.reload()
+        assert ok and "updated web" in message, message
+        assert h.web.machine.peer.link_mac is None  # another host now
+        frame_for(PEER, "02:00:00:00:00:bb")
+        assert h.web.machine.peer.link_mac is None
+        frame_for(new_peer, "02:00:00:00:00:cc")
+        assert h.web.machine.peer.link_mac == "02:00:00:00:00:cc"
+        write_config(path, [])
+        ok, message = await h.daemon.reload()
+        assert ok and "removed web" in message, message
+        assert not h.host.users.get(new_peer)
+
+    run(path, scenario)
