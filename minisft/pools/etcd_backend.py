@@ -861,6 +861,8 @@ class EtcdPoolRuntime:
             except EtcdUnavailable:
                 if generation == self.session.generation:
                     self._broken.set()  # rotate to the next endpoint now
+            except Exception:  # a bug here must not end the renewals for good
+                log.exception("pool %s: keepalive failed", self.pool.name)
             if self.machine.lease_id is None:
                 self._broken.set()  # expired: the session loop grants a new one
 
@@ -931,4 +933,3 @@ __all__ = [
     "MemberSeen", "Owner", "Phase", "Slot", "StartupWindow", "decode_definition",
     "definition_digest", "definition_of", "encode_definition", "push_definition",
 ]
-
