@@ -4,8 +4,10 @@
 constructor keywords, `start(held)`, `stop(release)`, `snapshot()`, `rebalance(by)`), so the
 daemon picks one or the other by `pool.coordination.backend` and treats them alike. The
 embedded `PoolMachine` is built around heartbeats (who heard whom, quorum of the members,
-`wants`); here etcd is the single source of truth, so the decisions are different and live
-in this module. Both share the formula (`minisft.pools.formula.assign`).
+`wants`); here etcd is the single source of truth, so the decisions are different: they
+are the pure `minisft.pools.etcd_machine.EtcdPoolMachine` (testable in simulated time),
+which this module's runtime feeds with what it reads from etcd and whose actions it
+carries out. Both share the formula (`minisft.pools.formula.assign`).
 
 Keys (``P`` = ``<prefix>/pools/<pool>``)::
 

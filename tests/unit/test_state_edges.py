@@ -19,6 +19,7 @@ from minisft.core.events import EventKind
 from minisft.core.io import Command, LinkChanged, PingResult, Verb
 from minisft.core.io import Started as MonitorStarted
 from minisft.core.monitor import MonitorMachine, Purpose, State
+from minisft.pools import etcd_machine
 from minisft.pools import machine as pool_machine
 from minisft.pools.actions import Emit, Started, Tick
 from minisft.pools.machine import Phase, PoolMachine
@@ -27,10 +28,11 @@ from tests.unit.test_pool_machine import make_pool
 
 DESIGN = Path(__file__).resolve().parents[2] / "docs" / "design.md"
 
-MACHINES: list[tuple[str, dict[State, frozenset[State]] | dict[Phase, frozenset[Phase]],
-                     StrEnum]] = [
+MACHINES: list[tuple[str, dict[State, frozenset[State]] | dict[Phase, frozenset[Phase]]
+                     | dict[etcd_machine.Phase, frozenset[etcd_machine.Phase]], StrEnum]] = [
     ("monitor", monitor.EDGES, State.STARTING),
     ("pool", pool_machine.EDGES, Phase.STARTING),
+    ("etcd pool", etcd_machine.EDGES, etcd_machine.Phase.STARTING),
 ]
 
 
