@@ -22,6 +22,7 @@ from typing import Literal
 
 from minisft.net import arp, ndp
 from minisft.net.link import Interface
+from minisft.net.sockets import enlarge_receive_buffer
 
 log = logging.getLogger("minisft.net")
 
@@ -51,6 +52,8 @@ PACKET_OUTGOING = 4
 
 _RECV_SIZE = 65536
 _BURST = 256  # frames read per wake-up, so a flood cannot starve the event loop
+# room for a burst of ARP/NDP frames while the loop is busy (see enlarge_receive_buffer)
+PACKET_RECEIVE_BUFFER = 4 * 1024 * 1024
 
 
 # ldh [12]; jeq 0x86dd; ldb [20] (next header); jeq 58; ldb [54] (ICMPv6 type);
@@ -88,6 +91,7 @@ def _packet_socket(ifname: str, proto: int,
             _attach_filter(sock, program)
         sock.bind((ifname, proto))
         sock.setblocking(False)
+        enlarge_receive_buffer(sock, PACKET_RECEIVE_BUFFER)
     except BaseException:
         sock.close()
         raise

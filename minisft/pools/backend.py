@@ -9,11 +9,13 @@ Timing contract (what the daemon, the docs and the tests may rely on):
 - `start(held)` returns once the backend runs; it takes no address before it knows who
   else is there (embedded: one listening period; etcd: its first read, and at a cold start
   one lease TTL so members booted together are placed by the formula over all of them).
-- Losing the coordination loses the addresses: an embedded member that hears fewer than
-  half of the configured members (exactly half without the witness answering) gives its
-  addresses up (isolated); an etcd member
-  that could not renew its lease for two thirds of the TTL releases every address it holds
-  (fenced) before the lease can expire and another member take them.
+- Losing the coordination stops the taking, and on etcd the holding too: an embedded
+  member that hears fewer than half of the configured members (exactly half without the
+  witness answering) is isolated: it takes nothing over but *keeps* what it holds (a
+  service address is stateless; releasing would turn a switch failure into an outage,
+  see `minisft.pools.machine`). An etcd member that could not renew its lease for two
+  thirds of the TTL releases every address it holds (fenced) before the lease can expire
+  and another member take them, since etcd hands them out again at expiry.
 - `stop(release=True)` removes the held addresses and tells the others at once; with
   `release=False` (a reload that restarts the pool) the addresses stay on the interface
   and the replacement adopts them through `start(held)`.

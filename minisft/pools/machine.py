@@ -78,8 +78,12 @@ Rules, each with the reason its event carries:
   for it in ``wants``.
 * **Two claimants of a free address** (both probing it, e.g. their views differ about a
   member back from silence): each names it in `wants`; the one ranked first by HRW binds,
-  the other backs off (YIELDED) -- unless a claimant lists the other in its `lost`: it does
-  not hear the other's claim and binds whatever the ranks say, so the other backs off.
+  the other backs off (YIELDED), with two exceptions where a claim may not be heard or
+  weighed: a claimant that lists the other in its `lost` does not hear the other's claim
+  and binds whatever the ranks say, so the other backs off; and for one detection time
+  after leaving isolation a member backs off before any rival claim (its peers may still
+  count it isolated, and two members leaving isolation together would each outrank the
+  other). Backing off costs a retry one detection time later, never a duplicate.
 * **Duplicates** (two live holders, e.g. after a partition heals): the formula over every
   live, non-isolated member *ignoring* hold-down picks the keeper; if it is none of the
   holders, the holder ranked first by HRW keeps it. Every other holder releases (YIELDED).
@@ -230,6 +234,7 @@ class PoolMachine:
         self._next_announce: dict[str, float] = {}
         self._witness_misses = 0
         self._joined_at = self.now
+        self._rejoined_at: float | None = None  # when it last left ISOLATED for ACTIVE
         self.last_change = self.now
 
     # ------------------------------------------------------------------ public API
@@ -726,6 +731,7 @@ class PoolMachine:
             was = self.phase
             self._go(Phase.ACTIVE, f"active: {why}")
             if was is Phase.ISOLATED:
+                self._rejoined_at = self.now
                 self._emit(EventKind.REJOINED, f"quorum regained: {why}", visible=visible)
         elif not ok and self.phase is not Phase.ISOLATED:
             self._go(Phase.ISOLATED, f"isolated: {why}")
@@ -854,22 +860,34 @@ class PoolMachine:
 
     def _outranked(self, a: str) -> bool:
         """Another live member claims the free address `a` too and binds it, not this node
-        (which says why): a claimant that counts this node lost, or else the claimant
-        ranked first by HRW.
+        (which says why): a claimant that counts this node lost; any claimant while this
+        node has just left isolation; or else the claimant ranked first by HRW.
 
         The HRW rank only settles it when each claimant hears the other's claim. One that
         lists this node in its `lost` does not hear our heartbeats (this node's own are
         lost on the way, or it only just came back): it will bind whatever the ranks say,
-        so ranking first here would bind the address a second time."""
+        so ranking first here would bind the address a second time. Likewise for one
+        detection time after this node leaves isolation: its peers may still count it
+        isolated (out of their formula) and, if they left isolation at the same moment,
+        each sees the other's claim only as a rival to outrank. Backing off costs one
+        retry (the address is free, nobody serves it either way); binding twice costs a
+        duplicate."""
         rivals = {n for n, v in self.views.items() if v.alive and a in v.wants}
         if not rivals:
             return False
         claimants = rivals | {self.me}
         deaf = {n for n in rivals if self.me in self.views[n].lost}
+        since_rejoined = (None if self._rejoined_at is None
+                          else self.now - self._rejoined_at)
         if deaf:
             first = self._ranked_first(a, deaf)
             why = (f"{first} claims this free address too but counts {self.me} lost, so it "
                    f"cannot hear this claim and binds it anyway")
+        elif since_rejoined is not None and since_rejoined < self.detection_time:
+            first = self._ranked_first(a, rivals)
+            why = (f"{first} claims this free address too, and {self.me} left isolation "
+                   f"{since_rejoined:.2f}s ago: {first} may still count it isolated and "
+                   "bind it anyway")
         else:
             first = self._ranked_first(a, claimants)
             if first == self.me:

@@ -36,6 +36,8 @@ from typing import Any, NamedTuple, Protocol
 
 from icmplib import ICMPv4Socket, ICMPv6Socket
 
+from minisft.net.sockets import enlarge_receive_buffer
+
 log = logging.getLogger("minisft.looksalive")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -52,6 +54,8 @@ _READ_SIZE = 1024  # more than an echo reply or an error quoting one ever needs
 # A flood of ICMP must not hold the event loop: what is left after this many waits for the
 # next wake-up (the socket stays readable). 500 monitors at 1 s get ~500 replies a second.
 _READS_PER_WAKEUP = 256
+# room for thousands of replies while the loop is busy (see enlarge_receive_buffer)
+ICMP_RECEIVE_BUFFER = 4 * 1024 * 1024
 _PAYLOAD = b"MiniSFT-LooksAlv"  # 16 bytes, as icmplib's payload_size=16 sent before
 _FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
 # the clock resolution asyncio itself allows a timer to fire early by
@@ -141,6 +145,7 @@ def open_icmp_socket(version: int) -> socket.socket:
     icmp.close()  # closes only the detached husk
     raw.setblocking(False)
     _install_filter(raw, version)
+    enlarge_receive_buffer(raw, ICMP_RECEIVE_BUFFER)
     return raw
 
 
@@ -268,6 +273,7 @@ class Pinger:
         now = self._loop.time() + _CLOCK_RESOLUTION
         heap = self._deadlines
         self._serving_deadlines = True
+        drained = False
         try:
             while heap:
                 deadline, _, phase, ping = heap[0]
@@ -277,6 +283,14 @@ class Pinger:
                 if deadline > now:
                     self._arm(deadline)
                     return
+                if phase == _WAITING and not drained:
+                    # A busy loop can run this timer before the reader whose reply is
+                    # already queued on the socket: read what is there first, so a reply
+                    # that came in time is never counted lost (a false takeover under
+                    # load). Once per wake-up: one recv returning EAGAIN per socket.
+                    drained = True
+                    self._drain_all()
+                    continue
                 heapq.heappop(heap)
                 if phase == _WAITING:
                     self._timed_out(ping)
@@ -284,6 +298,10 @@ class Pinger:
                     self._forget(ping)
         finally:
             self._serving_deadlines = False
+
+    def _drain_all(self) -> None:
+        for version, sock in list(self._sockets.items()):
+            self._read(sock, version, counted=False)
 
     def _timed_out(self, ping: _Ping) -> None:
         self.stats["timeouts"] += 1
@@ -312,12 +330,13 @@ class Pinger:
             self._sockets[version] = sock
         return sock
 
-    def _read(self, sock: IcmpSocket, version: int) -> None:
-        """The socket is readable: drain it, handing every reply to its ping. Nothing read
-        is ever dropped for lack of time, and no timer races the read."""
+    def _read(self, sock: IcmpSocket, version: int, *, counted: bool = True) -> None:
+        """The socket is readable (or a deadline is due, `counted` False): drain it,
+        handing every reply to its ping. Nothing read is ever dropped for lack of time."""
         assert self._loop is not None
         clock = self._loop.time
-        self.stats["reader_wakeups"] += 1
+        if counted:
+            self.stats["reader_wakeups"] += 1
         for _ in range(_READS_PER_WAKEUP):
             try:
                 packet = sock.recv(_READ_SIZE)

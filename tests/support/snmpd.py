@@ -19,6 +19,16 @@ from types import TracebackType
 from minisft.lab.netns import stop_process_group
 from tests.support.snmptrapd import MIB_DIRS, REPO, free_udp_port
 
+
+def without_first_run_notice(stderr: str) -> str:
+    """A net-snmp tool's stderr without the "Created directory: /var/lib/snmp/..." line
+    it prints the first time any net-snmp tool runs on a machine (its persistent store):
+    that line says nothing about what the test checks, and which test runs a net-snmp
+    tool first depends on the order and on the machine."""
+    return "".join(line for line in stderr.splitlines(keepends=True)
+                   if not line.startswith("Created directory: "))
+
+
 SNMPD = shutil.which("snmpd") or "/usr/sbin/snmpd"
 PASS_OID = ".1.3.6.1.4.1.32473.1"  # minisftObjects
 

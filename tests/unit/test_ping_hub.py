@@ -268,6 +268,22 @@ def test_a_burst_of_replies_is_drained_in_one_read() -> None:
     assert timers == 1
 
 
+def test_a_reply_already_queued_when_the_deadline_fires_counts_as_answered() -> None:
+    # A loaded loop: another callback due at the same instant as the hub's timer runs
+    # first, and the reply lands on the socket while it runs, after the loop looked at the
+    # sockets. The timer then fires with the reply unread; counting the ping lost would be
+    # a false takeover under load.
+    async def main(loop: SimulatedTimeLoop) -> tuple[PingOutcome, int]:
+        pinger, wires = hub()
+        loop.call_at(loop.now + 0.25, lambda: wires[4].answer(wires[4].sent[0][0]))
+        outcome = await pinger.ping(V4[0], 0.25)
+        return outcome, pinger.stats["timeouts"]
+
+    outcome, timeouts = run(main)
+    assert (outcome.ok, outcome.detail) == (True, "echo reply")
+    assert timeouts == 0
+
+
 def test_an_error_quoting_the_request_ends_the_ping_with_its_reason() -> None:
     async def main(loop: SimulatedTimeLoop) -> list[PingOutcome]:
         pinger, wires = hub()

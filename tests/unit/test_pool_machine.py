@@ -727,6 +727,30 @@ def test_two_members_that_cannot_hear_each_other_never_both_take_an_orphan() -> 
         assert f"b, c count {muted} lost" in machine.reason, machine.reason
 
 
+def test_two_members_leaving_isolation_together_never_bind_the_same_address() -> None:
+    """From the hypothesis test below (seeds 49 and 120): a dies, then c; b and d, two of
+    four, are isolated. b's heartbeats are lost a moment, c restarts, and b and d regain
+    quorum within a step of each other. Each still counted the other isolated (out of its
+    formula), so each gave c's old 192.0.2.103 to itself, saw the other's claim only as a
+    rival it outranked by its own view, and both bound it. Now a member that has just left
+    isolation backs off before any rival claim."""
+    orphan = "192.0.2.103/24"
+    sim = Sim({n: make_pool(NAMES) for n in NAMES})
+    sim.run(2.0)
+    for what, who, wait in [("kill", "a", 1.8), ("kill", "c", 2.45), ("mute", "b", 0.3),
+                            ("restart", "c", 2.0)]:
+        sim.apply(what, who)
+        for _ in range(round(wait / STEP)):
+            sim.step()
+            for address in ADDRESSES:
+                assert len(sim.holders(address)) <= 1, \
+                    f"{address}: {sim.holders(address)} at t={sim.t}"
+    assert sim.holders(orphan) == ["d"]
+    assert sim.events("b", EventKind.REJOINED) and sim.events("d", EventKind.REJOINED)
+    [backed_off] = [e for e in sim.events("b", EventKind.YIELDED) if e.address == orphan]
+    assert "b left isolation" in backed_off.reason, backed_off.reason
+
+
 # ---------------------------------------------------------------- random histories
 
 faults = st.lists(st.tuples(
