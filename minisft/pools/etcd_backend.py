@@ -241,7 +241,11 @@ class EtcdSession:
         else:
             channel = rpc.insecure_channel(target, options=options)
         # aetcd.Client.connect opens only insecure channels and sends no metadata but the
-        # token: build what it would build, on our channel
+        # token: build what it would build, on our channel. aetcd 1.0 has no public way to
+        # do so (no channel, credentials or metadata argument; the watcher takes the
+        # metadata when it is built), hence the two private attributes set below: the
+        # watcher, and the "connected" flag that keeps its connect() from replacing all
+        # this with a plain channel on the next call.
         client = aetcd.Client(host=ep.host, port=ep.port, timeout=self.timeout)
         metadata: list[tuple[str, str]] = [("hasleader", "true")]
         try:
