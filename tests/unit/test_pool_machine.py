@@ -223,6 +223,16 @@ class Sim:
         elif what == "unmute":
             self.mute.discard(who)
 
+    def play(self, history: list[tuple[str, str, float]]) -> None:
+        """Apply each fault of `history`, then run its wait step by step, checking at every
+        step that no address is bound on two members at once."""
+        for what, who, wait in history:
+            self.apply(what, who)
+            for _ in range(round(wait / STEP)):
+                self.step()
+                for a in ADDRESSES:
+                    assert len(self.holders(a)) <= 1, f"{a}: {self.holders(a)} at t={self.t}"
+
     # -------------------------------------------------------------- observation
 
     def holders(self, address: str) -> list[str]:
@@ -635,12 +645,7 @@ def test_a_member_back_from_silence_and_a_peer_never_both_bind_an_orphan() -> No
     assert formula(NAMES, ["a", "b", "d"])[orphan] == "a"
     assert formula(NAMES, ["b", "d"])[orphan] == "d"
     sim = started()
-    for what, who, wait in [("mute", "a", 1.0), ("unmute", "a", 0.3), ("kill", "c", 2.0)]:
-        sim.apply(what, who)
-        for _ in range(round(wait / STEP)):
-            sim.step()
-            for address in ADDRESSES:
-                assert len(sim.holders(address)) <= 1, f"{address}: {sim.holders(address)}"
+    sim.play([("mute", "a", 1.0), ("unmute", "a", 0.3), ("kill", "c", 2.0)])
     assert len(sim.holders(orphan)) == 1
     binds = [n for n in NAMES if [t for t in _moments(sim.nodes[n], Bind, orphan) if t > 3.0]]
     assert len(binds) == 1, f"bound by {binds}"
@@ -659,11 +664,7 @@ def test_a_member_whose_heartbeats_are_lost_never_binds_what_a_deaf_peer_claims(
     assert formula(NAMES, ["a", "b", "d"])[orphan] == "a"
     sim = Sim({n: make_pool(NAMES) for n in NAMES})
     sim.run(2.875)  # the timing decides which probe ends first: this one let both bind
-    for what, who, wait in [("kill", "c", 0.5), ("restart", "c", 0.25), ("mute", "c", 2.0)]:
-        sim.apply(what, who)
-        for _ in range(round(wait / STEP)):
-            sim.step()
-            assert len(sim.holders(orphan)) <= 1, f"{sim.holders(orphan)} at t={sim.t}"
+    sim.play([("kill", "c", 0.5), ("restart", "c", 0.25), ("mute", "c", 2.0)])
     assert sim.holders(orphan) == ["a"]
     c = sim.nodes["c"].machine
     assert c.phase is Phase.ISOLATED and "a, b, d count c lost" in c.reason, c.reason
@@ -713,14 +714,7 @@ def test_two_members_that_cannot_hear_each_other_never_both_take_an_orphan() -> 
     assert formula(NAMES, NAMES)[orphan] == "b"
     assert formula(NAMES, ["a"])[orphan] == "a" and formula(NAMES, ["d"])[orphan] == "d"
     sim = started()
-    for what, who, wait in [("mute", "a", 1.0), ("mute", "d", 1.5), ("kill", "b", 2.2),
-                            ("restart", "b", 1.5)]:
-        sim.apply(what, who)
-        for _ in range(round(wait / STEP)):
-            sim.step()
-            for address in ADDRESSES:
-                assert len(sim.holders(address)) <= 1, \
-                    f"{address}: {sim.holders(address)} at t={sim.t}"
+    sim.play([("mute", "a", 1.0), ("mute", "d", 1.5), ("kill", "b", 2.2), ("restart", "b", 1.5)])
     for muted in ("a", "d"):
         machine = sim.nodes[muted].machine
         assert machine.phase is Phase.ISOLATED
@@ -737,14 +731,7 @@ def test_two_members_leaving_isolation_together_never_bind_the_same_address() ->
     orphan = "192.0.2.103/24"
     sim = Sim({n: make_pool(NAMES) for n in NAMES})
     sim.run(2.0)
-    for what, who, wait in [("kill", "a", 1.8), ("kill", "c", 2.45), ("mute", "b", 0.3),
-                            ("restart", "c", 2.0)]:
-        sim.apply(what, who)
-        for _ in range(round(wait / STEP)):
-            sim.step()
-            for address in ADDRESSES:
-                assert len(sim.holders(address)) <= 1, \
-                    f"{address}: {sim.holders(address)} at t={sim.t}"
+    sim.play([("kill", "a", 1.8), ("kill", "c", 2.45), ("mute", "b", 0.3), ("restart", "c", 2.0)])
     assert sim.holders(orphan) == ["d"]
     assert sim.events("b", EventKind.REJOINED) and sim.events("d", EventKind.REJOINED)
     [backed_off] = [e for e in sim.events("b", EventKind.YIELDED) if e.address == orphan]
@@ -804,12 +791,7 @@ def test_silent_members_never_make_an_address_held_twice(
     pool = make_pool(NAMES, mode=mode)
     sim = Sim({n: pool for n in NAMES})
     sim.run(2.0)
-    for what, who, wait in history:
-        sim.apply(what, who)
-        for _ in range(round(wait / STEP)):
-            sim.step()
-            for a in ADDRESSES:
-                assert len(sim.holders(a)) <= 1, f"{a}: {sim.holders(a)} at t={sim.t}"
+    sim.play(history)
 
 
 # ---------------------------------------------------------------- rebalance: switchover
