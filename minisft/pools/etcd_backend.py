@@ -168,11 +168,11 @@ class Endpoint:
         return cls(url, host, u.port or 2379, u.scheme == "https")
 
 
-async def within(work: Awaitable[Any], seconds: float, what: str) -> bool:
-    """Run `work` for at most `seconds`; True if it ended (its errors are logged, not
-    raised). Unlike asyncio.wait_for this never waits for a cancelled `work` to end (one
-    that swallows its cancel would hang the caller), and a cancel of the caller still
-    propagates: what is left of `work` is cancelled and abandoned."""
+async def bounded(work: Awaitable[T], seconds: float) -> T:
+    """`work`'s result, or TimeoutError after `seconds`. Unlike asyncio.wait_for, a timeout
+    does not wait for the cancelled `work` to end: a gRPC call that swallows its cancel
+    would hang the caller for good. Seen: after a partition the keepalive loop hung in
+    one renewal, so each new lease expired unrenewed and the member never rejoined."""
     task = asyncio.ensure_future(work)
     try:
         done, _ = await asyncio.wait({task}, timeout=seconds)
@@ -182,10 +182,23 @@ async def within(work: Awaitable[Any], seconds: float, what: str) -> bool:
     if not done:
         task.cancel()
         task.add_done_callback(_consume)  # no "exception was never retrieved" later
-        log.warning("%s: no end after %gs, abandoned", what, seconds)
+        raise TimeoutError(f"no answer within {seconds:g}s")
+    if task.cancelled():  # cancelled from inside (the library), not by our caller
+        raise ConnectionError("the call was cancelled")
+    return task.result()
+
+
+async def within(work: Awaitable[Any], seconds: float, what: str) -> bool:
+    """Run `work` for at most `seconds` (as `bounded`); True if it ended (its errors are
+    logged, not raised). A cancel of the caller still propagates: what is left of `work`
+    is cancelled and abandoned."""
+    try:
+        await bounded(work, seconds)
+    except TimeoutError as exc:
+        log.warning("%s: %s, abandoned", what, exc)
         return False
-    if not task.cancelled() and task.exception() is not None:
-        log.warning("%s: %s", what, task.exception())
+    except Exception as exc:
+        log.warning("%s: %s", what, exc)
     return True
 
 
@@ -250,7 +263,7 @@ class EtcdSession:
         metadata: list[tuple[str, str]] = [("hasleader", "true")]
         try:
             if self.coord.username is not None:
-                resp = await asyncio.wait_for(rpc.AuthStub(channel).Authenticate(
+                resp = await bounded(rpc.AuthStub(channel).Authenticate(
                     rpc.AuthenticateRequest(name=self.coord.username,
                                             password=self.coord.password or ""),
                     timeout=self.timeout), self.timeout + 0.5)
@@ -305,7 +318,7 @@ class EtcdSession:
         """Run `fn(client)` with the deadline; every failure becomes EtcdUnavailable."""
         try:
             client = await self.connect()
-            return await asyncio.wait_for(fn(client), self.timeout + 0.5)
+            return await bounded(fn(client), self.timeout + 0.5)
         except asyncio.CancelledError:
             raise
         except EtcdUnavailable:

@@ -13,7 +13,7 @@ from minisft.config.model import (
     PoolMemberConfig,
 )
 from minisft.core.events import Notice
-from minisft.pools.etcd_backend import EtcdPoolRuntime
+from minisft.pools.etcd_backend import EtcdPoolRuntime, EtcdSession, EtcdUnavailable
 from minisft.testing.fake_etcd import FakeEtcd, FakeEtcdSession
 from minisft.testing.fakes import FakeHost, InlineExecutor, run_virtual
 
@@ -73,3 +73,34 @@ def test_sigterm_while_etcd_stops_answering_ends_promptly_and_releases() -> None
                 task.cancel()
 
     run_virtual(main())
+
+
+def test_an_etcd_call_that_swallows_its_cancel_still_ends_at_its_deadline() -> None:
+    """aetcd/gRPC calls can swallow a cancel. With asyncio.wait_for, the first such call
+    after a partition hung the keepalive loop for good: every new lease then expired
+    unrenewed and the member never rejoined (test_pools_etcd's quorum-loss test, 1 run in
+    2 under load). The session's deadline must hold whatever the call does with it."""
+    swallowed = []
+
+    async def stubborn() -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            swallowed.append(True)  # as aetcd's watcher does; then it goes on a while
+            await asyncio.sleep(30)
+
+    async def main() -> tuple[str, float]:
+        session = EtcdSession(one_member_pool(), timeout=0.05)
+        session.client = object()  # connected: call() goes straight to the request
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            await session.call(lambda client: stubborn(), "keepalive")
+        except EtcdUnavailable as exc:
+            return str(exc), loop.time() - started
+        raise AssertionError("the call returned")
+
+    error, took = run_virtual(main())
+    assert "keepalive: no answer within 0.55s" in error
+    assert took < 1.0
+    assert swallowed == [True]
