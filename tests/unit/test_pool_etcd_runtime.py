@@ -8,10 +8,15 @@ from __future__ import annotations
 import asyncio
 
 from minisft.core.events import EventKind, Notice
-from minisft.pools.etcd_backend import EtcdPoolRuntime
-from minisft.testing.fake_etcd import FakeEtcd, FakeEtcdSession
-from minisft.testing.fakes import FakeHost, InlineExecutor, run_virtual
-from tests.unit.test_pool_etcd_stop import ADDRESSES, TTL, one_member_pool, until
+from minisft.testing.fake_etcd import FakeEtcd
+from minisft.testing.fakes import FakeHost, run_virtual
+from tests.unit.test_pool_etcd_stop import (
+    ADDRESSES,
+    TTL,
+    one_member_pool,
+    runtime_on_fakes,
+    until,
+)
 
 
 def test_etcd_not_answering_releases_everything_before_the_lease_can_expire() -> None:
@@ -22,10 +27,7 @@ def test_etcd_not_answering_releases_everything_before_the_lease_can_expire() ->
     async def main() -> None:
         loop = asyncio.get_running_loop()
         etcd = FakeEtcd()
-        rt = EtcdPoolRuntime(pool, node="a", clock=loop.time, neighbours=host,
-                             addresses=host, iface=host.iface,
-                             netlink_executor=InlineExecutor(), emit=events.append)
-        rt.session = FakeEtcdSession(pool, rt.timing.rpc_timeout, etcd)
+        rt = runtime_on_fakes(pool, etcd, host, events)
         await rt.start()
         try:
             await until("both addresses held", lambda: all(host.holds(a) for a in ADDRESSES),

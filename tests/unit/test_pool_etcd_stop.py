@@ -31,6 +31,17 @@ def one_member_pool() -> PoolConfig:
     )
 
 
+def runtime_on_fakes(pool: PoolConfig, etcd: FakeEtcd, host: FakeHost,
+                     events: list[Notice]) -> EtcdPoolRuntime:
+    """The daemon's own etcd runtime, member "a", on a fake etcd and a fake host, in the
+    running loop's (virtual) time."""
+    rt = EtcdPoolRuntime(pool, node="a", clock=asyncio.get_running_loop().time,
+                         neighbours=host, addresses=host, iface=host.iface,
+                         netlink_executor=InlineExecutor(), emit=events.append)
+    rt.session = FakeEtcdSession(pool, rt.timing.rpc_timeout, etcd)
+    return rt
+
+
 async def until(what: str, ok: object, seconds: float) -> None:
     loop = asyncio.get_running_loop()
     end = loop.time() + seconds
@@ -50,12 +61,8 @@ def test_sigterm_while_etcd_stops_answering_ends_promptly_and_releases() -> None
     events: list[Notice] = []
 
     async def main() -> None:
-        loop = asyncio.get_running_loop()
         etcd = FakeEtcd()
-        rt = EtcdPoolRuntime(pool, node="a", clock=loop.time, neighbours=host,
-                             addresses=host, iface=host.iface,
-                             netlink_executor=InlineExecutor(), emit=events.append)
-        rt.session = FakeEtcdSession(pool, rt.timing.rpc_timeout, etcd)
+        rt = runtime_on_fakes(pool, etcd, host, events)
         await rt.start()
         try:
             await until("both addresses held", lambda: all(host.holds(a) for a in ADDRESSES),
