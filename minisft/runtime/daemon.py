@@ -36,13 +36,13 @@ from minisft.runtime.driver import in_netlink_thread
 from minisft.runtime.journald import EVENT_ATTR
 from minisft.runtime.monitor_runtime import Check, MonitorRuntime
 from minisft.runtime.reload import Change, ReloadDiff, ReloadPlan, ReloadRefused, needs_restart
+from minisft.runtime.status_file import StatusFile
 from minisft.sinks.factory import build_sinks
 from minisft.status import (
     STATUS_NAME,
     MonitorStatus,
     PoolStatus,
     StatusDocument,
-    dump,
 )
 
 log = logging.getLogger("minisft")
@@ -85,7 +85,7 @@ class Daemon:
         self._netlink_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
         self._status_dirty = True
         self._lock_fd: int | None = None
-        self._status_failing = False  # status.json cannot be written: log once
+        self._status_file: StatusFile | None = None  # for the state_dir in force
         self._journal_failing = False  # reported the journal's failure episode
         self._journal_recreated = 0
         self._tasks: list[asyncio.Task[Any]] = []
@@ -415,34 +415,11 @@ class Daemon:
         """status.json for check_minisft, the SNMP helper and admins; `stopped_at` marks
         the last one, written by a cleanly stopping daemon."""
         path = self.config.state_dir / STATUS_NAME
+        if self._status_file is None or self._status_file.path != path:
+            self._status_file = StatusFile(path, self.emit)
         doc = self.status()
-        if stopped_at is not None:
-            doc = replace(doc, stopped_at=stopped_at)
-        try:
-            dump(doc, path)
-        except OSError as exc:
-            self._status_failed(path, path.with_suffix(".json.tmp"), exc)
-        else:
-            if self._status_failing:
-                self._status_failing = False
-                log.warning("%s is written again", path)
-
-    def _status_failed(self, path: Path, tmp: Path, exc: OSError) -> None:
-        # A status.json left in place would keep telling check_minisft (and snmpd) the
-        # state of the moment it was last written: "OK web watching" while this node
-        # holds the address. Removed, it makes them say UNKNOWN at once (when even the
-        # unlink fails, the file goes stale and check_minisft says so after --max-age).
-        for stale in (tmp, path):
-            with contextlib.suppress(OSError):
-                stale.unlink()
-        if not self._status_failing:
-            self._status_failing = True
-            log.error("cannot write %s (%s): monitoring that reads it (check_minisft, "
-                      "snmpd) sees no current state until this is fixed", path,
-                      exc.strerror or exc)
-            self.emit(Notice(EventKind.STATE_DIR_FAILING,
-                             f"cannot write {path} ({exc.strerror or exc}): check_minisft "
-                             "and snmpd see no current state until this is fixed"))
+        self._status_file.write(doc if stopped_at is None
+                                else replace(doc, stopped_at=stopped_at))
 
     # ================================================================= control
 
