@@ -104,6 +104,7 @@ from minisft.pools.etcd_machine import (
     MemberPut,
     MemberRecord,
     MemberSeen,
+    MoveOwnerKey,
     Owner,
     OwnerDeleted,
     OwnerKeyDeleted,
@@ -522,8 +523,9 @@ class EtcdPoolRuntime:
         else:
             self._step(action)
 
-    def _step(self, action: ClaimOwnerKey | ReplaceOwnerKey | ReadOwnerKey | DeleteOwnerKey
-              | CheckAddress | StartProbe | Bind | RemoveAddress | AnnounceAddress) -> None:
+    def _step(self, action: ClaimOwnerKey | ReplaceOwnerKey | MoveOwnerKey | ReadOwnerKey
+              | DeleteOwnerKey | CheckAddress | StartProbe | Bind | RemoveAddress
+              | AnnounceAddress) -> None:
         """One step of an address's operation, as a task that feeds its result back."""
         token, address = action.token, action.address
 
@@ -549,11 +551,11 @@ class EtcdPoolRuntime:
 
         task.add_done_callback(done)
 
-    async def _run(self, action: ClaimOwnerKey | ReplaceOwnerKey | ReadOwnerKey
+    async def _run(self, action: ClaimOwnerKey | ReplaceOwnerKey | MoveOwnerKey | ReadOwnerKey
                    | DeleteOwnerKey | CheckAddress | StartProbe | Bind | RemoveAddress
                    | AnnounceAddress) -> EtcdInput:
         address = ipaddress.ip_interface(action.address)
-        if isinstance(action, ClaimOwnerKey | ReplaceOwnerKey):
+        if isinstance(action, ClaimOwnerKey | ReplaceOwnerKey | MoveOwnerKey):
             return await self._claim(action)
         if isinstance(action, ReadOwnerKey):
             return await self._read_owner(action)
@@ -595,8 +597,13 @@ class EtcdPoolRuntime:
     def _owner_key(self, address: str) -> bytes:
         return self._owners_prefix + str(ipaddress.ip_interface(address).ip).encode()
 
-    def _owner_value(self) -> bytes:
-        return json.dumps({"member": self.node, "boot": self.boot}).encode()
+    def _owner_value(self, taken_from: str | None = None, taken_by: str | None = None
+                     ) -> bytes:
+        value: dict[str, str] = {"member": self.node, "boot": self.boot}
+        if taken_from is not None and taken_by is not None:
+            # a switchover's key: the holder releases it as a switchover, not a yield
+            value |= {"taken_from": taken_from, "taken_by": taken_by}
+        return json.dumps(value).encode()
 
     def _member_value(self, state: str = "alive") -> bytes:
         return json.dumps({"member": self.node, "boot": self.boot, "state": state,
@@ -614,27 +621,38 @@ class EtcdPoolRuntime:
 
     def _owner_record(self, kv: Any) -> OwnerRecord:
         ip = bytes(kv.key)[len(self._owners_prefix):].decode(errors="replace")
+        taken_from = taken_by = None
         try:
-            member = str(json.loads(kv.value)["member"])
-        except (ValueError, KeyError, TypeError):
+            value = json.loads(kv.value)
+            member = str(value["member"])
+            if isinstance(value.get("taken_from"), str):
+                taken_from, taken_by = value["taken_from"], str(value.get("taken_by"))
+        except (ValueError, KeyError, TypeError, AttributeError):
             member = "?"
-        return OwnerRecord(ip, member, int(kv.lease), int(kv.create_revision))
+        return OwnerRecord(ip, member, int(kv.lease), int(kv.create_revision),
+                           taken_from, taken_by)
 
     # ------------------------------------------------------------- etcd: operations
 
-    async def _claim(self, action: ClaimOwnerKey | ReplaceOwnerKey) -> OwnerKeyWon:
-        """Create the owner key (claim), or move a previous boot's key to this lease
-        (compare its create_revision)."""
+    async def _claim(self, action: ClaimOwnerKey | ReplaceOwnerKey | MoveOwnerKey
+                     ) -> OwnerKeyWon:
+        """Create the owner key (claim), or move an existing key to this lease if its
+        create_revision is still the one read: a previous boot's (adopt), or the holder's
+        in a switchover (marked as taken from it)."""
         okey = self._owner_key(action.address)
         lease = action.lease
-        expect = action.create_revision if isinstance(action, ReplaceOwnerKey) else 0
-        what = "adopt" if isinstance(action, ReplaceOwnerKey) else "claim"
+        if isinstance(action, MoveOwnerKey):
+            expect, what = action.create_revision, "switchover"
+            value = self._owner_value(action.taken_from, action.taken_by)
+        elif isinstance(action, ReplaceOwnerKey):
+            expect, what, value = action.create_revision, "adopt", self._owner_value()
+        else:
+            expect, what, value = 0, "claim", self._owner_value()
 
         async def txn(c: Any) -> Any:
             t = c.transactions
             return await c.transaction(compare=[t.create(okey) == expect],
-                                       success=[t.put(okey, self._owner_value(), lease=lease)],
-                                       failure=[])
+                                       success=[t.put(okey, value, lease=lease)], failure=[])
 
         try:
             won, responses = await self.session.call(txn, f"{what} {action.address}")

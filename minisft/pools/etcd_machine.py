@@ -87,6 +87,9 @@ class Owner:
     member: str
     lease: int
     create_revision: int
+    # written by a switchover's MoveOwnerKey: the member it was taken from, and who asked
+    taken_from: str | None = None
+    taken_by: str | None = None
 
 
 @dataclass
@@ -104,6 +107,7 @@ class Counters:
     watch_events: int = 0
     fences: int = 0
     leases: int = 0
+    switchovers: int = 0
 
 
 @dataclass
@@ -181,6 +185,10 @@ class OwnerRecord:
     member: str  # "?" when the value does not name one
     lease: int
     create_revision: int
+    # a switchover's key: the member it was taken from (released make-before-break), and
+    # who asked for the rebalance
+    taken_from: str | None = None
+    taken_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -375,6 +383,20 @@ class ReplaceOwnerKey:
 
 
 @dataclass(frozen=True)
+class MoveOwnerKey:
+    """A switchover: put the owner key under `lease` (this member's), marked as taken from
+    `taken_from` by `taken_by`, if its create_revision is still `create_revision` (the
+    holder's key as read); answer OwnerKeyWon."""
+
+    token: int
+    address: str
+    lease: int
+    create_revision: int
+    taken_from: str
+    taken_by: str
+
+
+@dataclass(frozen=True)
 class ReadOwnerKey:
     """Read the owner key again; answer OwnerKeyRead."""
 
@@ -440,7 +462,8 @@ class ForgetAddress:
     create_revision: int | None
 
 
-EtcdAction = (StartProbe | Bind | Emit | ClaimOwnerKey | ReplaceOwnerKey | ReadOwnerKey
+EtcdAction = (StartProbe | Bind | Emit | ClaimOwnerKey | ReplaceOwnerKey | MoveOwnerKey
+              | ReadOwnerKey
               | DeleteOwnerKey | PutMemberKey | CheckAddress | RemoveAddress
               | AnnounceAddress | ReleaseEverything | ForgetAddress)
 
@@ -459,6 +482,8 @@ class Step(StrEnum):
     BIND = "bind"
     ANNOUNCE = "announce"
     REMOVE = "remove"  # RemoveAddress: dropping the address
+    SWITCH_BIND = "switch bind"  # a switchover's Bind, while the holder still holds it
+    MOVE_KEY = "move key"  # a switchover's MoveOwnerKey, bound here (announced)
     GIVE_BACK = "give back"  # DeleteOwnerKey
 
 
@@ -468,6 +493,7 @@ class Operation:
     step: Step
     owner: Owner | None = None  # the key the operation works with
     before: str | None = None  # taking: who held the address last
+    by: str | None = None  # a switchover: who asked for the rebalance
     lease: int | None = None  # the lease a claim or replace was made under
     acquire: bool = False  # CHECK: take it if not bound here
     # REMOVE: the event once the address is off the interface, and the key to delete
@@ -684,17 +710,100 @@ class EtcdPoolMachine:
                        address=key)
 
     def _on_rebalance(self, event: Rebalance) -> None:
-        """Admin: hand addresses to the members the formula gives them (manual fallback).
+        """Admin: move addresses to the members the formula gives them (manual fallback).
 
-        Break-before-make here: the holder releases, then deletes its owner key, and the
-        formula's member takes it after its probe. The embedded pool's make-before-break
-        switchover would need a bind before the owner key moves, which breaks "holding
-        implies owning" (the fencing margin relies on it), so etcd pools do not do it."""
-        self._rebalance_by = event.by
-        self.last_rebalance = RebalanceAnswer(
-            True, "etcd pool: each address this member holds that the formula gives to "
-            "another member is handed over break-before-make (run it on the holders; "
-            "make-before-break is for embedded pools only)")
+        On the member the formula (over every registered member) gives an address that
+        another member holds, a switchover, make-before-break as in embedded pools: bind
+        and announce here while the holder still holds it, then move the owner key to this
+        member's lease in one transaction that succeeds only if the key is still the
+        holder's as read (`MoveOwnerKey`); the holder, seeing the key name this member,
+        releases it. Until the transaction answers this member holds an address it does
+        not own, which "holding implies owning" (the fencing margin) otherwise forbids; it
+        is bounded by one etcd call, started only with the lease fresh by more than that
+        call's deadline (`SWITCH_MARGIN`), and any other taker probes first and finds this
+        copy. A transaction lost or unanswered releases the copy at once.
+
+        On a holder the old break-before-make hand-over also runs once: it releases, then
+        deletes its key, the formula's member takes it after its probe."""
+        refusal = self._rebalance_refusal()
+        if refusal is not None:
+            self.last_rebalance = RebalanceAnswer(False, refusal)
+            return
+        self._rebalance_by = event.by  # the holder's hand-over pass, in this reconcile
+        everyone = assign(self.keys, self.counted(stable_only=False), self.preferred,
+                          self.weights, pool=self.pool.name)
+        taking: dict[str, Owner] = {}
+        refused: list[str] = []
+        for key in self.keys:
+            owner = self.owners.get(key)
+            if (everyone.get(key) != self.node or self.slots[key] is not Slot.FREE
+                    or key in self.ops or owner is None or owner.member == self.node
+                    or owner.lease == self.lease_id):
+                continue  # not ours by the formula, ours already, or free (the usual path)
+            why = self._switchover_refusal(owner)
+            if why is None:
+                taking[key] = owner
+            else:
+                refused.append(f"{key}: {why}")
+        stable = assign(self.keys, self.counted(stable_only=True), self.preferred,
+                        self.weights, pool=self.pool.name)
+        handing = tuple(k for k in self.held if k not in self.ops
+                        and stable.get(k) not in (None, self.node))
+        for key, owner in taking.items():
+            self.slots[key] = Slot.BUSY
+            self._step(key, Operation(0, Step.SWITCH_BIND, owner=owner, before=owner.member,
+                                      by=event.by), Bind)
+        parts = []
+        if taking:
+            parts.append("taking make-before-break " + ", ".join(
+                f"{k} from {o.member}" for k, o in taking.items()))
+        if handing:
+            parts.append("handing over break-before-make " + ", ".join(
+                f"{k} to {stable[k]}" for k in handing))
+        if refused:
+            parts.append("not moving " + "; ".join(refused))
+        if not taking and not handing:
+            self.last_rebalance = RebalanceAnswer(
+                not refused, "; ".join(parts) if refused else
+                f"nothing to move: no address the formula gives to {self.node} is held by "
+                f"another member, and {self.node} holds none the formula gives to another")
+            return
+        self.last_rebalance = RebalanceAnswer(True, "; ".join(parts), tuple(taking), handing)
+
+    def _rebalance_refusal(self) -> str | None:
+        """Why this member may not move addresses now, or None."""
+        if self.phase is not Phase.ACTIVE:
+            return f"this member is not active ({self.reason})"
+        if not self.synced:
+            return "this member does not follow etcd right now (session lost): try again"
+        if not self.link_up:
+            return "this member's link is down"
+        since = self.now - self.lease_ok_at if self.lease_ok_at is not None else math.inf
+        if not self.lease_fresh(margin=self.switch_margin):
+            return (f"this member's etcd lease was last renewed {since:.1f}s ago: a "
+                    "switchover needs it renewed within "
+                    f"{self.timing.fence_after - self.switch_margin:.1f}s; try again")
+        if self.startup.is_open(self.now):
+            return (f"this member started {self.now - self.started_at:.1f}s ago and waits "
+                    "for the members starting with it: try again in "
+                    f"{self.startup.ends_at - self.now:.1f}s")
+        return None
+
+    @property
+    def switch_margin(self) -> float:
+        """The longest a switchover's MoveOwnerKey can take (the session's call deadline):
+        its bound-but-not-owned copy must be gone before this member would fence."""
+        return self.timing.rpc_timeout + 0.5
+
+    def _switchover_refusal(self, owner: Owner) -> str | None:
+        """Why an address `owner` holds may not be bound here before its key moves, or None."""
+        if owner.member == "?":
+            return "its owner key names no member"
+        seen = self.members.get(owner.member)
+        if seen is None or seen.lease != owner.lease:
+            return (f"its holder {owner.member} is not registered in etcd under the key's "
+                    "lease (lost or restarting): the address is taken once its key expires")
+        return None
 
     # ------------------------------------------------------------- lease
 
@@ -819,7 +928,8 @@ class EtcdPoolMachine:
     def _owner_into(self, record: OwnerRecord, owners: dict[str, Owner]) -> str | None:
         addr = self._key_of_ip.get(record.ip)
         if addr is not None:
-            owners[addr] = Owner(record.member, record.lease, record.create_revision)
+            owners[addr] = Owner(record.member, record.lease, record.create_revision,
+                                 record.taken_from, record.taken_by)
         return addr
 
     def _replace_members(self, new: dict[str, MemberSeen]) -> None:
@@ -923,7 +1033,12 @@ class EtcdPoolMachine:
                     self._drop(key, f"bound here at start-up, but etcd names {owner.member} "
                                "as its owner", EventKind.YIELDED, delete=None)
             elif slot is Slot.HELD:
-                if not mine:
+                if not mine and owner is not None and owner.taken_from == self.node:
+                    self._drop(key, f"{owner.member} took it make-before-break (rebalance "
+                               f"by {owner.taken_by}): the owner key in etcd names "
+                               f"{owner.member}, released here", EventKind.SWITCHOVER,
+                               delete=None, **{"from": self.node, "to": owner.member})
+                elif not mine:
                     why = ("etcd shows no owner" if owner is None
                            else f"etcd names {owner.member} as its owner")
                     self._drop(key, f"{why}: released (a node holds an address only while "
@@ -1026,8 +1141,11 @@ class EtcdPoolMachine:
                                   details=details), RemoveAddress)
 
     def _on_owner_key_won(self, event: OwnerKeyWon) -> None:
-        key, op = self._current(event.token, (Step.CLAIM, Step.ADOPT))
+        key, op = self._current(event.token, (Step.CLAIM, Step.ADOPT, Step.MOVE_KEY))
         if not key:
+            return
+        if op.step is Step.MOVE_KEY:
+            self._key_moved(key, op, event)
             return
         if event.error is not None:
             self.last_error = event.error
@@ -1090,8 +1208,11 @@ class EtcdPoolMachine:
         self._step(key, op, Bind)
 
     def _on_bind_done(self, event: BindDone) -> None:
-        key, op = self._current(event.token, Step.BIND)
+        key, op = self._current(event.token, (Step.BIND, Step.SWITCH_BIND))
         if not key:
+            return
+        if op.step is Step.SWITCH_BIND:
+            self._switch_bound(key, op, event)
             return
         if event.error is not None:
             self.counters.bind_failures += 1
@@ -1120,6 +1241,56 @@ class EtcdPoolMachine:
                        "announced", address=key)
         op.step = Step.ANNOUNCE
         self._step(key, op, AnnounceAddress)
+
+    def _switch_bound(self, key: str, op: Operation, event: BindDone) -> None:
+        """A switchover's copy is bound: announce it and move the owner key."""
+        holder = op.before
+        assert op.owner is not None and holder is not None
+        if event.error is not None:
+            self.counters.bind_failures += 1
+            self._emit(EventKind.TAKEOVER_FAILED, f"switchover from {holder}: could not bind "
+                       f"the address: {event.error}; {holder} keeps it", address=key)
+            self._end(key)
+            return
+        if self.lease_id is None or not self.lease_fresh(margin=self.switch_margin):
+            self._drop(key, f"switchover from {holder} given up: the etcd lease is no longer "
+                       "fresh enough to move the owner key; released the copy bound here, "
+                       f"{holder} keeps it", EventKind.TAKEOVER_FAILED, delete=None)
+            return
+        # the announcement runs beside the transaction (it takes count x interval): its
+        # own token, answered by nobody, so traffic moves here while the holder still has it
+        self._do(AnnounceAddress(self._next_token(), key))
+        op.step = Step.MOVE_KEY
+        lease, revision, by = self.lease_id, op.owner.create_revision, op.by or "cli"
+        self._step(key, op, lambda t, k: MoveOwnerKey(t, k, lease, revision, holder, by))
+
+    def _key_moved(self, key: str, op: Operation, event: OwnerKeyWon) -> None:
+        """The switchover's transaction answered: own it, or release the copy at once."""
+        holder, by = op.before, op.by
+        assert op.owner is not None and holder is not None and self.lease_id is not None
+        if event.error is not None or not event.won:
+            self.last_error = event.error or self.last_error
+            why = (f"etcd did not answer ({event.error}; if the move landed after all, the "
+                   "key names this node and the address is taken the usual way)"
+                   if event.error is not None else
+                   f"the owner key changed in etcd before it could be moved ({holder} lost "
+                   "it or another member took it)")
+            self._drop(key, f"switchover from {holder} failed: {why}; released the copy "
+                       "bound here", EventKind.TAKEOVER_FAILED, delete=None)
+            return
+        self.owners[key] = Owner(self.node, self.lease_id, op.owner.create_revision,
+                                 holder, by)
+        self.slots[key] = Slot.HELD
+        self._conflict_open.discard(key)
+        self.last_holder.saw(key, self.node)
+        self._next_announce[key] = self.now + ANNOUNCE.refresh
+        self.counters.switchovers += 1
+        self._emit(EventKind.SWITCHOVER,
+                   f"took it from {holder} make-before-break (rebalance by {by}): bound and "
+                   f"announced here, then the owner key moved to this node in etcd; {holder} "
+                   "releases it when it sees the key", address=key,
+                   extra={"from": holder, "to": self.node})
+        self._end(key)
 
     def _on_announced(self, event: Announced) -> None:
         key, _ = self._current(event.token, Step.ANNOUNCE)
@@ -1156,7 +1327,7 @@ class EtcdPoolMachine:
             self._end(key)
             return
         self.slots[key] = Slot.FREE
-        if op.kind is EventKind.RELEASED:
+        if op.kind in (EventKind.RELEASED, EventKind.SWITCHOVER):
             self.counters.handovers += 1
         else:
             self.counters.yields += 1
