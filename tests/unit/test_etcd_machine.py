@@ -24,7 +24,7 @@ from minisft.config.model import (
 from minisft.core.actions import Bind, BindDone, Emit, IllegalInput, ProbeDone, StartProbe
 from minisft.core.edges import IllegalTransition
 from minisft.core.events import EventKind, Notice
-from minisft.pools.actions import Rebalance, Started, Tick
+from minisft.pools.actions import LinkChanged, Rebalance, Started, Tick
 from minisft.pools.etcd_definition import encode_definition
 from minisft.pools.etcd_machine import (
     EDGES,
@@ -46,6 +46,7 @@ from minisft.pools.etcd_machine import (
     MemberDeleted,
     MemberPut,
     MemberRecord,
+    MoveOwnerKey,
     OwnerDeleted,
     OwnerKeyDeleted,
     OwnerKeyRead,
@@ -104,6 +105,7 @@ class World:
         self.renewing = True
         self.last_renewal = 0.0
         self.claims_win = True
+        self.move: bool | str = True  # a switchover's transaction: won, lost, or this error
         self.probe_answer: str | None = None
         self.revision = 100
         self.bound: set[str] = set()
@@ -131,6 +133,14 @@ class World:
                                   self.revision if self.claims_win else None))
         elif isinstance(a, ReplaceOwnerKey):
             self.feed(OwnerKeyWon(a.token, True))
+        elif isinstance(a, MoveOwnerKey):
+            if isinstance(self.move, str):
+                self.feed(OwnerKeyWon(a.token, error=self.move))
+                return
+            if self.move:  # the put reaches the watch too
+                self.watch(OwnerPut(OwnerRecord(ip(a.address), self.node, self.lease,
+                                                a.create_revision, a.taken_from, a.taken_by)))
+            self.feed(OwnerKeyWon(a.token, self.move))
         elif isinstance(a, StartProbe):
             self.feed(ProbeDone(a.token, self.probe_answer))
         elif isinstance(a, ReadOwnerKey):
@@ -357,6 +367,149 @@ def test_manual_fallback_keeps_the_addresses_until_a_rebalance() -> None:
     bs = {k for k, n in formula(p, ["a", "b"]).items() if n == "b"}
     assert w.bound == set(ADDRESSES) - bs
     assert all("rebalance by admin" in n.reason for _, n in w.events(EventKind.RELEASED))
+
+
+# ====================================================================== switchover
+
+
+def returned(fallback: FallbackMode = FallbackMode.MANUAL) -> tuple[World, set[str]]:
+    """`a` back in a running pool where `b` holds every address (after a's failover),
+    manual fallback: a takes nothing by itself; and the addresses the formula gives a."""
+    p = pool(FallbackConfig(fallback, hold_down=1.0))
+    w = World(p)
+    w.start(members=("b",), owners=dict.fromkeys(ADDRESSES, "b"))
+    w.advance(2.0)
+    assert w.bound == set(), "manual fallback took addresses back without an admin"
+    return w, {k for k, n in formula(p, ["a", "b"]).items() if n == "a"}
+
+
+def test_a_rebalance_takes_the_addresses_make_before_break() -> None:
+    w, mine = returned()
+    w.feed(Rebalance("cli"))
+    answer = w.m.last_rebalance
+    assert answer is not None and answer.ok, answer
+    assert set(answer.taking) == mine and mine
+    assert w.bound == mine
+    assert not w.actions(StartProbe), "the holder is known: no probe"
+    for k in mine:
+        # bound, then announced and the owner key moved; nothing removed on the way
+        order = [type(a) for _, a in w.log if getattr(a, "address", None) == k]
+        assert order.index(Bind) < order.index(AnnounceAddress) < order.index(MoveOwnerKey)
+        assert RemoveAddress not in order
+        move = next(a for _, a in w.actions(MoveOwnerKey) if a.address == k)
+        assert (move.lease, move.create_revision, move.taken_from, move.taken_by) == (
+            LEASES["a"], 50, "b", "cli")
+    switched = w.events(EventKind.SWITCHOVER)
+    assert {n.address for _, n in switched} == mine
+    assert all("took it from b make-before-break (rebalance by cli)" in n.reason
+               for _, n in switched)
+    assert w.m.counters.switchovers == len(mine)
+    assert all(w.m.owners[k].member == "a" for k in mine)
+    w.advance(TTL * 2)
+    assert w.bound == mine, "the switched addresses are kept"
+
+
+def test_a_lost_switchover_transaction_releases_the_copy_at_once() -> None:
+    w, mine = returned()
+    w.move = False  # the key changed before the move (b lost it, another member took it)
+    w.feed(Rebalance("cli"))
+    assert w.bound == set()
+    failed = w.events(EventKind.TAKEOVER_FAILED)
+    assert {n.address for _, n in failed} == mine
+    assert all("switchover from b failed" in n.reason and "released the copy" in n.reason
+               for _, n in failed)
+    assert not w.events(EventKind.SWITCHOVER)
+    assert not w.actions(DeleteOwnerKey), "the key is not ours: not deleted"
+
+
+def test_an_unanswered_switchover_transaction_releases_the_copy_at_once() -> None:
+    w, mine = returned()
+    w.move = "etcd: deadline exceeded"
+    w.feed(Rebalance("cli"))
+    assert w.bound == set()
+    assert all("etcd did not answer" in n.reason
+               for _, n in w.events(EventKind.TAKEOVER_FAILED))
+    assert len(w.events(EventKind.TAKEOVER_FAILED)) == len(mine)
+
+
+def test_a_fence_during_the_switchover_releases_the_copy() -> None:
+    w, mine = returned()
+    w.answer = False  # the transaction hangs
+    w.feed(Rebalance("cli"))
+    binds = [a for a in w.held_back if isinstance(a, Bind)]
+    assert {a.address for a in binds} == mine
+    w.answer = True
+    for a in binds:
+        w.bound.add(a.address)
+        w.feed(BindDone(a.token))
+    w.answer = False
+    w.renewing = False
+    w.advance(TTL * 2 / 3 + 0.2)
+    fence = [a for a in w.held_back if isinstance(a, ReleaseEverything)]
+    assert fence and mine <= set(fence[0].addresses)
+
+
+@pytest.mark.parametrize("cut", ["link down", "lease not fresh", "fenced", "starting"])
+def test_a_rebalance_is_refused_with_one_reason_and_binds_nothing(cut: str) -> None:
+    if cut == "starting":  # a cold start: the window for the members starting together
+        w = World(pool(FallbackConfig(FallbackMode.MANUAL, hold_down=1.0)))
+        w.start()
+        w.advance(0.5)
+        expected = "waits for the members starting with it"
+    else:
+        w, _ = returned()
+        if cut == "link down":
+            w.feed(LinkChanged(False))
+            expected = "link is down"
+        elif cut == "lease not fresh":
+            w.renewing = False
+            w.advance(1.2)  # past fence_after - the transaction's deadline, not fenced yet
+            assert w.m.phase is Phase.ACTIVE
+            expected = "etcd lease was last renewed"
+        else:
+            w.renewing = False
+            w.advance(TTL)
+            expected = "not active"
+    binds = len(w.actions(Bind))
+    w.feed(Rebalance("cli"))
+    answer = w.m.last_rebalance
+    assert answer is not None and not answer.ok
+    assert expected in answer.message and ";" not in answer.message.split(":")[0]
+    assert len(w.actions(Bind)) == binds, "a refused rebalance bound something"
+    assert not w.actions(MoveOwnerKey)
+
+
+def test_a_holder_not_registered_under_the_keys_lease_is_not_switched_from() -> None:
+    w, _ = returned()
+    w.watch(MemberDeleted("b"))  # b's lease expired: its keys go with it, shortly
+    w.feed(Rebalance("cli"))
+    assert w.bound == set() and not w.actions(MoveOwnerKey)
+    answer = w.m.last_rebalance
+    assert answer is not None and not answer.ok and "not registered" in answer.message
+
+
+def test_the_holder_releases_a_switched_address_as_a_switchover() -> None:
+    p = pool(FallbackConfig(FallbackMode.MANUAL, hold_down=1.0))
+    w = World(p)
+    w.start()
+    w.advance(TTL + 0.5)
+    holding(w, sorted(w.bound))
+    w.watch(MemberPut(MemberRecord("b", LEASES["b"])))
+    w.advance(1.0)
+    bs = {k for k, n in formula(p, ["a", "b"]).items() if n == "b"}
+    taken, other = sorted(bs)[0], sorted(bs)[1:]
+    w.watch(OwnerPut(OwnerRecord(ip(taken), "b", LEASES["b"], 200, "a", "cli")))
+    assert taken not in w.bound
+    switched = w.events(EventKind.SWITCHOVER)
+    assert [n.address for _, n in switched] == [taken]
+    assert "b took it make-before-break (rebalance by cli)" in switched[0][1].reason
+    assert not w.events(EventKind.YIELDED)
+    assert not [a for _, a in w.actions(DeleteOwnerKey) if a.address == taken]
+    # a key that names b without the mark (b won it another way) is a plain yield
+    if other:
+        w.watch(OwnerPut(OwnerRecord(ip(other[0]), "b", LEASES["b"], 201)))
+        assert [n.address for _, n in w.events(EventKind.YIELDED)] == [other[0]]
+        assert len(w.events(EventKind.SWITCHOVER)) == 1
 
 
 # ====================================================================== failover
