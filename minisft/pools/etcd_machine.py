@@ -774,10 +774,10 @@ class EtcdPoolMachine:
         """Why this member may not move addresses now, or None."""
         if self.phase is not Phase.ACTIVE:
             return f"this member is not active ({self.reason})"
-        if not self.synced:
-            return "this member does not follow etcd right now (session lost): try again"
         if not self.link_up:
             return "this member's link is down"
+        if not self.synced:
+            return "this member does not follow etcd right now (session lost): try again"
         since = self.now - self.lease_ok_at if self.lease_ok_at is not None else math.inf
         if not self.lease_fresh(margin=self.switch_margin):
             return (f"this member's etcd lease was last renewed {since:.1f}s ago: a "
