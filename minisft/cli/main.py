@@ -108,8 +108,10 @@ It refuses with the reason (exit 1), binding nothing, when:
 Those addresses stay where they are; the others still move.
 Nothing to move: says so, changes nothing, exit 0.
 
-Pools coordinated through etcd hand over break-before-make only: run it on the
-members holding the addresses.
+Pools coordinated through etcd switch make-before-break too: this member binds and
+announces, then moves the owner key in etcd in one transaction (lost or unanswered:
+the copy is removed at once); the holder releases on seeing the key. It also refuses
+while this member does not follow etcd or its lease was not renewed recently enough.
 """
 
 

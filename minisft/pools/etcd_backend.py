@@ -24,7 +24,9 @@ Rules:
   etcd and listed in the definition), only after winning its owner key *and* a clean
   ARP/NDP probe. A probe that finds someone answering gives the key back.
 * **Holding implies owning**: a member holds an address only while etcd shows it as the
-  owner. A holder that sees its key vanish (or another owner) releases at once.
+  owner. A holder that sees its key vanish (or another owner) releases at once. The one
+  exception: a `rebalance` switchover binds on the formula's member for the one etcd call
+  that moves the key to it (make-before-break; see `EtcdPoolMachine._on_rebalance`).
 * **Handing over** (fallback ``auto``, or one `rebalance` pass): the holder removes the
   address from its interface, *then* deletes its key; the formula's member then takes it.
 * **Fencing**: a member that cannot renew its lease gives every address up
