@@ -705,7 +705,13 @@ class MonitorMachine:
                        "over: released it and watching", mac=mac)
         else:  # STARTUP or CLAIM: somebody else holds it
             self._to_watching(f"address in use by {mac}: not binding it, watching it")
-            if self.config.fallback.mode is FallbackMode.AUTO or purpose is Purpose.STARTUP:
+            auto = self.config.fallback.mode is FallbackMode.AUTO
+            if self.config.role is Role.PRIMARY and self.config.peer_ip is not None:
+                hint = (f"to fall back now with no outage: `minisft switchover {self.name}` "
+                        f"here (if the holder is the peer {self.config.peer_ip})" +
+                        ("; a backup in automatic fallback mode also hands it back by "
+                         "itself after its hold-down" if auto else ""))
+            elif auto or purpose is Purpose.STARTUP:
                 hint = (f"to fall back by hand: `minisft release {self.name}` on the holder, "
                         f"then `minisft claim {self.name}` here; a backup in automatic "
                         "fallback mode hands it back by itself after its hold-down")
@@ -862,8 +868,9 @@ class MonitorMachine:
                 elif self._fallback_suspended:
                     plan = "automatic fallback is suspended: fall back by hand"
                 else:
-                    plan = (f"fallback is manual: `minisft release {self.name}` here, then "
-                            f"`minisft claim {self.name}` on the peer")
+                    plan = (f"fallback is manual: `minisft switchover {self.name}` on the "
+                            f"peer moves it back with no outage (or `minisft release "
+                            f"{self.name}` here, then `minisft claim {self.name}` there)")
                 self._emit(EventKind.PEER_UP, f"peer {ip} answers ping; {plan}",
                            peer=str(ip))
             return

@@ -2,7 +2,8 @@
 
 Acts: both nodes start (alpha holds 192.0.2.10, beta watches); alpha's web service dies
 (alarm, no takeover); alpha's link dies (beta takes over, the client measures the outage);
-alpha returns (finds the address in use and says so); manual fallback with the CLI.
+alpha returns (finds the address in use and says so); the manual fallback, a
+switchover with no outage.
 Everything runs in namespaces created here and removed on exit, Ctrl-C included.
 """
 
@@ -278,12 +279,14 @@ class Demo:
         time.sleep(max(self.pause, 3.0))
         print(self.cli("alpha", "status"))
 
-        self.say("Act 4: manual fallback: release on beta, claim on alpha, resume on beta")
+        self.say("Act 4: manual fallback without an outage: `minisft switchover web` on alpha "
+                 "binds and announces first, then beta lets go")
         pings = self.start_client_pings()
         time.sleep(0.3)
-        print("  $ minisft release web   (on beta)\n    " + self.cli("beta", "release", "web"))
-        print("  $ minisft claim web     (on alpha)\n    " + self.cli("alpha", "claim", "web"))
-        print("  $ minisft resume web    (on beta)\n    " + self.cli("beta", "resume", "web"))
+        print("  $ minisft switchover web   (on alpha)\n    "
+              + self.cli("alpha", "switchover", "web"))
+        self.wait_for("beta to let go", lambda: not self.nodes["beta"].has_address(
+            f"{SERVICE_IP}/24"))
         time.sleep(0.5)
         print(f"  the client saw an outage of {self.outage(pings) * 1000:.0f} ms")
         time.sleep(self.pause)

@@ -135,6 +135,14 @@ def test_primary_finds_its_address_answered_and_does_not_bind() -> None:
     assert node.machine.looks.health is Health.UP and node.machine.holder == "other"
 
 
+def test_a_primary_with_a_peer_finds_its_address_answered_and_is_told_of_switchover() -> None:
+    node = single(make_config(Role.PRIMARY, peer_ip="192.0.2.2"), holder=Host())
+    node.probe_done()
+    reason = node.last(K.ADDRESS_IN_USE).reason
+    assert node.bind_count() == 0
+    assert "`minisft switchover web` here (if the holder is the peer 192.0.2.2)" in reason
+
+
 def test_backup_starts_watching_without_probing() -> None:
     node = single(make_config(Role.BACKUP), holder=Host())
     assert node.machine.state is State.WATCHING
@@ -885,7 +893,9 @@ def test_manual_fallback_never_releases() -> None:
     node = took_over(peer_ip="192.0.2.1", fallback=FallbackMode.MANUAL)
     peer_up_for(node, 600, every=6.0)
     assert node.releases == 0
-    assert "fallback is manual" in node.last(K.PEER_UP).reason
+    reason = node.last(K.PEER_UP).reason
+    assert "fallback is manual" in reason
+    assert "`minisft switchover web` on the peer" in reason, reason  # the no-outage way
 
 
 def test_peer_is_watched_only_by_a_holding_backup() -> None:
