@@ -8,6 +8,7 @@ probe, bind, release, announce and emit are the shared vocabulary of
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from minisft.core.actions import (
@@ -85,6 +86,27 @@ class RebalanceAnswer:
     message: str
     taking: tuple[str, ...] = ()  # addresses bound here make-before-break
     handing_over: tuple[str, ...] = ()  # addresses released here to their member
+
+    @classmethod
+    def of(cls, taking: Mapping[str, str], handing: Mapping[str, str],
+           refused: Sequence[str], *, nothing: str, handing_how: str = "handing over"
+           ) -> RebalanceAnswer:
+        """The answer of one pass, from what it does: `taking` address -> its holder,
+        `handing` address -> the member it goes to, `refused` "address: why" for each
+        address left where it is; `nothing` is the line when there is nothing to move.
+        Refused addresses alone make a refusal; with moves, they are named beside them."""
+        parts = []
+        if taking:
+            parts.append("taking make-before-break " + ", ".join(
+                f"{a} from {h}" for a, h in taking.items()))
+        if handing:
+            parts.append(f"{handing_how} " + ", ".join(
+                f"{a} to {m}" for a, m in handing.items()))
+        if refused:
+            parts.append("not moving " + "; ".join(refused))
+        if not taking and not handing:
+            return cls(not refused, "; ".join(parts) if refused else nothing)
+        return cls(True, "; ".join(parts), tuple(taking), tuple(handing))
 
 
 PoolInput = (Started | HeartbeatSeen | WitnessResult | AddressGone | Tick | ProbeDone

@@ -753,22 +753,12 @@ class EtcdPoolMachine:
             self.slots[key] = Slot.BUSY
             self._step(key, Operation(0, Step.SWITCH_BIND, owner=owner, before=owner.member,
                                       by=event.by), Bind)
-        parts = []
-        if taking:
-            parts.append("taking make-before-break " + ", ".join(
-                f"{k} from {o.member}" for k, o in taking.items()))
-        if handing:
-            parts.append("handing over break-before-make " + ", ".join(
-                f"{k} to {stable[k]}" for k in handing))
-        if refused:
-            parts.append("not moving " + "; ".join(refused))
-        if not taking and not handing:
-            self.last_rebalance = RebalanceAnswer(
-                not refused, "; ".join(parts) if refused else
-                f"nothing to move: no address the formula gives to {self.node} is held by "
-                f"another member, and {self.node} holds none the formula gives to another")
-            return
-        self.last_rebalance = RebalanceAnswer(True, "; ".join(parts), tuple(taking), handing)
+        self.last_rebalance = RebalanceAnswer.of(
+            {k: o.member for k, o in taking.items()}, {k: stable[k] for k in handing},
+            refused, handing_how="handing over break-before-make",
+            nothing=f"nothing to move: no address the formula gives to {self.node} is held "
+                    f"by another member, and {self.node} holds none the formula gives to "
+                    "another")
 
     def _rebalance_refusal(self) -> str | None:
         """Why this member may not move addresses now, or None."""

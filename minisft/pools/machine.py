@@ -519,22 +519,10 @@ class PoolMachine:
         for a, holder in taking.items():
             self._switching[a] = (holder, ev.by, self.now)
             self._start_bind(a)
-        parts = []
-        if taking:
-            parts.append("taking make-before-break " + ", ".join(
-                f"{a} from {h}" for a, h in taking.items()))
-        if handing:
-            parts.append("handing over " + ", ".join(
-                f"{a} to {self.assignment[a]}" for a in handing))
-        if refused:
-            parts.append("not moving " + "; ".join(refused))
-        if not taking and not handing:
-            self.last_rebalance = RebalanceAnswer(
-                not refused, "; ".join(parts) if refused else
-                f"nothing to move: no address the formula gives to {self.me} is held by "
-                f"another member, and no member asks for one {self.me} holds")
-            return
-        self.last_rebalance = RebalanceAnswer(True, "; ".join(parts), tuple(taking), handing)
+        self.last_rebalance = RebalanceAnswer.of(
+            taking, {a: self.assignment[a] for a in handing}, refused,
+            nothing=f"nothing to move: no address the formula gives to {self.me} is held by "
+                    f"another member, and no member asks for one {self.me} holds")
 
     def _rebalance_refusal(self) -> str | None:
         """Why this node may not take addresses from their holders now, or None."""

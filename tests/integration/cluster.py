@@ -263,6 +263,23 @@ def longest_gap(proc: subprocess.Popen[str]) -> float:
     return max((b - a for a, b in itertools.pairwise(stamps)), default=0.0)
 
 
+def rebalance_under_pings(cluster: Cluster, member: Node, holder: Node, address: str,
+                          after: int) -> tuple[Event, float]:
+    """`minisft rebalance front` on `member` while the client pings `address` every
+    10 ms: the holder's `switchover` event (after its event `after`) and the longest gap
+    between the client's replies."""
+    pings = cluster.client_pings(address.split("/")[0])
+    time.sleep(1.0)
+    out = member.cli("rebalance", "front")
+    assert out.returncode == 0, out.stderr
+    assert "taking make-before-break" in out.stdout and address in out.stdout
+    gave = holder.wait_event("switchover", "front", after=after, timeout=5)
+    time.sleep(1.0)
+    gap = longest_gap(pings)
+    sys.stderr.write(f"rebalance gap seen by the client: {gap * 1000:.1f} ms\n")
+    return gave, gap
+
+
 def start_pair(tmp: Path, address: str = "192.0.2.10/24", *,
                alpha_extra: dict[str, Any] | None = None,
                beta_extra: dict[str, Any] | None = None,

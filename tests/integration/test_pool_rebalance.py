@@ -5,13 +5,12 @@ while a client pings one of them every 10 ms."""
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.integration.cluster import Cluster, longest_gap, wait_until
+from tests.integration.cluster import Cluster, rebalance_under_pings, wait_until
 
 pytestmark = pytest.mark.netns
 
@@ -86,15 +85,8 @@ def test_rebalance_takes_a_returning_members_addresses_back_with_a_gap_under_50m
         watched = cs[0]
         holder = c.nodes[moved[watched]]
         marks = {n: c.nodes[n].last_seq() for n in NAMES}
-        pings = c.client_pings(watched.split("/")[0])
-        time.sleep(1.0)
-        out = node_c.cli("rebalance", "front")
-        assert out.returncode == 0, out.stderr
-        assert "taking make-before-break" in out.stdout and watched in out.stdout
-        gave = holder.wait_event("switchover", "front", after=marks[holder.name], timeout=5)
-        time.sleep(1.0)
-        gap = longest_gap(pings)
-        sys.stderr.write(f"rebalance gap seen by the client: {gap * 1000:.1f} ms\n")
+        gave, gap = rebalance_under_pings(c, node_c, holder, watched,
+                                          marks[holder.name])
         assert gap <= MAX_GAP, f"the client saw a gap of {gap * 1000:.0f} ms"
 
         wait_until("c holds its addresses again, alone", lambda: all(

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from minisft.pools.formula import assign
-from tests.integration.cluster import Cluster, longest_gap, wait_until
+from tests.integration.cluster import Cluster, rebalance_under_pings, wait_until
 from tests.integration.etcd_support import EtcdCluster, etcd_available
 from tests.integration.test_pools_etcd_daemon import MEMBERS, PREFIX, pool_cfg
 
@@ -102,16 +102,8 @@ def test_rebalance_takes_a_returning_members_addresses_back_with_a_gap_under_50m
             watched = cs[0]
             holder = c.nodes[moved[watched]]
             marks = {n: c.nodes[n].last_seq() for n in MEMBERS}
-            pings = c.client_pings(watched.split("/")[0])
-            time.sleep(1.0)
-            out = node_c.cli("rebalance", "front")
-            assert out.returncode == 0, out.stderr
-            assert "taking make-before-break" in out.stdout and watched in out.stdout
-            gave = holder.wait_event("switchover", "front", after=marks[holder.name],
-                                     timeout=5)
-            time.sleep(1.0)
-            gap = longest_gap(pings)
-            sys.stderr.write(f"etcd rebalance gap seen by the client: {gap * 1000:.1f} ms\n")
+            gave, gap = rebalance_under_pings(c, node_c, holder, watched,
+                                              marks[holder.name])
             assert gap <= MAX_GAP, f"the client saw a gap of {gap * 1000:.0f} ms"
 
             wait_until("c holds its addresses again, alone", lambda: all(
