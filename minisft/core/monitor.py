@@ -708,7 +708,9 @@ class MonitorMachine:
             auto = self.config.fallback.mode is FallbackMode.AUTO
             if self.config.role is Role.PRIMARY and self.config.peer_ip is not None:
                 hint = (f"to fall back now with no outage: `minisft switchover {self.name}` "
-                        f"here (if the holder is the peer {self.config.peer_ip})" +
+                        f"here (if the holder is the peer {self.config.peer_ip}); or "
+                        f"`minisft release {self.name}` on the holder, then `minisft claim "
+                        f"{self.name}` here" +
                         ("; a backup in automatic fallback mode also hands it back by "
                          "itself after its hold-down" if auto else ""))
             elif auto or purpose is Purpose.STARTUP:

@@ -141,6 +141,7 @@ def test_a_primary_with_a_peer_finds_its_address_answered_and_is_told_of_switcho
     reason = node.last(K.ADDRESS_IN_USE).reason
     assert node.bind_count() == 0
     assert "`minisft switchover web` here (if the holder is the peer 192.0.2.2)" in reason
+    assert "`minisft claim web` here" in reason  # the way with an outage, still named
 
 
 def test_backup_starts_watching_without_probing() -> None:
