@@ -380,6 +380,10 @@ def test_a_killed_worker_loses_nothing(tmp_path: Path, http: HttpReceiver) -> No
         await mgr.start()
         seqs = [_emit(journal, mgr, Notice(EventKind.TAKEOVER, "one", monitor="web")).seq]
         await _until("first post", lambda: len(http.posts) == 1)
+        # and its acknowledgement: the receiver has the post a moment before the worker
+        # reports it delivered; a worker stopped in between is rightly asked again
+        # (at-least-once), which would be a duplicate here, not what this test is about
+        await _until("first delivered", lambda: _caught_up(mgr.status()[0]))
         pid = sink.worker_pid
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
@@ -407,6 +411,10 @@ def test_a_hung_worker_is_killed_and_the_event_retried(tmp_path: Path,
         await mgr.start()
         first = _emit(journal, mgr, Notice(EventKind.TAKEOVER, "one", monitor="web"))
         await _until("first post", lambda: len(http.posts) == 1)
+        # and its acknowledgement: the receiver has the post a moment before the worker
+        # reports it delivered; a worker stopped in between is rightly asked again
+        # (at-least-once), which would be a duplicate here, not what this test is about
+        await _until("first delivered", lambda: _caught_up(mgr.status()[0]))
         pid = sink.worker_pid
         assert pid is not None
         os.kill(pid, signal.SIGSTOP)  # alive but silent
