@@ -85,7 +85,8 @@ class Daemon:
         self._netlink_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
         self._status_dirty = True
         self._lock_fd: int | None = None
-        self._status_file: StatusFile | None = None  # for the state_dir in force
+        # state_dir only changes with a restart (reload.needs_restart refuses it)
+        self._status_file = StatusFile(config.state_dir / STATUS_NAME, self.emit)
         self._journal_failing = False  # reported the journal's failure episode
         self._journal_recreated = 0
         self._tasks: list[asyncio.Task[Any]] = []
@@ -414,9 +415,6 @@ class Daemon:
     def write_status(self, stopped_at: float | None = None) -> None:
         """status.json for check_minisft, the SNMP helper and admins; `stopped_at` marks
         the last one, written by a cleanly stopping daemon."""
-        path = self.config.state_dir / STATUS_NAME
-        if self._status_file is None or self._status_file.path != path:
-            self._status_file = StatusFile(path, self.emit)
         doc = self.status()
         self._status_file.write(doc if stopped_at is None
                                 else replace(doc, stopped_at=stopped_at))
