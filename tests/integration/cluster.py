@@ -2,7 +2,8 @@
 
 A `Cluster` is a Lab plus one `Node` per daemon: its config file, state_dir and control
 socket live in a temporary directory; the daemon runs as `python -m minisft run` inside the
-node's namespace, exactly as an admin would run it.
+node's namespace, exactly as an admin would run it (or as the installed package's
+`/usr/bin/minisft run`: `Cluster(..., command=[str(installed_minisft.minisft)])`).
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class Node:
         shell that mounts something first, then `exec "$@"`s the daemon)."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        self.proc = self.host.popen([*wrap, sys.executable, "-m", "minisft", "run",
+        self.proc = self.host.popen([*wrap, *self.cluster.command, "run",
                                      "--config", str(self.config_path)],
                                     stdout=log, stderr=log)
         if wait:
@@ -108,7 +109,7 @@ class Node:
     # ------------------------------------------------------------ observation
 
     def cli(self, *argv: str, check: bool = False) -> subprocess.CompletedProcess[str]:
-        return self.host.run(sys.executable, "-m", "minisft", *argv, "--config",
+        return self.host.run(*self.cluster.command, *argv, "--config",
                              str(self.config_path), check=check, timeout=30)
 
     def status(self) -> dict[str, Any]:
@@ -213,7 +214,9 @@ class Node:
 class Cluster:
     """`with Cluster(tmp_path, ["alpha", "beta"]) as c:` -> c.nodes["alpha"], c.client."""
 
-    def __init__(self, tmp: Path, names: list[str], *, ipv6: bool = True) -> None:
+    def __init__(self, tmp: Path, names: list[str], *, ipv6: bool = True,
+                 command: Sequence[str] = (sys.executable, "-m", "minisft")) -> None:
+        self.command = tuple(command)  # how the daemon and the CLI are run
         self.lab = Lab()
         self.nodes: dict[str, Node] = {}
         try:

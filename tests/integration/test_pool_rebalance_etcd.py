@@ -21,6 +21,7 @@ from minisft.pools.formula import assign
 from tests.integration.cluster import Cluster, rebalance_under_pings, wait_until
 from tests.integration.etcd_support import EtcdCluster, etcd_available
 from tests.integration.test_pools_etcd_daemon import MEMBERS, PREFIX, pool_cfg
+from tests.support.package import InstalledPackage
 
 pytestmark = [
     pytest.mark.netns,
@@ -40,17 +41,32 @@ def expected(alive: list[str]) -> dict[str, str]:
 
 def test_rebalance_takes_a_returning_members_addresses_back_with_a_gap_under_50ms(
         tmp_path: Path) -> None:
+    rebalance_scenario(tmp_path, (sys.executable, "-m", "minisft"))
+
+
+@pytest.mark.package
+def test_rebalance_with_the_installed_package(tmp_path: Path,
+                                              installed_minisft: InstalledPackage) -> None:
+    """The same, as an admin of the Debian package runs it: /usr/bin/minisft, whose
+    virtualenv must bring the etcd client itself (pip is not in it)."""
+    rebalance_scenario(tmp_path, (str(installed_minisft.minisft),))
+
+
+def rebalance_scenario(tmp_path: Path, command: tuple[str, ...]) -> None:
     key = tmp_path / "front.key"
     key.write_bytes(os.urandom(32))
     key.chmod(0o600)
-    with Cluster(tmp_path, MEMBERS, ipv6=False) as c:
+    with Cluster(tmp_path, MEMBERS, ipv6=False, command=command) as c:
         etcd = EtcdCluster(c.lab, 1)
         try:
             etcd.start()
-            for n in MEMBERS:  # started together, as a rack does
+            for n in MEMBERS:
                 cfg = pool_cfg(key, etcd.endpoints, ADDRESSES)
                 cfg["fallback"] = {"mode": "manual"}
                 c.nodes[n].configure([], pools=[cfg])
+                checked = c.nodes[n].cli("check-config")
+                assert checked.returncode == 0, checked.stdout + checked.stderr
+            for n in MEMBERS:  # started together, as a rack does
                 c.nodes[n].start(wait=False)
             for n in MEMBERS:
                 wait_until(f"{n}'s daemon to listen", c.nodes[n]._ready, timeout=20)
