@@ -293,8 +293,13 @@ object Host "lb-alpha" {
   check_command = "dummy"
   address = "192.0.2.21"
   vars.minisft_monitors = [ "web", "db" ]
+  vars.minisft_pools = [ "front" ]
   vars.minisft_warning = "5"
   vars.minisft_agent_endpoint = "lb-alpha"
+}
+object Host "pool-only" {
+  check_command = "dummy"
+  vars.minisft_pools = [ "front" ]
 }
 object Host "unrelated" {
   check_command = "dummy"
@@ -356,11 +361,18 @@ def test_icinga2_master_and_agent_zones_validate_and_apply(tmp_path: Path) -> No
     services = {f'{o["properties"]["host_name"]}!{o["name"]}': o["properties"]
                 for o in objects if o["type"] == "Service"}
     assert set(services) == {"lb-alpha!minisft-web", "lb-alpha!minisft-db",
-                             "lb-alpha!minisft-daemon"}
+                             "lb-alpha!minisft-pool-front", "lb-alpha!minisft-daemon",
+                             # a node with pools and no monitors still gets its daemon
+                             "pool-only!minisft-pool-front", "pool-only!minisft-daemon"}
     assert services["lb-alpha!minisft-web"]["vars"] == {"minisft_monitor": "web",
                                                        "minisft_no_sinks": True}
+    assert services["lb-alpha!minisft-pool-front"]["vars"] == {"minisft_pool": "front",
+                                                              "minisft_no_sinks": True}
     assert services["lb-alpha!minisft-daemon"]["vars"] == {"minisft_no_monitors": True}
-    for service in services.values():
+    for name, service in services.items():
+        if name.startswith("pool-only!"):
+            assert not service["command_endpoint"]  # no agent: NRPE or local instead
+            continue
         assert service["check_command"] == "minisft"
         assert service["command_endpoint"] == "lb-alpha"  # runs on the node's agent
         assert service["zone"] == "master"

@@ -25,6 +25,8 @@ pytestmark = [
 ROOT = Path(__file__).resolve().parents[2]
 ICINGA = ROOT / "alerting" / "icinga2"
 
+SERVICES = ("minisft-web", "minisft-pool-front", "minisft-daemon")
+
 MAIN = ICINGA_PLUGIN_DIRS + """\
 const NodeName = "lb-alpha"
 const ZoneName = "lb-alpha"
@@ -35,6 +37,7 @@ include "{rules}"
 object Host "lb-alpha" {{
   check_command = "dummy"
   vars.minisft_monitors = [ "web" ]
+  vars.minisft_pools = [ "front" ]
   vars.minisft_config = "{config}"
 }}
 object CheckerComponent "checker" {{ }}
@@ -52,13 +55,13 @@ object FileLogger "log" {{ path = "{d}/log/icinga2.log"; severity = "information
 
 def test_icinga2_as_nagios_runs_check_minisft(installed_minisft: InstalledPackage,
                                               service_tmp: Path,
-                                              node_holding_web: Cluster) -> None:
+                                              node_with_web_and_pool: Cluster) -> None:
     ensure_system_user("nagios")
     d = service_tmp / "icinga"
     for sub in ("data", "log", "cache", "spool", "run"):
         (d / sub).mkdir(parents=True)
         shutil.chown(d / sub, "nagios", "nagios")
-    alpha = node_holding_web.nodes["alpha"]
+    alpha = node_with_web_and_pool.nodes["alpha"]
     main = d / "icinga2.conf"
     main.write_text(MAIN.format(command=ICINGA / "minisft-command.conf",
                                 rules=ICINGA / "minisft.conf",
@@ -74,15 +77,15 @@ def test_icinga2_as_nagios_runs_check_minisft(installed_minisft: InstalledPackag
     def perfdata() -> str | None:
         # check now rather than at a random point of the 30 s interval
         now = int(time.time())
-        for service in ("minisft-web", "minisft-daemon"):  # one command per write
+        for service in SERVICES:  # one command per write
             with open(pipe, "w") as fh:
                 fh.write(f"[{now}] SCHEDULE_FORCED_SVC_CHECK;lb-alpha;{service};{now}\n")
         text = "".join(p.read_text() for p in (d / "spool").glob("service-perfdata*"))
-        return text if "SERVICEDESC::minisft-web" in text and \
-            "SERVICEDESC::minisft-daemon" in text else None
+        return text if all(f"SERVICEDESC::{s}\t" in text for s in SERVICES) else None
 
     try:
-        text: str = wait_until("icinga2 to run both checks", perfdata, timeout=40, step=1)
+        text: str = wait_until("icinga2 to run the three checks", perfdata, timeout=40,
+                               step=1)
     except AssertionError:
         log_file = d / "log" / "icinga2.log"
         print(log_file.read_text() if log_file.exists() else "no icinga2 log")
@@ -100,6 +103,13 @@ def test_icinga2_as_nagios_runs_check_minisft(installed_minisft: InstalledPackag
     assert "web_takeovers=0c" in web and "web_rtt" not in web, web  # held here: no RTT
     daemon = next(line for line in text.splitlines() if "SERVICEDESC::minisft-daemon" in line)
     assert "SERVICESTATE::OK" in daemon and "status_age=" in daemon, daemon
+    assert "web_" not in daemon and "pool_" not in daemon, daemon
+    # the pool service (vars.minisft_pools) judges the pool, and only the pool
+    pool = next(line for line in text.splitlines()
+                if "SERVICEDESC::minisft-pool-front" in line)
+    assert "SERVICESTATE::OK" in pool, pool
+    assert "pool_front_held=2" in pool and "pool_front_off_preferred=0" in pool, pool
+    assert "web_" not in pool, pool
     nagios = subprocess.run(["id", "-u", "nagios"], capture_output=True, text=True,
                             check=True).stdout.strip()
     assert uids == {nagios}, uids  # icinga2 runs as nagios, so does the plugin it starts

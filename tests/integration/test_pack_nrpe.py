@@ -48,10 +48,10 @@ def nrpe_config(tmp: Path, listen: str, client: str) -> Path:
 
 def test_nrpe_commands_judge_the_running_daemon(installed_minisft: InstalledPackage,
                                                 service_tmp: Path,
-                                                node_holding_web: Cluster) -> None:
+                                                node_with_web_and_pool: Cluster) -> None:
     ensure_system_user("nagios")
     assert installed_minisft.nagios_plugin.exists()
-    c = node_holding_web
+    c = node_with_web_and_pool
     alpha = c.nodes["alpha"]
     cfg = nrpe_config(service_tmp, alpha.host.ip, c.client.ip)
     # check_minisft reads the default /etc/minisft/minisft.yaml, as the shipped file
@@ -83,6 +83,15 @@ def test_nrpe_commands_judge_the_running_daemon(installed_minisft: InstalledPack
     monitors = check_nrpe("check_minisft_monitors")
     assert monitors.returncode == 0, monitors.stdout
     assert "web" in monitors.stdout and "'web_takeovers'=" in monitors.stdout
+
+    # the pools count in the all-monitors command, and the per-pool one names its pool
+    assert "pool front" in monitors.stdout and "'pool_front_held'=2" in monitors.stdout, \
+        monitors.stdout
+    pool = check_nrpe("check_minisft_pool_front")
+    assert pool.returncode == 0, pool.stdout
+    assert pool.stdout.startswith(
+        "MINISFT OK - alpha: pool front: 2 addresses on their preferred members"), pool.stdout
+    assert "web" not in pool.stdout.split("|")[0], pool.stdout
 
     web = check_nrpe("check_minisft_web")
     assert web.returncode == 0, web.stdout
