@@ -42,6 +42,7 @@ from minisft.pools.actions import (
     Started,
     Tick,
 )
+from minisft.pools.counters import AddressCounters
 from minisft.pools.etcd_definition import (
     decode_definition,
     definition_digest,
@@ -93,21 +94,14 @@ class Owner:
 
 
 @dataclass
-class Counters:
-    takeovers: int = 0
-    claims: int = 0
-    adoptions: int = 0
-    handovers: int = 0
-    yields: int = 0
-    conflicts: int = 0
-    bind_failures: int = 0
+class Counters(AddressCounters):
+    adoptions: int = 0  # addresses found bound at start-up and confirmed by etcd
     keepalives: int = 0
     keepalive_failures: int = 0
     sessions: int = 0
     watch_events: int = 0
     fences: int = 0
     leases: int = 0
-    switchovers: int = 0
 
 
 @dataclass

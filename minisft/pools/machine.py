@@ -125,6 +125,7 @@ from minisft.pools.actions import (
     Tick,
     WitnessResult,
 )
+from minisft.pools.counters import AddressCounters
 from minisft.pools.formula import assign, home, ranking
 from minisft.pools.placement import HolderHistory, placement
 from minisft.pools.protocol import config_digest
@@ -166,15 +167,8 @@ class MemberView:
 
 
 @dataclass
-class Counters:
-    takeovers: int = 0  # bound an address another member held
-    claims: int = 0  # bound an address nobody held
-    handovers: int = 0  # released to the member the formula gives it
-    yields: int = 0  # released a duplicate
-    conflicts: int = 0  # a probe found someone answering
-    bind_failures: int = 0
+class Counters(AddressCounters):
     heartbeats_seen: int = 0
-    switchovers: int = 0  # moved make-before-break by a rebalance (taken or yielded)
 
 
 # Probe and announce settings are not per pool: the core's LAN-scale defaults.
