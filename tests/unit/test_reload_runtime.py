@@ -38,7 +38,7 @@ from minisft.core.io import (
 from minisft.core.monitor import TRANSITIONS, IllegalInput, MonitorMachine, Purpose, State
 from minisft.runtime.daemon import Daemon
 from minisft.runtime.monitor_runtime import MonitorRuntime
-from minisft.testing.fakes import FakeHost
+from minisft.testing.fakes import FakeHost, fake_host_ports
 from tests.unit.core_driver import make_config
 
 HOLDER_MAC = "02:00:00:00:00:aa"
@@ -103,14 +103,10 @@ def write_config(path: Path, monitors: list[dict[str, Any]], **extra: Any) -> No
 class Harness:
     def __init__(self, path: Path) -> None:
         self.host = ReloadHost()
-        self.daemon = Daemon(load_config(path), config_path=path)
+        self.daemon = Daemon(load_config(path), config_path=path,
+                             ports=fake_host_ports(self.host))
         self.events: list[Notice] = []
         d = self.daemon
-        d.netlink = self.host
-        d.neighbours = self.host
-        d.pinger = self.host  # type: ignore[assignment]
-        d.iface = "eth0"
-        d._link_up = True
         emit = d.emit
 
         def record(notice: Notice) -> Any:
@@ -124,21 +120,10 @@ class Harness:
         return self.daemon.runtimes["web"]
 
     async def start(self) -> None:
-        d = self.daemon
-        for mcfg in d.config.monitors:
-            await d._add_monitor(mcfg)
-        for pool in d.config.pools:
-            await d._add_pool(pool)
-        d._tasks = [asyncio.create_task(d._tick_loop())]
+        await self.daemon.start_monitoring()
 
     async def stop(self) -> None:
-        d = self.daemon
-        for task in d._tasks:
-            task.cancel()
-        for rt in d.runtimes.values():
-            await rt.stop()
-        for pool in d.pools.values():
-            await pool.stop(release=False)
+        await self.daemon.stop_monitoring()
 
     async def until(self, what: str, predicate: Callable[[], bool], timeout: float) -> None:
         deadline = time.monotonic() + timeout
