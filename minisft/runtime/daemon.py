@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from minisft import __version__
-from minisft.config.model import Config, MonitorConfig, PoolConfig
+from minisft.config.model import Config, IPAddress, JournalConfig, MonitorConfig, PoolConfig
 from minisft.core.events import Event, EventKind, Notice, Severity
 from minisft.core.io import Command, ConflictSeen, LinkChanged, Tick, Verb
 from minisft.core.monitor import AlreadyDone, CommandRefused
@@ -35,7 +35,8 @@ from minisft.runtime.control import ControlError, ControlServer
 from minisft.runtime.driver import in_netlink_thread
 from minisft.runtime.journald import EVENT_ATTR
 from minisft.runtime.monitor_runtime import Check, MonitorRuntime
-from minisft.runtime.reload import Change, ReloadDiff, ReloadPlan, ReloadRefused, needs_restart
+from minisft.runtime.ports import HostPorts
+from minisft.runtime.reloader import Reloader
 from minisft.runtime.status_file import StatusFile
 from minisft.sinks.factory import build_sinks
 from minisft.status import (
@@ -69,7 +70,8 @@ def _severity_to_logging(sev: Severity) -> int:
 class Daemon:
     def __init__(self, config: Config, *, config_path: Path | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time, logs_to_journal: bool = False) -> None:
+                 wall: Callable[[], float] = time.time, logs_to_journal: bool = False,
+                 ports: HostPorts | None = None) -> None:
         self.config = config
         # the log goes natively into journald (minisft.runtime.journald): events are there
         # already, so a syslog sink on journald's own socket would only duplicate them
@@ -91,13 +93,16 @@ class Daemon:
         self._journal_recreated = 0
         self._tasks: list[asyncio.Task[Any]] = []
         self._link_up: bool | None = None
-        self._reloading = asyncio.Lock()
+        self._reloader = Reloader(self)
         self.journal: Any = None
         self.delivery: Any = None
-        self.netlink: Any = None
+        # the host: given (the unit tests' fakes, which their caller opens and closes) or
+        # the real ones, built by _start and closed by _teardown
+        self._owns_ports = ports is None
+        self.netlink: Any = ports.netlink if ports else None
         self.iface: Any = None
-        self.neighbours: Any = None
-        self.pinger = Pinger()
+        self.neighbours: Any = ports.neighbours if ports else None
+        self.pinger: Any = ports.pinger if ports else Pinger()
         self.control: ControlServer | None = None
         self._metrics_server: asyncio.AbstractServer | None = None
 
@@ -143,7 +148,8 @@ class Daemon:
             self._take_lock(cfg.state_dir / "minisft.pid")
         except OSError as exc:
             raise StartupError(f"state_dir {cfg.state_dir}: {exc.strerror or exc}") from None
-        self.netlink = Netlink()
+        if self.netlink is None:
+            self.netlink = Netlink()
         try:
             self.iface = await self._in_netlink(self.netlink.interface_for, cfg.node.local_ip)
         except LinkError as exc:
@@ -165,20 +171,18 @@ class Daemon:
             await self.control.start()
         except (ControlError, OSError) as exc:
             raise StartupError(f"control_socket {cfg.control_socket}: {exc}") from None
-        self.neighbours = NeighbourWatch(self.iface)
-        try:
-            await self.neighbours.start()
-        except OSError as exc:
-            raise StartupError(f"cannot open raw sockets on {self.iface.name} "
-                               f"(CAP_NET_RAW needed): {exc}") from None
+        if self.neighbours is None:
+            self.neighbours = NeighbourWatch(self.iface)
+            try:
+                await self.neighbours.start()
+            except OSError as exc:
+                raise StartupError(f"cannot open raw sockets on {self.iface.name} "
+                                   f"(CAP_NET_RAW needed): {exc}") from None
         self.emit(Notice(EventKind.DAEMON_STARTED,
                          f"minisft {__version__} started on {self.iface.name} "
                          f"({cfg.node.local_ip}) with {len(cfg.monitors)} monitor(s)",
                          details={"pid": os.getpid(), "interface": self.iface.name}))
-        for mcfg in cfg.monitors:
-            await self._add_monitor(mcfg)
-        for pool in cfg.pools:
-            await self._add_pool(pool)
+        await self.start_monitoring()
         if cfg.alerting.prometheus_listen:
             from minisft.monitoring.prometheus import serve_metrics
 
@@ -188,11 +192,36 @@ class Daemon:
                     max_connections=cfg.alerting.prometheus_max_connections)
             except OSError as exc:
                 log.error("prometheus listener %s: %s", cfg.alerting.prometheus_listen, exc)
-        self._tasks = [
-            asyncio.create_task(self._tick_loop(), name="tick"),
+        self._tasks += [
             asyncio.create_task(self._link_loop(), name="link"),
             asyncio.create_task(self._status_loop(), name="status"),
         ]
+
+    async def start_monitoring(self) -> None:
+        """Start the monitors, the pools and their tick on the host ports. `_start` does it
+        last, after the lock, the journal, the sinks and the control socket; the unit tests
+        do only this, on fake ports (`stop_monitoring` ends it)."""
+        if self.iface is None:  # `_start` looked it up before its checks; a test did not
+            self.iface = await self._in_netlink(self.netlink.interface_for,
+                                                self.config.node.local_ip)
+            self._link_up = await self._in_netlink(self.netlink.link_up, self.iface)
+        for mcfg in self.config.monitors:
+            await self.add_monitor(mcfg)
+        for pool in self.config.pools:
+            await self.add_pool(pool)
+        self._tasks.append(asyncio.create_task(self._tick_loop(), name="tick"))
+
+    async def stop_monitoring(self) -> None:
+        """Stop what `start_monitoring` started, leaving every address as it is."""
+        await self._halt()
+        for pool_rt in self.pools.values():
+            await pool_rt.stop(release=False)
+
+    async def _halt(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for rt in self.runtimes.values():
+            await rt.stop()  # lets a bind under way finish: `holds` is then the truth
 
     def _take_lock(self, path: Path) -> None:
         # The lock is an flock on the state_dir itself, a file nobody removes by accident:
@@ -223,41 +252,67 @@ class Daemon:
         from minisft.runtime.delivery import DeliveryManager
 
         delivery = DeliveryManager(self.journal,
-                                   build_sinks(cfg, self.status,
-                                               logs_to_journal=self.logs_to_journal)
-                                   if sinks is None else sinks,
+                                   self.build_sinks(cfg) if sinks is None else sinks,
                                    queue_size=cfg.alerting.queue_size,
                                    max_backlog=cfg.alerting.max_backlog)
         delivery.set_link(self._link_up, self.iface.name)
         return delivery
 
-    async def _add_monitor(self, mcfg: MonitorConfig, check: Check | None = None
-                           ) -> MonitorRuntime:
-        rt = self._make_runtime(mcfg, check if check is not None else self._build_check(mcfg))
+    def build_sinks(self, cfg: Config) -> list[Any]:
+        return build_sinks(cfg, self.status, logs_to_journal=self.logs_to_journal)
+
+    async def rebuild_delivery(self, cfg: Config, sinks: list[Any]) -> None:
+        await self.delivery.stop()
+        self.delivery = self._build_delivery(cfg, sinks)
+        await self.delivery.start()
+
+    def set_journal_limits(self, journal: JournalConfig) -> bool:
+        if self.journal is None:
+            return False
+        self.journal.retention = journal.max_age
+        self.journal.max_bytes = journal.max_bytes  # applied at the next rotation
+        return True
+
+    async def add_monitor(self, mcfg: MonitorConfig, check: Check | None = None
+                          ) -> MonitorRuntime:
+        rt = self._make_runtime(mcfg, check if check is not None else self.build_check(mcfg))
         self.runtimes[mcfg.name] = rt
         bound = await self._in_netlink(self.netlink.has_address, self.iface, mcfg.ip)
         self.neighbours.watch(mcfg.ip, lambda mac, rt=rt: rt.feed(ConflictSeen(mac)))
         self.neighbours.watch_askers(mcfg.ip, rt.peer_asked)
-        if mcfg.peer_ip is not None:
-            self.neighbours.watch_users(mcfg.peer_ip, rt.peer_link_address)
+        self.watch_peer(rt, None, mcfg.peer_ip)
         rt.start(bound)
         if self._link_up is False:
             rt.feed(LinkChanged(False))
         return rt
 
-    async def _add_pool(self, pool: PoolConfig, resume: object | None = None) -> None:
+    async def remove_monitor(self, name: str) -> MonitorRuntime:
+        rt = self.runtimes.pop(name)
+        await rt.stop()  # lets a bind under way finish: `holds` is then the truth
+        self.neighbours.unwatch(rt.config.ip)
+        self.watch_peer(rt, rt.config.peer_ip, None)
+        return rt
+
+    def watch_peer(self, rt: MonitorRuntime, old: IPAddress | None,
+                   new: IPAddress | None) -> None:
+        if old is not None:
+            self.neighbours.unwatch_users(old, rt.peer_link_address)
+        if new is not None:
+            self.neighbours.watch_users(new, rt.peer_link_address)
+
+    async def add_pool(self, pool: PoolConfig, resume: object | None = None) -> None:
         rt: PoolBackend
         if pool.coordination.etcd:
             rt = self._make_etcd_pool(pool, resume)
         else:
-            rt = embedded = self._make_embedded_pool(pool)
+            rt = embedded = self.make_embedded_pool(pool)
             try:
                 embedded.transport.open()
             except OSError as exc:
-                raise StartupError(self._cannot_listen(pool, exc)) from None
-        await self._start_pool(pool, rt)
+                raise StartupError(self.cannot_listen(pool, exc)) from None
+        await self.start_pool(pool, rt)
 
-    def _make_embedded_pool(self, pool: PoolConfig) -> PoolRuntime:
+    def make_embedded_pool(self, pool: PoolConfig) -> PoolRuntime:
         return PoolRuntime(pool, node=self.config.node.name, clock=self.clock,
                            neighbours=self.neighbours, addresses=self.netlink,
                            iface=self.iface, netlink_executor=self._netlink_pool,
@@ -275,7 +330,7 @@ class Daemon:
                                emit=self.emit, wall=self.wall, pinger=None,
                                resume=resume if isinstance(resume, LeaseHandover) else None)
 
-    async def _start_pool(self, pool: PoolConfig, rt: PoolBackend) -> None:
+    async def start_pool(self, pool: PoolConfig, rt: PoolBackend) -> None:
         """Start a pool runtime (an embedded one has its socket open already), adopting
         the pool's addresses that are on the interface."""
         held = [a for a in pool.addresses
@@ -283,12 +338,12 @@ class Daemon:
         await rt.start(held)
         self.pools[pool.name] = rt
 
-    def _cannot_listen(self, pool: PoolConfig, exc: OSError) -> str:
+    def cannot_listen(self, pool: PoolConfig, exc: OSError) -> str:
         return (f"pool {pool.name}: cannot listen on {self.config.node.local_ip}:{pool.port}: "
                 f"{exc.strerror or exc}")
 
     @staticmethod
-    def _build_check(mcfg: MonitorConfig) -> Check | None:
+    def build_check(mcfg: MonitorConfig) -> Check | None:
         if not mcfg.isalive.enabled:
             return None
         from minisft.probes.isalive import build_check
@@ -474,32 +529,9 @@ class Daemon:
     # ================================================================= reload
 
     async def reload(self) -> tuple[bool, str]:
-        from minisft.config.loader import ConfigError, load_config
-
-        async with self._reloading:
-            if self.config_path is None:
-                return False, "no config file to reload"
-            try:
-                new = await asyncio.to_thread(load_config, self.config_path)
-            except ConfigError as exc:
-                msg = f"reload refused, the running config stays: {exc}"
-                self.emit(Notice(EventKind.CONFIG_REJECTED, msg))
-                return False, msg
-            restart = needs_restart(self.config, new)
-            if restart is not None:
-                msg = f"reload refused, the running config stays: {restart}"
-                self.emit(Notice(EventKind.CONFIG_REJECTED, msg))
-                return False, msg
-            try:
-                plan = await self._prepare(new)
-            except ReloadRefused as exc:
-                msg = f"reload refused, the running config stays: {exc}"
-                self.emit(Notice(EventKind.CONFIG_REJECTED, msg))
-                return False, msg
-            changes = await self._commit(plan)
-            msg = "config reloaded: " + ("; ".join(changes) if changes else "no changes")
-            self.emit(Notice(EventKind.CONFIG_RELOADED, msg))
-            return True, msg
+        """Reload the config file (minisft.runtime.reloader): (True, what changed) or
+        (False, why the running config stays)."""
+        return await self._reloader.reload()
 
     async def _reload_on_signal(self) -> None:
         try:
@@ -507,108 +539,12 @@ class Daemon:
         except Exception:  # nobody awaits a signal's task: say it here, loudly
             log.exception("reload on SIGHUP failed")
 
-    async def _prepare(self, new: Config) -> ReloadPlan:
-        """Everything of a reload that can fail, done before anything running changes: the
-        new IsAlive checks, the new pools' sockets (bound now, so a port in use refuses
-        the reload while the old pool still runs) and the new sinks."""
-        plan = ReloadPlan(new, ReloadDiff.between(self.config, new))
-        try:
-            for mcfg in plan.diff.monitors_needing_checks:
-                try:
-                    plan.checks[mcfg.name] = self._build_check(mcfg)
-                except Exception as exc:
-                    raise ReloadRefused(f"monitor {mcfg.name}: cannot build its IsAlive "
-                                        f"check: {exc}") from None
-            for pool in plan.diff.pools_needing_sockets:
-                rt = self._make_embedded_pool(pool)
-                plan.pools[pool.name] = rt
-                try:
-                    rt.transport.open()
-                except OSError as exc:
-                    raise ReloadRefused(self._cannot_listen(pool, exc)) from None
-            if plan.diff.sinks_changed:
-                try:
-                    plan.sinks = build_sinks(new, self.status,
-                                             logs_to_journal=self.logs_to_journal)
-                except Exception as exc:
-                    raise ReloadRefused(f"alerting: {exc}") from None
-        except BaseException:
-            plan.discard()
-            raise
-        return plan
-
-    async def _commit(self, plan: ReloadPlan) -> list[str]:
-        """Swap to the prepared config. A monitor whose settings changed keeps its runtime
-        and machine, with its work in flight (see MonitorRuntime.reconfigure)."""
-        new, diff = plan.config, plan.diff
-        changes: list[str] = []
-        leaving = (Change.REMOVED, Change.REPLACED)
-        for change in diff.monitors:
-            mcfg, name = change.config, change.config.name
-            if change.change in leaving:
-                rt = self.runtimes.pop(name)
-                await rt.stop()  # lets a bind under way finish: `holds` is then the truth
-                self.neighbours.unwatch(mcfg.ip)
-                if mcfg.peer_ip is not None:
-                    self.neighbours.unwatch_users(mcfg.peer_ip, rt.peer_link_address)
-                if rt.holds:
-                    await rt.release_now()
-                    self.emit(Notice(EventKind.RELEASED, "monitor removed from the config: "
-                                     "released its address", monitor=name,
-                                     address=str(mcfg.ip)))
-                changes.append(f"{change.change.value} {name}")
-        self.config = replace(new, source=new.source)
-        for change in diff.monitors:
-            mcfg, name = change.config, change.config.name
-            if change.change is Change.ADDED:
-                await self._add_monitor(mcfg, plan.checks[name])
-            elif change.change is Change.UPDATED:
-                rt = self.runtimes[name]
-                old_peer = rt.config.peer_ip
-                await rt.reconfigure(mcfg, plan.checks[name])
-                if old_peer != mcfg.peer_ip:  # learn the new peer's MAC, not the old one's
-                    if old_peer is not None:
-                        self.neighbours.unwatch_users(old_peer, rt.peer_link_address)
-                    if mcfg.peer_ip is not None:
-                        self.neighbours.watch_users(mcfg.peer_ip, rt.peer_link_address)
-            else:
-                continue
-            changes.append(f"{change.change.value} {name}")
-        for pool in diff.pools_started:
-            resume = None
-            if pool.name in self.pools:  # no hot swap: restart it, keeping its addresses
-                old_rt = self.pools.pop(pool.name)
-                await old_rt.stop(release=False)
-                resume = old_rt.handover()  # etcd: its lease
-            if pool.name in plan.pools:
-                await self._start_pool(pool, plan.pools.pop(pool.name))
-            else:
-                await self._add_pool(pool, resume=resume)
-            changes.append(f"pool {pool.name} " + ("restarted" if pool.name in
-                                                   diff.pools_restarted else "added"))
-        for name in diff.pools_removed:
-            await self.pools.pop(name).stop(release=True)
-            changes.append(f"pool {name} removed (its addresses released)")
-        if diff.journal_changed and self.journal is not None:
-            self.journal.retention = new.journal.max_age
-            self.journal.max_bytes = new.journal.max_bytes  # applied at the next rotation
-            changes.append("journal limits updated")
-        if plan.sinks is not None:
-            await self.delivery.stop()
-            self.delivery = self._build_delivery(new, plan.sinks)
-            await self.delivery.start()
-            changes.append("alerting sinks rebuilt")
-        return changes
-
     # ================================================================= shutdown
 
     async def _shutdown(self) -> None:
         cfg = self.config
         systemd.notify_stopping()
-        for task in self._tasks:
-            task.cancel()
-        for rt in self.runtimes.values():
-            await rt.stop()  # lets a bind under way finish: `holds` is then the truth
+        await self._halt()
         holding = [rt for rt in self.runtimes.values() if rt.holds]
         plan = (f"releasing {len(holding)} address(es)" if cfg.node.release_on_stop and holding
                 else "leaving addresses in place" if holding else "holding no address")
@@ -638,16 +574,17 @@ class Daemon:
             self._metrics_server.close()
         if self.control is not None:
             await self.control.close()
-        if self.neighbours is not None:
+        if self.neighbours is not None and self._owns_ports:
             with contextlib.suppress(Exception):
                 await self.neighbours.close()
-        await self.pinger.close()
+        if self._owns_ports:
+            await self.pinger.close()
         if self.delivery is not None:
             await self.delivery.stop()
         if self.journal is not None:
             with contextlib.suppress(Exception):
                 self.journal.sync()
-        if self.netlink is not None:
+        if self.netlink is not None and self._owns_ports:
             with contextlib.suppress(Exception):
                 await self._in_netlink(self.netlink.close)
         self._netlink_pool.shutdown(wait=False)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from minisft.config.model import IPAddress, IPInterface
 from minisft.net.neighbour import ProbeAnswer
@@ -75,6 +76,40 @@ class Pinger(Protocol):
                    on_late: Callable[[float], object] | None = None) -> PingOutcome: ...
 
 
+class HostNetlink(Netlink, Protocol):
+    """The interface as the daemon also uses it: found from node.local_ip at start-up."""
+
+    # Any: the handle the other calls take back (net.link.Interface; the fakes' own)
+    def interface_for(self, local_ip: IPAddress) -> Any: ...
+
+
+class WatchedNeighbours(Neighbours, Protocol):
+    """The neighbours as the daemon also uses them: the frames that concern a monitor's
+    address (a conflict, a host resolving it) and its peer's (which MAC uses it)."""
+
+    def watch(self, ip: IPAddress, callback: Callable[[str], None]) -> None: ...
+
+    def unwatch(self, ip: IPAddress) -> None: ...
+
+    def watch_askers(self, ip: IPAddress,
+                     callback: Callable[[IPAddress, str], None]) -> None: ...
+
+    def watch_users(self, ip: IPAddress, callback: Callable[[str], None]) -> None: ...
+
+    def unwatch_users(self, ip: IPAddress, callback: Callable[[str], None]) -> None: ...
+
+
+@dataclass(frozen=True)
+class HostPorts:
+    """The host ports handed to a `Daemon` (the unit tests' fakes). They are the caller's:
+    opened before and closed after the daemon, which closes only the real ones it built
+    itself when given none."""
+
+    netlink: HostNetlink
+    neighbours: WatchedNeighbours
+    pinger: Pinger
+
+
 if TYPE_CHECKING:  # mypy checks here that the daemon's real ports fit these protocols
     from minisft.net.link import Interface
     from minisft.net.link import Netlink as LinuxNetlink
@@ -92,3 +127,7 @@ if TYPE_CHECKING:  # mypy checks here that the daemon's real ports fit these pro
 
     def _real_pinger_fits(pinger: IcmpPinger) -> Pinger:
         return pinger
+
+    def _real_host_fits(netlink: LinuxNetlink, neighbours: NeighbourWatch,
+                        pinger: IcmpPinger) -> HostPorts:
+        return HostPorts(netlink, neighbours, pinger)

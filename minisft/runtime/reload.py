@@ -1,6 +1,6 @@
 """What a reload changes, decided from the old and the new config alone.
 
-A reload runs in three steps (`Daemon.reload`): refuse what needs a restart
+A reload runs in three steps (`minisft.runtime.reloader.Reloader`): refuse what needs a restart
 (`needs_restart`), prepare everything that can fail while the old config still runs
 (`ReloadPlan`: the IsAlive checks, the pools' sockets, the sinks; a failure refuses the
 reload and changes nothing), then commit the `ReloadDiff` to the running daemon. The
@@ -107,7 +107,7 @@ class ReloadDiff:
 
 @dataclass
 class ReloadPlan:
-    """What a reload prepared before touching anything running (see Daemon._prepare)."""
+    """What a reload prepared before touching anything running (see Reloader.prepare)."""
 
     config: Config
     diff: ReloadDiff

@@ -29,7 +29,14 @@ from typing import Any, TypeVar
 from minisft.config.model import IPAddress, IPInterface
 from minisft.net.neighbour import ProbeAnswer
 from minisft.probes.looksalive import PingOutcome
-from minisft.runtime.ports import Clock, Neighbours, Netlink, OnProberRule, Pinger
+from minisft.runtime.ports import (
+    Clock,
+    HostPorts,
+    Neighbours,
+    Netlink,
+    OnProberRule,
+    Pinger,
+)
 
 T = TypeVar("T")
 
@@ -275,6 +282,11 @@ class FakeHost:
 def _fake_host_fits(host: FakeHost) -> tuple[Netlink, Neighbours, Pinger]:
     """mypy checks here that FakeHost fits the ports it stands in for."""
     return host, host, host
+
+
+def fake_host_ports(host: FakeHost) -> HostPorts:
+    """A daemon's host ports, all played by one fake host."""
+    return HostPorts(netlink=host, neighbours=host, pinger=host)
 
 
 def _virtual_clock_fits(clock: VirtualClock) -> Clock:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from minisft.config.loader import load_config
+from minisft.config.loader import load_config, parse_config
 from minisft.config.model import IsAliveConfig
 from minisft.core.actions import (
     Emit,
@@ -38,7 +38,7 @@ from minisft.core.io import (
 from minisft.core.monitor import TRANSITIONS, IllegalInput, MonitorMachine, Purpose, State
 from minisft.runtime.daemon import Daemon
 from minisft.runtime.monitor_runtime import MonitorRuntime
-from minisft.testing.fakes import FakeHost
+from minisft.testing.fakes import FakeHost, fake_host_ports
 from tests.unit.core_driver import make_config
 
 HOLDER_MAC = "02:00:00:00:00:aa"
@@ -103,14 +103,10 @@ def write_config(path: Path, monitors: list[dict[str, Any]], **extra: Any) -> No
 class Harness:
     def __init__(self, path: Path) -> None:
         self.host = ReloadHost()
-        self.daemon = Daemon(load_config(path), config_path=path)
+        self.daemon = Daemon(load_config(path), config_path=path,
+                             ports=fake_host_ports(self.host))
         self.events: list[Notice] = []
         d = self.daemon
-        d.netlink = self.host
-        d.neighbours = self.host
-        d.pinger = self.host  # type: ignore[assignment]
-        d.iface = "eth0"
-        d._link_up = True
         emit = d.emit
 
         def record(notice: Notice) -> Any:
@@ -124,21 +120,10 @@ class Harness:
         return self.daemon.runtimes["web"]
 
     async def start(self) -> None:
-        d = self.daemon
-        for mcfg in d.config.monitors:
-            await d._add_monitor(mcfg)
-        for pool in d.config.pools:
-            await d._add_pool(pool)
-        d._tasks = [asyncio.create_task(d._tick_loop())]
+        await self.daemon.start_monitoring()
 
     async def stop(self) -> None:
-        d = self.daemon
-        for task in d._tasks:
-            task.cancel()
-        for rt in d.runtimes.values():
-            await rt.stop()
-        for pool in d.pools.values():
-            await pool.stop(release=False)
+        await self.daemon.stop_monitoring()
 
     async def until(self, what: str, predicate: Callable[[], bool], timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -324,6 +309,136 @@ def test_a_reload_in_the_fallback_grace_keeps_the_grace_then_takes_back(
     run(path, scenario, holder_alive=False)
 
 
+# ---------------------------------------------------------------- the reloader's other paths
+
+SLOWER = {"interval": "300ms", "retry": 3, "timeout": "100ms"}
+WEB = ipaddress.ip_address("192.0.2.10")
+
+
+def needs_a_restart(path: Path) -> None:
+    write_config(path, [monitor("backup", looksalive=SLOWER)],
+                 node={"name": "gamma", "local_ip": "127.0.0.1"})
+
+
+def not_a_config(path: Path) -> None:
+    path.write_text("monitors: [\n")
+
+
+REFUSALS = {
+    "a key that needs a restart": (needs_a_restart,
+                                   "node.name changed (beta -> gamma); that needs a restart"),
+    "a file that does not load": (not_a_config, "minisft.yaml:2: not valid YAML"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_a_refused_reload_says_why_and_leaves_the_monitors_as_they_run(
+        tmp_path: Path, case: str) -> None:
+    write_new, why = REFUSALS[case]
+    path = tmp_path / "minisft.yaml"
+    write_config(path, [monitor("backup")])
+
+    async def scenario(h: Harness) -> None:
+        await h.until("watching", lambda: h.web.machine.looks.health.value == "up", 10)
+        running, config, seen = h.web, h.daemon.config, len(h.events)
+        write_new(path)
+        ok, message = await h.daemon.reload()
+        assert not ok
+        assert message.startswith("reload refused, the running config stays: "), message
+        assert why in message, message
+        assert [(e.kind, e.reason) for e in h.events[seen:]] == [
+            (EventKind.CONFIG_REJECTED, message)]
+        assert h.daemon.config is config
+        assert h.web is running and h.web.config is config.monitors[0]
+        assert h.web.config.looksalive.interval == 0.2
+        assert h.web.machine.state is State.WATCHING
+
+    run(path, scenario)
+
+
+def test_a_removed_monitor_that_holds_its_address_releases_it(tmp_path: Path) -> None:
+    path = tmp_path / "minisft.yaml"
+    write_config(path, [monitor("primary")])
+
+    async def scenario(h: Harness) -> None:
+        await h.until("holding", lambda: h.web.machine.state is State.HOLDING, 10)
+        assert h.host.holds("192.0.2.10/24")
+        write_config(path, [])
+        ok, message = await h.daemon.reload()
+        assert ok and message == "config reloaded: removed web", message
+        assert not h.host.holds("192.0.2.10/24")
+        assert h.host.log[-1] == "release 192.0.2.10/24"
+        released = [e for e in h.events if e.kind is EventKind.RELEASED]
+        assert [(e.monitor, e.address, e.reason) for e in released] == [
+            ("web", "192.0.2.10", "monitor removed from the config: released its address")]
+        assert "web" not in h.daemon.runtimes
+        # no frame for its address reaches the stopped runtime
+        assert WEB not in h.host.watched and WEB not in h.host.askers
+
+    run(path, scenario, holder_alive=False)
+
+
+def test_a_removed_monitor_that_holds_nothing_touches_no_address(tmp_path: Path) -> None:
+    path = tmp_path / "minisft.yaml"
+    write_config(path, [monitor("backup")])
+
+    async def scenario(h: Harness) -> None:
+        await h.until("watching", lambda: h.web.machine.looks.health.value == "up", 10)
+        write_config(path, [])
+        ok, message = await h.daemon.reload()
+        assert ok and message == "config reloaded: removed web", message
+        assert not [line for line in h.host.log if line.startswith("release")]
+        assert not [e for e in h.events if e.kind is EventKind.RELEASED]
+        assert WEB not in h.host.watched
+
+    run(path, scenario)
+
+
+def test_a_monitor_moved_to_another_address_releases_the_old_one_and_starts_anew(
+        tmp_path: Path) -> None:
+    path = tmp_path / "minisft.yaml"
+    moved = ipaddress.ip_address("192.0.2.11")
+    write_config(path, [monitor("primary")])
+
+    async def scenario(h: Harness) -> None:
+        await h.until("holding", lambda: h.web.machine.state is State.HOLDING, 10)
+        before = h.web
+        write_config(path, [monitor("primary", monitor_ip=str(moved))])
+        ok, message = await h.daemon.reload()
+        assert ok and message == "config reloaded: replaced web; added web", message
+        assert not h.host.holds("192.0.2.10/24")
+        assert [e.address for e in h.events if e.kind is EventKind.RELEASED] == ["192.0.2.10"]
+        assert h.web is not before and h.web.config.ip == moved
+        assert WEB not in h.host.watched and moved in h.host.watched
+        cfg = h.web.config
+        await h.until("the new address held", lambda: h.host.holds("192.0.2.11/24"),
+                      cfg.probe.duration + BIND_LATENCY + 1.0)
+
+    run(path, scenario, holder_alive=False)
+
+
+def test_a_reload_of_the_same_file_changes_nothing_and_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "minisft.yaml"
+    write_config(path, [monitor("backup")])
+
+    async def scenario(h: Harness) -> None:
+        running, seen = h.web, len(h.events)
+        ok, message = await h.daemon.reload()
+        assert ok and message == "config reloaded: no changes", message
+        assert [(e.kind, e.reason) for e in h.events[seen:]] == [
+            (EventKind.CONFIG_RELOADED, message)]
+        assert h.web is running
+
+    run(path, scenario)
+
+
+def test_a_daemon_started_without_a_file_has_nothing_to_reload(tmp_path: Path) -> None:
+    path = tmp_path / "minisft.yaml"
+    write_config(path, [monitor("backup")])
+    daemon = Daemon(parse_config(path.read_text()), ports=fake_host_ports(ReloadHost()))
+    assert asyncio.run(daemon.reload()) == (False, "no config file to reload")
+
+
 # ---------------------------------------------------------------- pools
 
 
@@ -401,6 +516,50 @@ def test_a_pool_reload_on_the_same_port_hands_the_socket_over(tmp_path: Path) ->
             peer.sendto(b"not a heartbeat", ("127.0.0.1", port))
         await h.until("the datagram to arrive", lambda: after.transport.counters["received"]
                       >= 1, 5)
+
+    run(path, scenario)
+
+
+def test_a_refused_reload_closes_the_sockets_it_opened_for_other_pools(
+        tmp_path: Path) -> None:
+    """The pools' sockets are opened before the commit; a later one that cannot listen
+    refuses the reload, and the ones opened before it are closed again."""
+    path, secret = tmp_path / "minisft.yaml", key(tmp_path)
+    port, back_port, moved_port, taken_port = (free_udp_port() for _ in range(4))
+    assert len({port, back_port, moved_port, taken_port}) == 4
+    write_config(path, [], pools=[pool(port, secret),
+                                  pool(back_port, secret, name="back",
+                                       addresses=["192.0.2.102/24"])])
+
+    async def scenario(h: Harness) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter:
+            squatter.bind(("127.0.0.1", taken_port))
+            write_config(path, [], pools=[pool(moved_port, secret),
+                                          pool(taken_port, secret, name="back",
+                                               addresses=["192.0.2.102/24"])])
+            ok, message = await h.daemon.reload()
+        assert not ok and f"cannot listen on 127.0.0.1:{taken_port}" in message, message
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
+            other.bind(("127.0.0.1", moved_port))  # raises if the reload kept it open
+        assert [p.port for p in h.daemon.config.pools] == [port, back_port]
+
+    run(path, scenario)
+
+
+def test_a_removed_pool_stops_and_frees_its_port(tmp_path: Path) -> None:
+    path, secret = tmp_path / "minisft.yaml", key(tmp_path)
+    port = free_udp_port()
+    write_config(path, [monitor("backup")], pools=[pool(port, secret)])
+
+    async def scenario(h: Harness) -> None:
+        running = h.daemon.pools["front"]
+        write_config(path, [monitor("backup")])
+        ok, message = await h.daemon.reload()
+        assert ok and message == "config reloaded: pool front removed (its addresses " \
+            "released)", message
+        assert "front" not in h.daemon.pools and not running.transport.listening
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
+            other.bind(("127.0.0.1", port))
 
     run(path, scenario)
 
