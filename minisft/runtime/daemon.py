@@ -165,7 +165,7 @@ class Daemon:
         self._link_up = await self._in_netlink(self.netlink.link_up, self.iface)
         self.delivery = self._build_delivery(cfg)
         await self.delivery.start()
-        self.control = ControlServer(cfg.control_socket, self._handle_request,
+        self.control = ControlServer(cfg.control_socket, self.handle_request,
                                      max_connections=cfg.control_max_connections)
         try:
             await self.control.start()
@@ -476,7 +476,9 @@ class Daemon:
 
     # ================================================================= control
 
-    async def _handle_request(self, req: dict[str, Any]) -> dict[str, Any]:
+    async def handle_request(self, req: dict[str, Any]) -> dict[str, Any]:
+        """One request of the control socket (minisft.runtime.control), answered as data:
+        `ok`, and the `error` an admin reads or what changed."""
         cmd = req.get("cmd")
         if cmd == "status":
             return {"ok": True, "status": self.status().to_dict()}
