@@ -183,7 +183,7 @@ class FakeHost:
         """The other hosts this one can reach now (a segment narrows it: partitions)."""
         return self.neighbours if self.link else []
 
-    def _holder(self, ip: IPAddress, *, arp: bool) -> Neighbour | None:
+    def answering(self, ip: IPAddress, *, arp: bool) -> Neighbour | None:
         """The first reachable host that holds `ip` and answers ARP/NDP (`arp`) or ping
         for it: one that holds it silently must not hide another that answers."""
         for n in self.reachable():
@@ -228,7 +228,7 @@ class FakeHost:
         if self.probe_error:
             raise OSError(self.probe_error)
         for _ in range(max(1, count)):
-            holder = self._holder(ip, arp=True)
+            holder = self.answering(ip, arp=True)
             if holder is not None:
                 return ProbeAnswer(holder.mac, prober=False)
             prober = next((n for n in self.reachable() if ip in n.probing and (
@@ -271,7 +271,7 @@ class FakeHost:
 
     async def ping(self, address: IPAddress, timeout: float, *, linger: float = 0.0,
                    on_late: Callable[[float], object] | None = None) -> PingOutcome:
-        answers = self._holder(address, arp=False) is not None
+        answers = self.answering(address, arp=False) is not None
         if answers and self.lose_replies:
             self.lose_replies -= 1
             answers = False

@@ -84,6 +84,9 @@ class SegmentPort(FakeHost):
         self.local = set(local)  # the node's own addresses (local_ip): always answer
         self.service = True  # the node's own service, for IsAlive against it
         self._probing: Counter[IPAddress] = Counter()
+        # probes that count as running though no probe_answer call runs (a test stepping
+        # a machine by hand keeps its outstanding probe here)
+        self.probing: set[IPAddress] = set()
 
     @property
     def mac(self) -> str:
@@ -98,7 +101,8 @@ class SegmentPort(FakeHost):
         if not self.link:
             return None
         return Neighbour(self.mac, {a.ip for a in self.bound} | self.local,
-                         probing={ip for ip, n in self._probing.items() if n > 0})
+                         probing={ip for ip, n in self._probing.items() if n > 0}
+                         | self.probing)
 
     def service_ok(self, ip: IPAddress) -> bool:
         return self.link and self.service and (ip in self.local or self.has_address(None, ip))

@@ -26,9 +26,10 @@ import asyncio
 import functools
 import ipaddress
 import random
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from minisft.config.model import (
     AnnounceConfig,
@@ -49,7 +50,6 @@ from minisft.core.actions import (
     BindDone,
     CancelProbe,
     Emit,
-    OnProber,
     ProbeDone,
     Release,
     StartProbe,
@@ -76,6 +76,8 @@ from minisft.runtime.host_loops import TICK, HostLoops
 from minisft.runtime.monitor_runtime import MonitorRuntime
 from minisft.testing.fakes import InlineExecutor, Neighbour, VirtualClock, run_virtual
 from minisft.testing.segment import Segment, SegmentCheck, SegmentPort
+
+T = TypeVar("T")
 
 PING_RTT = 0.002
 BIND_LATENCY = 0.01  # the most a bind takes (on the segment: no time at all)
@@ -280,6 +282,8 @@ class Node:
             elif isinstance(action, Announce):
                 self.announces += 1
             execute(action)
+        # the others' probes hear this node's outstanding one, between runs too
+        self.port.probing = {self.config.ip} if self.probe is not None else set()
         if not self.machine.holds and self.machine.state is not State.BINDING:
             self.removed_externally = False  # the machine caught up with the interface
         self.trace.append(Step(now, event, tuple(actions), before, View.of(self.machine),
@@ -539,10 +543,11 @@ class Lan:
         """Bring the segment in line with the attributes tests set: the hosts that do not
         run MiniSFT, the peer node's own address, the partition."""
         seg = self.segment
-        seg.stations = [s for s in seg.stations if isinstance(s, SegmentPort)]
-        for host, peer in ((self.holder, False), (self.peer, True)):
-            if host is not None:
-                seg.stations.append(_HostOnWire(self, host, peer=peer))
+        # the hosts first: a holder that is not one of the nodes answers before them
+        seg.stations = [_HostOnWire(self, host, peer=peer)
+                        for host, peer in ((self.holder, False), (self.peer, True))
+                        if host is not None]
+        seg.stations += [n.port for n in self.nodes]
         for node in self.nodes:
             node.port.local = set()
         if self.peer_node is not None:
@@ -553,74 +558,56 @@ class Lan:
         else:
             seg.heal()
 
-    def connected(self, a: Node, b: Node) -> bool:
-        return a is not b and a.wire_up and b.wire_up and not self.partitioned
-
-    def _other_holders(self, node: Node) -> list[Node]:
-        return [o for o in self.nodes if o.bound and self.connected(node, o)]
+    # What a step's result is by default: read off the segment, as the runtime's probes
+    # would find it at this moment.
 
     def ping_answered(self, node: Node) -> bool:
-        if not node.wire_up:
-            return False
-        if self.holder is not None and self.holder.answers_ping:
-            return True
-        return bool(self._other_holders(node))
+        self._wire()
+        return node.port.answering(node.config.ip, arp=False) is not None
 
     def arp_answer(self, node: Node) -> str | None:
-        if not node.wire_up:
-            return None
-        if self.holder is not None and self.holder.answers_arp:
-            return self.holder.mac
-        others = self._other_holders(node)
-        return others[0].mac if others else None
+        self._wire()
+        holder = node.port.answering(node.config.ip, arp=True)
+        return holder.mac if holder is not None else None
 
     def probe_answer(self, node: Node) -> tuple[str | None, bool]:
-        """What `node`'s running probe hears: a holder's answer, else another node probing
-        at the same time, counted under the probe's `on_prober` rule as the neighbour
-        watch does (RFC 5227 simultaneous probe). (mac, True) for a prober."""
-        mac = self.arp_answer(node)
-        if mac is not None or node.probe is None:
-            return mac, False
-        rule = node.probe.on_prober
-        for other in self.nodes:
-            if other.probe is None or not self.connected(node, other):
-                continue
-            if rule is OnProber.IGNORE or (rule is OnProber.TIEBREAK and other.mac >= node.mac):
-                continue
-            return other.mac, True
-        return None, False
+        """What `node`'s outstanding probe hears: a holder's answer, else another node
+        probing at the same time under the probe's `on_prober` rule (FakeHost's rule:
+        RFC 5227 simultaneous probe). (mac, True) for a prober."""
+        assert node.probe is not None
+        self._wire()
+        answer = _at_once(node.port.probe_answer(node.config.ip, 1, 0.0,
+                                                 on_prober=node.probe.on_prober.value))
+        return (answer.mac, answer.prober) if answer is not None else (None, False)
 
     def service_answer(self, node: Node) -> bool:
         """What IsAlive against the service address finds, from `node`."""
-        if node.bound:
-            return node.service_ok
-        if self.holder is not None and self.holder.answers_ping:
-            return self.holder.service
-        others = self._other_holders(node)
-        return others[0].service_ok if others else False
+        self._wire()
+        return _at_once(node.port.check().run(str(node.config.ip))).ok
 
     def peer_answers(self, node: Node) -> bool:
-        if not node.wire_up:
+        if node.config.peer_ip is None:
             return False
-        if self.peer_node is not None:
-            return self.connected(node, self.peer_node)
-        return self.peer is not None and self.peer.up
+        self._wire()
+        return node.port.answering(node.config.peer_ip, arp=False) is not None
 
     def peer_mac(self, node: Node) -> str | None:
-        """Who answers ARP/NDP for `node`'s peer_ip: the other node of a pair, else `peer`."""
+        """Who answers ARP/NDP for `node`'s peer_ip: in a pair, the other node unless that
+        is `peer_node` (whose port has the peer_ip), else the `peer` host."""
         if node.config.peer_ip is None or not node.wire_up:
             return None
-        others = [o for o in self.nodes if self.connected(node, o)]
-        if self.peer_node is not None and self.peer_node is not node:
-            return self.peer_node.mac if self.peer_node in others else None
-        if len(self.nodes) == 2:
-            return others[0].mac if others else None
-        return self.peer.mac if self.peer is not None and self.peer.up else None
+        if self.peer_node in (None, node) and len(self.nodes) == 2:
+            other = next(o for o in self.nodes if o is not node)
+            return other.mac if other.wire_up and not self.partitioned else None
+        self._wire()
+        holder = node.port.answering(node.config.peer_ip, arp=True)
+        return holder.mac if holder is not None else None
 
     def peer_service(self, node: Node) -> bool:
-        if self.peer_node is not None:
-            return self.connected(node, self.peer_node) and self.peer_node.service_ok
-        return self.peer is not None and self.peer.up and self.peer.service
+        if node.config.peer_ip is None:
+            return False
+        self._wire()
+        return _at_once(node.port.check().run(str(node.config.peer_ip))).ok
 
     def announce(self, node: Node) -> None:
         """Gratuitous ARP from `node` (a step): every other node that has the address bound
@@ -682,6 +669,16 @@ class Lan:
                       asyncio.create_task(loops.link_loop(node.machine.link_up))]
         await asyncio.sleep(end - clock.now())
         # the runner cancels every task on the way out: loops, probes, pings in flight
+
+
+def _at_once(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a fake's coroutine that never waits for time (a step's answer, read off the
+    segment) to its end, outside any event loop."""
+    try:
+        while True:
+            coro.send(None)  # asyncio.sleep(0) yields once, bare
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
 
 
 def _conflict_to(rt: MonitorRuntime) -> Callable[[str], None]:
