@@ -466,16 +466,11 @@ class _NodeRuntime(MonitorRuntime):
         self.machine = node.machine  # adopt it: the steps before and after use it too
 
     def feed(self, event: Input) -> None:
-        node = self.node
-        out: list[Action] = []
-
-        def handle() -> list[Action]:
-            out.extend(self.machine.handle(event, self.clock()))
-            return out
-
+        """MonitorRuntime.feed, through the node's record (which traces the Step)."""
         before = (self.machine.state, self.machine.paused)
         try:
-            node.record(event, handle, self.driver.execute, self.clock())
+            self.node.record(event, lambda: self.machine.handle(event, self.clock()),
+                             self.driver.execute, self.clock())
         finally:
             if (self.machine.state, self.machine.paused) != before:
                 self.changed.fire()
@@ -651,7 +646,7 @@ class Lan:
     async def _run(self, end: float, clock: VirtualClock) -> None:
         executor = InlineExecutor()
         self.segment.resume()
-        tasks: list[asyncio.Task[None]] = []
+        tasks: list[asyncio.Task[None]] = []  # held until the runner cancels them
         for node in self.nodes:
             rt = node.runtime(clock.now, executor)
             node.port.watch(node.config.ip, _conflict_to(rt))
