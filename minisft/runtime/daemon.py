@@ -25,7 +25,7 @@ from typing import Any
 from minisft import __version__
 from minisft.config.model import Config, IPAddress, JournalConfig, MonitorConfig, PoolConfig
 from minisft.core.events import Event, EventKind, Notice, Severity
-from minisft.core.io import Command, ConflictSeen, LinkChanged, Tick, Verb
+from minisft.core.io import Command, ConflictSeen, LinkChanged, Verb
 from minisft.core.monitor import AlreadyDone, CommandRefused
 from minisft.pools.backend import PoolBackend
 from minisft.pools.runtime import PoolRuntime
@@ -33,6 +33,7 @@ from minisft.probes.looksalive import Pinger
 from minisft.runtime import systemd
 from minisft.runtime.control import ControlError, ControlServer
 from minisft.runtime.driver import in_netlink_thread
+from minisft.runtime.host_loops import HostLoops
 from minisft.runtime.journald import EVENT_ATTR
 from minisft.runtime.monitor_runtime import Check, MonitorRuntime
 from minisft.runtime.ports import HostPorts
@@ -49,9 +50,6 @@ from minisft.status import (
 log = logging.getLogger("minisft")
 event_log = logging.getLogger("minisft.events")
 
-TICK = 0.25
-LINK_POLL = 0.2
-ADDRESS_POLL = 1.0
 STATUS_EVERY = 1.0
 
 
@@ -399,36 +397,30 @@ class Daemon:
 
     # ================================================================= loops
 
+    def _host_loops(self) -> HostLoops:
+        return HostLoops(lambda: self.runtimes.values(), clock=self.clock,
+                         link_up=lambda: self._in_netlink(self.netlink.link_up, self.iface),
+                         iface_name=self.iface.name)
+
     async def _tick_loop(self) -> None:
         watchdog = systemd.watchdog_interval()
         next_watchdog = 0.0
-        while True:
-            await asyncio.sleep(TICK)
-            for rt in list(self.runtimes.values()):
-                rt.feed(Tick())
+
+        def on_tick() -> None:
+            nonlocal next_watchdog
             if watchdog and self.clock() >= next_watchdog:
                 systemd.notify_watchdog()
                 next_watchdog = self.clock() + watchdog
 
+        await self._host_loops().tick_loop(on_tick)
+
     async def _link_loop(self) -> None:
-        next_address_check = 0.0
-        while True:
-            await asyncio.sleep(LINK_POLL)
-            try:
-                up = await self._in_netlink(self.netlink.link_up, self.iface)
-            except Exception as exc:
-                log.warning("link state of %s unknown: %s", self.iface.name, exc)
-                continue
-            if up != self._link_up:
-                self._link_up = up
-                if self.delivery is not None:  # first: the link_down events are held too
-                    self.delivery.set_link(up, self.iface.name)
-                for rt in list(self.runtimes.values()):
-                    rt.feed(LinkChanged(up))
-            if up and self.clock() >= next_address_check:
-                next_address_check = self.clock() + ADDRESS_POLL
-                for rt in list(self.runtimes.values()):
-                    await rt.look_for_vanished_address()
+        def on_change(up: bool) -> None:
+            self._link_up = up
+            if self.delivery is not None:  # first: the link_down events are held too
+                self.delivery.set_link(up, self.iface.name)
+
+        await self._host_loops().link_loop(self._link_up, on_change)
 
     async def _status_loop(self) -> None:
         last = 0.0

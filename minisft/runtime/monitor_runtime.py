@@ -77,8 +77,11 @@ class MonitorRuntime:
         netlink_executor: Executor,
         emit: Callable[[Notice], object],
         check: Check | None,
+        rng: random.Random | None = None,
     ) -> None:
+        """`rng`: where the start jitter comes from (the tests pass a seeded one)."""
         self.config = config
+        self._uniform = rng.uniform if rng is not None else random.uniform
         self.clock = clock
         self.machine = MonitorMachine(config, now=clock())
         self._pinger = pinger
@@ -241,7 +244,7 @@ class MonitorRuntime:
 
     async def _looksalive_loop(self) -> None:
         la = self.config.looksalive
-        await asyncio.sleep(random.uniform(0, min(la.interval, 1.0)))  # spread many monitors
+        await asyncio.sleep(self._uniform(0, min(la.interval, 1.0)))  # spread many monitors
         while True:
             await self._wait_until(lambda: self.machine.wants_looksalive)
             started = self.clock()
@@ -273,7 +276,7 @@ class MonitorRuntime:
             return
         check = self._check
         interval = self.config.isalive.interval
-        await asyncio.sleep(random.uniform(0, min(interval, 2.0)))
+        await asyncio.sleep(self._uniform(0, min(interval, 2.0)))
         while True:
             await self._wait_until(lambda: self.machine.wants_isalive)
             result = await check.run(str(self.config.ip))

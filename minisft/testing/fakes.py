@@ -179,10 +179,17 @@ class FakeHost:
         self.neighbours.append(n)
         return n
 
-    def _holder(self, ip: IPAddress) -> Neighbour | None:
-        if not self.link:
-            return None
-        return next((n for n in self.neighbours if ip in n.holds), None)
+    def reachable(self) -> list[Neighbour]:
+        """The other hosts this one can reach now (a segment narrows it: partitions)."""
+        return self.neighbours if self.link else []
+
+    def answering(self, ip: IPAddress, *, arp: bool) -> Neighbour | None:
+        """The first reachable host that holds `ip` and answers ARP/NDP (`arp`) or ping
+        for it: one that holds it silently must not hide another that answers."""
+        for n in self.reachable():
+            if ip in n.holds and (n.answers_arp if arp else n.answers_ping):
+                return n
+        return None
 
     def holds(self, address: str) -> bool:
         return ipaddress.ip_interface(address) in self.bound
@@ -221,13 +228,13 @@ class FakeHost:
         if self.probe_error:
             raise OSError(self.probe_error)
         for _ in range(max(1, count)):
-            holder = self._holder(ip)
-            if holder is not None and holder.answers_arp:
+            holder = self.answering(ip, arp=True)
+            if holder is not None:
                 return ProbeAnswer(holder.mac, prober=False)
-            prober = next((n for n in self.neighbours if ip in n.probing), None)
-            if prober is not None and self.link and (
-                    on_prober == "yield" or (on_prober == "tiebreak"
-                                             and prober.mac < self.iface.mac)):
+            prober = next((n for n in self.reachable() if ip in n.probing and (
+                on_prober == "yield" or (on_prober == "tiebreak"
+                                         and n.mac < self.iface.mac))), None)
+            if prober is not None:
                 return ProbeAnswer(prober.mac, prober=True)
             try:
                 await asyncio.sleep(interval)
@@ -264,8 +271,7 @@ class FakeHost:
 
     async def ping(self, address: IPAddress, timeout: float, *, linger: float = 0.0,
                    on_late: Callable[[float], object] | None = None) -> PingOutcome:
-        holder = self._holder(address)
-        answers = holder is not None and holder.answers_ping
+        answers = self.answering(address, arp=False) is not None
         if answers and self.lose_replies:
             self.lose_replies -= 1
             answers = False

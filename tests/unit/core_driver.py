@@ -1,34 +1,42 @@
-"""The fakes of the core tests, in one place: a simulated LAN that drives real MonitorMachines.
+"""The fakes of the core tests, in one place: a simulated LAN that runs real MonitorMachines.
 
-Nothing here decides anything: it only turns a simulated world into the machine's inputs and
-carries out the machine's actions the way `minisft.runtime.monitor_runtime` does, so the
-tests exercise the very object the daemon runs.
+Nothing here decides anything, and nothing here runs a machine the way the daemon does in a
+copy of its own: `Lan.run` runs the daemon's own code (MonitorRuntime, its ActionDriver and
+the host's tick and link/address loops, `minisft.runtime.host_loops`) on the simulated
+segment of `minisft.testing.segment`, in virtual time.
 
 * `Host` -- a host on the segment that does not run MiniSFT: the current holder of the
   service address (answers ping and/or ARP, or not) or the primary's physical host
   (`peer_ip`, watched for automatic fallback).
-* `Node` -- one MonitorMachine plus what its runtime knows: the local interface (is the
-  address bound here?), the outstanding probe and bind, and a trace of every input, the
-  actions it produced and the state around it. Its step methods (`ping`, `probe_done`,
-  `bind_done`, `tick`, ...) feed one input each, for tests that control every step.
+* `Node` -- one MonitorMachine plus what its runtime knows: its port on the segment (is the
+  address bound here? is the link up?), the outstanding probe and bind, and a trace of
+  every input, the actions it produced and the state around it. Its step methods (`ping`,
+  `probe_done`, `bind_done`, `tick`, ...) feed one input each, for tests that control
+  every step; the results they feed are read off the same segment.
 * `Lan` -- the clock, the nodes, the other hosts and the wire between them (links and
-  partitions). `Lan.run(seconds)` is the runtime's loops in simulated time: pings paced by
-  `next_ping_delay`, probes that report at the first answer or after their last round,
-  binds that complete after a short latency, announcements that other holders see as
-  `ConflictSeen`, ticks, IsAlive checks and the peer loop.
+  partitions). `Lan.run(seconds)` starts a MonitorRuntime per node on the node's machine
+  and its outstanding probe and bind, runs them with the host loops for `seconds` of
+  virtual time, and hands the state back to the nodes, so tests can interleave steps and
+  runs.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import ipaddress
-from collections.abc import Iterator
+import random
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from minisft.config.model import (
     AnnounceConfig,
     CheckConfig,
     FallbackConfig,
     FallbackMode,
+    IPAddress,
     IsAliveConfig,
     LooksAliveConfig,
     MonitorConfig,
@@ -42,7 +50,6 @@ from minisft.core.actions import (
     BindDone,
     CancelProbe,
     Emit,
-    OnProber,
     ProbeDone,
     Release,
     StartProbe,
@@ -65,13 +72,15 @@ from minisft.core.io import (
     Verb,
 )
 from minisft.core.monitor import MonitorMachine, Purpose, State
+from minisft.runtime.host_loops import TICK, HostLoops
+from minisft.runtime.monitor_runtime import MonitorRuntime
+from minisft.testing.fakes import InlineExecutor, Neighbour, VirtualClock, run_virtual
+from minisft.testing.segment import Segment, SegmentCheck, SegmentPort
 
-TICK = 0.25  # the daemon's tick period
-ADDRESS_POLL = 1.0  # the daemon looks for a vanished address this often
-POLL = 0.25  # a loop waiting for `wants_*` re-checks this often (the runtime: on change)
+T = TypeVar("T")
+
 PING_RTT = 0.002
-BIND_LATENCY = 0.01
-WIRE_LATENCY = 0.001  # an announcement reaches the other hosts after this long
+BIND_LATENCY = 0.01  # the most a bind takes (on the segment: no time at all)
 START = 1000.0  # monotonic clocks do not start at zero
 
 HOLDER_MAC = "02:00:00:00:00:aa"
@@ -174,36 +183,19 @@ class Step:
 _DEFAULT = object()
 
 
-@dataclass
-class _Timers:
-    """The runtime loops of one node, in simulated time (used by `Lan.run`)."""
-
-    ping_at: float = 0.0
-    ping_inflight: tuple[float, float, bool] | None = None  # (started, result at, ok)
-    tick_at: float = 0.0
-    service_at: float = 0.0
-    peer_at: float = 0.0
-    peer_service_at: float = 0.0
-    address_at: float = 0.0
-    probe_check_at: float | None = None
-    probe_round: int = 0
-    bind_at: float | None = None
-
-
 class Node:
-    """One MonitorMachine and the runtime around it."""
+    """One MonitorMachine and what its runtime knows, on its port of the segment."""
 
     def __init__(self, lan: Lan, config: MonitorConfig, mac: str, *, service: bool = True):
         self.lan = lan
         self.config = config
         self.mac = mac
+        self.port: SegmentPort = lan.segment.port(mac)
+        self.port.service = service
         self.machine = MonitorMachine(config, now=lan.now)
-        self.wire_up = True
-        self.bound = False
-        self.started = False
-        self.service_ok = service  # this node's own service, for IsAlive on the holder
-        self.probe: StartProbe | None = None
-        self.bind_token: int | None = None
+        self.rng = random.Random(mac)  # the runtime's start jitter, the same every time
+        self.probe: StartProbe | None = None  # the outstanding probe
+        self.bind: Bind | None = None  # the bind under way
         self.issued_probes: list[int] = []
         self.issued_binds: list[int] = []
         self.trace: list[Step] = []
@@ -211,11 +203,43 @@ class Node:
         self.announces = 0
         self.releases = 0
         self.removed_externally = False  # address deleted behind MiniSFT's back
-        self.timers = _Timers()
 
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def started(self) -> bool:
+        return self.machine.state is not State.STARTING
+
+    @property
+    def bound(self) -> bool:
+        """The address is on this node's interface."""
+        return self.config.address in self.port.bound
+
+    @bound.setter
+    def bound(self, on: bool) -> None:
+        if on:
+            self.port.bound.add(self.config.address)
+        else:
+            self.port.bound.discard(self.config.address)
+
+    @property
+    def wire_up(self) -> bool:
+        return self.port.link
+
+    @property
+    def service_ok(self) -> bool:
+        """This node's own service, for IsAlive on the holder."""
+        return self.port.service
+
+    @service_ok.setter
+    def service_ok(self, ok: bool) -> None:
+        self.port.service = ok
+
+    @property
+    def bind_token(self) -> int | None:
+        return self.bind.token if self.bind is not None else None
 
     def __repr__(self) -> str:
         m = self.machine
@@ -226,50 +250,60 @@ class Node:
     # ---------------------------------------------------------------- the one entry point
 
     def feed(self, event: Input) -> list[Action]:
+        """One input, its actions carried out at once on the segment (the step methods)."""
+        return self.record(event, lambda: self.machine.handle(event, self.lan.now),
+                           self._execute, self.lan.now)
+
+    def record(self, event: Input, handle: Callable[[], list[Action]],
+               execute: Callable[[Action], object], now: float) -> list[Action]:
+        """Feed `event` through `handle`, carry the actions out with `execute`, and keep
+        what the runtime knows (outstanding probe and bind) and the trace up to date."""
         before = View.of(self.machine)
         current = self.probe.token if self.probe else None
-        actions = self.machine.handle(event, self.lan.now)
+        if isinstance(event, ProbeDone) and current == event.token:
+            self.probe = None
+        if isinstance(event, BindDone) and self.bind_token == event.token:
+            self.bind = None
+        actions = handle()
         for action in actions:
-            self._execute(action)
+            if isinstance(action, StartProbe):
+                self.probe = action  # replaces any probe still running
+                self.issued_probes.append(action.token)
+            elif isinstance(action, CancelProbe):
+                if self.probe is not None and self.probe.token == action.token:
+                    self.probe = None
+            elif isinstance(action, Bind):
+                assert self.bind is None, "a second Bind before the first one finished"
+                self.bind = action
+                self.issued_binds.append(action.token)
+            elif isinstance(action, Release):
+                self.releases += 1
+                self.removed_externally = False
+            elif isinstance(action, Announce):
+                self.announces += 1
+            execute(action)
+        # the others' probes hear this node's outstanding one, between runs too
+        self.port.probing = {self.config.ip} if self.probe is not None else set()
         if not self.machine.holds and self.machine.state is not State.BINDING:
             self.removed_externally = False  # the machine caught up with the interface
-        self.trace.append(Step(self.lan.now, event, tuple(actions), before,
-                               View.of(self.machine), self.bound, self.removed_externally,
-                               current))
+        self.trace.append(Step(now, event, tuple(actions), before, View.of(self.machine),
+                               self.bound, self.removed_externally, current))
         return actions
 
     def _execute(self, action: Action) -> None:
+        """An action of a step: what the runtime does at once. A probe or bind stays
+        outstanding until a step or the next `Lan.run` finishes it."""
         if isinstance(action, Emit):
             self.notices.append(action.notice)
-        elif isinstance(action, StartProbe):
-            self.probe = action  # replaces any probe still running
-            self.issued_probes.append(action.token)
-            self.timers.probe_check_at = self.lan.now
-            self.timers.probe_round = 0
-        elif isinstance(action, CancelProbe):
-            if self.probe is not None and self.probe.token == action.token:
-                self.probe = None
-                self.timers.probe_check_at = None
-        elif isinstance(action, Bind):
-            assert self.bind_token is None, "a second Bind before the first one finished"
-            self.bind_token = action.token
-            self.issued_binds.append(action.token)
-            self.timers.bind_at = self.lan.now + BIND_LATENCY
         elif isinstance(action, Release):
-            self.releases += 1
             self.bound = False
-            self.removed_externally = False
         elif isinstance(action, Announce):
-            self.announces += 1
             self.lan.announce(self)
-        else:  # pragma: no cover - a new action type needs a line here
-            raise AssertionError(f"unknown action {action!r}")
 
     # ---------------------------------------------------------------- one input each
 
     def start(self, bound: bool = False) -> list[Action]:
         self.bound = bound
-        self.started = True
         return self.feed(Started(bound))
 
     def ping(self, ok: bool | None = None) -> list[Action]:
@@ -296,21 +330,16 @@ class Node:
         else:
             mac = answered_by  # type: ignore[assignment]
         assert mac is None or isinstance(mac, str)
-        token = self.probe.token
-        self.probe = None
-        self.timers.probe_check_at = None
-        return self.feed(ProbeDone(token, mac, prober))
+        return self.feed(ProbeDone(self.probe.token, mac, prober))
 
     def bind_done(self, error: str | None = None) -> list[Action]:
         """The outstanding bind finishes (announcing first, as the runtime does)."""
-        assert self.bind_token is not None, f"no bind outstanding ({self!r})"
-        token, self.bind_token = self.bind_token, None
-        self.timers.bind_at = None
+        assert self.bind is not None, f"no bind outstanding ({self!r})"
         if error is None:
-            self.bound = True
+            self.port.bind(self.port.iface, ipaddress.ip_interface(self.bind.address))
             self.removed_externally = False
             self.lan.announce(self)
-        return self.feed(BindDone(token, error))
+        return self.feed(BindDone(self.bind.token, error))
 
     def settle(self, limit: int = 10) -> None:
         """Let the outstanding probe and bind finish as the wire says, until none is left."""
@@ -354,7 +383,7 @@ class Node:
         return out
 
     def link(self, up: bool) -> list[Action]:
-        self.wire_up = up
+        self.port.link = up
         return self.feed(LinkChanged(up))
 
     def command(self, verb: Verb, by: str = "admin") -> list[Action]:
@@ -417,79 +446,66 @@ class Node:
     def bind_count(self) -> int:
         return sum(1 for a in self.actions() if isinstance(a, Bind))
 
-    # ---------------------------------------------------------------- runtime loops
+    # ---------------------------------------------------------------- the real runtime
 
-    def _next_due(self) -> float:
-        t = self.timers
-        times = [t.ping_at if t.ping_inflight is None else t.ping_inflight[1], t.tick_at,
-                 t.address_at]
-        if self.config.isalive.enabled:
-            times.append(t.service_at)
-        if self.config.peer_ip is not None:
-            times.append(t.peer_at)
-        if t.probe_check_at is not None:
-            times.append(t.probe_check_at)
-        if t.bind_at is not None:
-            times.append(t.bind_at)
-        return min(times)
+    def runtime(self, clock: Callable[[], float], executor: Executor) -> _NodeRuntime:
+        """A MonitorRuntime on this node's machine and port, as the daemon builds it."""
+        check = self.port.check() if self.config.isalive.enabled else None
+        return _NodeRuntime(self, clock, executor, check)
 
-    def _fire(self) -> None:
-        """Run every loop that is due now (one pass; `Lan.run` calls again while due)."""
-        now, t, m = self.lan.now, self.timers, self.machine
-        if t.bind_at is not None and t.bind_at <= now:
-            self.bind_done()
-        if t.probe_check_at is not None and t.probe_check_at <= now and self.probe:
-            mac, prober = self.lan.probe_answer(self)
-            if mac is not None or t.probe_round >= self.probe.count:
-                self.probe_done(mac, prober=prober)
-            else:
-                t.probe_round += 1
-                t.probe_check_at = now + self.probe.interval
-        if t.ping_inflight is not None and t.ping_inflight[1] <= now:
-            started, _, ok = t.ping_inflight
-            t.ping_inflight = None
-            self.ping(ok)
-            t.ping_at = now + m.next_ping_delay(now - started)
-        elif t.ping_inflight is None and t.ping_at <= now:
-            if m.wants_looksalive:
-                ok = self.lan.ping_answered(self)
-                # a lost ping waits the machine's current RTO, as in the runtime
-                t.ping_inflight = (now, now + (PING_RTT if ok else m.ping_timeout), ok)
-            else:
-                t.ping_at = now + POLL
-        if t.tick_at <= now:
-            t.tick_at = now + TICK
-            self.feed(Tick())
-        if t.address_at <= now:
-            t.address_at = now + ADDRESS_POLL
-            if self.wire_up and m.state is State.HOLDING and not self.bound:
-                self.feed(AddressVanished())
-        if self.config.isalive.enabled and t.service_at <= now:
-            if m.wants_isalive:
-                self.service(self.lan.service_answer(self))
-                t.service_at = now + self.config.isalive.interval
-            else:
-                t.service_at = now + POLL
-        if self.config.peer_ip is not None and t.peer_at <= now:
-            if m.wants_peer_watch:
-                self.peer_ping()
-                if m.wants_peer_isalive and now >= t.peer_service_at:
-                    t.peer_service_at = now + self.config.isalive.interval
-                    self.peer_service()
-                t.peer_at = now + self.config.looksalive.interval
-            else:
-                t.peer_at = now + POLL
+class _NodeRuntime(MonitorRuntime):
+    """The daemon's MonitorRuntime on a node's machine; every input it feeds is traced."""
+
+    def __init__(self, node: Node, clock: Callable[[], float], executor: Executor,
+                 check: SegmentCheck | None) -> None:
+        super().__init__(node.config, clock=clock, pinger=node.port, neighbours=node.port,
+                         addresses=node.port, iface=node.port.iface,
+                         netlink_executor=executor, emit=node.notices.append, check=check,
+                         rng=node.rng)
+        self.node = node
+        self.machine = node.machine  # adopt it: the steps before and after use it too
+
+    def feed(self, event: Input) -> None:
+        """MonitorRuntime.feed, through the node's record (which traces the Step)."""
+        before = (self.machine.state, self.machine.paused)
+        try:
+            self.node.record(event, lambda: self.machine.handle(event, self.clock()),
+                             self.driver.execute, self.clock())
+        finally:
+            if (self.machine.state, self.machine.paused) != before:
+                self.changed.fire()
 
 
-@dataclass
-class _Delivery:
-    at: float
-    seq: int
-    to: Node
-    mac: str
+class _HostOnWire:
+    """A `Host` as the segment sees it: the holder holds the nodes' service addresses,
+    the peer host their peer_ip, read at every look (tests change them as they go)."""
 
-    def __lt__(self, other: _Delivery) -> bool:
-        return (self.at, self.seq) < (other.at, other.seq)
+    def __init__(self, lan: Lan, host: Host, *, peer: bool) -> None:
+        self.lan = lan
+        self.host = host
+        self.is_peer = peer
+
+    @property
+    def mac(self) -> str:
+        return self.host.mac
+
+    def _holds(self) -> set[IPAddress]:
+        h = self.host
+        if not h.up:
+            return set()
+        if self.is_peer:
+            return {n.config.peer_ip for n in self.lan.nodes if n.config.peer_ip is not None}
+        return {n.config.ip for n in self.lan.nodes} if h.has_address else set()
+
+    def neighbour(self) -> Neighbour | None:
+        if not self.host.up:
+            return None
+        if self.is_peer:
+            return Neighbour(self.mac, self._holds())
+        return Neighbour(self.mac, self._holds(), self.host.icmp, self.host.arp)
+
+    def service_ok(self, ip: IPAddress) -> bool:
+        return ip in self._holds() and self.host.service
 
 
 @dataclass
@@ -503,8 +519,7 @@ class Lan:
     peer_node: Node | None = None
     partitioned: bool = False  # the nodes cannot see each other (each still sees `holder`)
     nodes: list[Node] = field(default_factory=list)
-    _deliveries: list[_Delivery] = field(default_factory=list)
-    _seq: int = 0
+    segment: Segment = field(default_factory=Segment)
 
     def add(self, config: MonitorConfig, mac: str | None = None, *,
             service: bool = True) -> Node:
@@ -519,85 +534,82 @@ class Lan:
 
     # ---------------------------------------------------------------- the wire
 
-    def connected(self, a: Node, b: Node) -> bool:
-        return a is not b and a.wire_up and b.wire_up and not self.partitioned
+    def _wire(self) -> None:
+        """Bring the segment in line with the attributes tests set: the hosts that do not
+        run MiniSFT, the peer node's own address, the partition."""
+        seg = self.segment
+        # the hosts first: a holder that is not one of the nodes answers before them
+        seg.stations = [_HostOnWire(self, host, peer=peer)
+                        for host, peer in ((self.holder, False), (self.peer, True))
+                        if host is not None]
+        seg.stations += [n.port for n in self.nodes]
+        for node in self.nodes:
+            node.port.local = set()
+        if self.peer_node is not None:
+            self.peer_node.port.local = {n.config.peer_ip for n in self.nodes
+                                         if n.config.peer_ip is not None}
+        if self.partitioned:
+            seg.split(*([n.port] for n in self.nodes))
+        else:
+            seg.heal()
 
-    def _other_holders(self, node: Node) -> list[Node]:
-        return [o for o in self.nodes if o.bound and self.connected(node, o)]
+    # What a step's result is by default: read off the segment, as the runtime's probes
+    # would find it at this moment.
 
     def ping_answered(self, node: Node) -> bool:
-        if not node.wire_up:
-            return False
-        if self.holder is not None and self.holder.answers_ping:
-            return True
-        return bool(self._other_holders(node))
+        self._wire()
+        return node.port.answering(node.config.ip, arp=False) is not None
 
     def arp_answer(self, node: Node) -> str | None:
-        if not node.wire_up:
-            return None
-        if self.holder is not None and self.holder.answers_arp:
-            return self.holder.mac
-        others = self._other_holders(node)
-        return others[0].mac if others else None
+        self._wire()
+        holder = node.port.answering(node.config.ip, arp=True)
+        return holder.mac if holder is not None else None
 
     def probe_answer(self, node: Node) -> tuple[str | None, bool]:
-        """What `node`'s running probe hears: a holder's answer, else another node probing
-        at the same time, counted under the probe's `on_prober` rule as the neighbour
-        watch does (RFC 5227 simultaneous probe). (mac, True) for a prober."""
-        mac = self.arp_answer(node)
-        if mac is not None or node.probe is None:
-            return mac, False
-        rule = node.probe.on_prober
-        for other in self.nodes:
-            if other.probe is None or not self.connected(node, other):
-                continue
-            if rule is OnProber.IGNORE or (rule is OnProber.TIEBREAK and other.mac >= node.mac):
-                continue
-            return other.mac, True
-        return None, False
+        """What `node`'s outstanding probe hears: a holder's answer, else another node
+        probing at the same time under the probe's `on_prober` rule (FakeHost's rule:
+        RFC 5227 simultaneous probe). (mac, True) for a prober."""
+        assert node.probe is not None
+        self._wire()
+        answer = _at_once(node.port.probe_answer(node.config.ip, 1, 0.0,
+                                                 on_prober=node.probe.on_prober.value))
+        return (answer.mac, answer.prober) if answer is not None else (None, False)
 
     def service_answer(self, node: Node) -> bool:
         """What IsAlive against the service address finds, from `node`."""
-        if node.bound:
-            return node.service_ok
-        if self.holder is not None and self.holder.answers_ping:
-            return self.holder.service
-        others = self._other_holders(node)
-        return others[0].service_ok if others else False
+        self._wire()
+        return _at_once(node.port.check().run(str(node.config.ip))).ok
 
     def peer_answers(self, node: Node) -> bool:
-        if not node.wire_up:
+        if node.config.peer_ip is None:
             return False
-        if self.peer_node is not None:
-            return self.connected(node, self.peer_node)
-        return self.peer is not None and self.peer.up
+        self._wire()
+        return node.port.answering(node.config.peer_ip, arp=False) is not None
 
     def peer_mac(self, node: Node) -> str | None:
-        """Who answers ARP/NDP for `node`'s peer_ip: the other node of a pair, else `peer`."""
+        """Who answers ARP/NDP for `node`'s peer_ip: in a pair, the other node unless that
+        is `peer_node` (whose port has the peer_ip), else the `peer` host."""
         if node.config.peer_ip is None or not node.wire_up:
             return None
-        others = [o for o in self.nodes if self.connected(node, o)]
-        if self.peer_node is not None and self.peer_node is not node:
-            return self.peer_node.mac if self.peer_node in others else None
-        if len(self.nodes) == 2:
-            return others[0].mac if others else None
-        return self.peer.mac if self.peer is not None and self.peer.up else None
+        if self.peer_node in (None, node) and len(self.nodes) == 2:
+            other = next(o for o in self.nodes if o is not node)
+            return other.mac if other.wire_up and not self.partitioned else None
+        self._wire()
+        holder = node.port.answering(node.config.peer_ip, arp=True)
+        return holder.mac if holder is not None else None
 
     def peer_service(self, node: Node) -> bool:
-        if self.peer_node is not None:
-            return self.connected(node, self.peer_node) and self.peer_node.service_ok
-        return self.peer is not None and self.peer.up and self.peer.service
+        if node.config.peer_ip is None:
+            return False
+        self._wire()
+        return _at_once(node.port.check().run(str(node.config.peer_ip))).ok
 
     def announce(self, node: Node) -> None:
-        """Gratuitous ARP from `node`: every other node that has the address bound sees a
-        conflict (a little later, through its neighbour watch)."""
-        if not node.wire_up:
-            return
-        for other in self.nodes:
-            if other.bound and self.connected(node, other):
-                self._seq += 1
-                self._deliveries.append(
-                    _Delivery(self.now + WIRE_LATENCY, self._seq, other, node.mac))
+        """Gratuitous ARP from `node` (a step): every other node that has the address bound
+        sees a conflict a little later, through its neighbour watch (in the next `run`)."""
+        if node.wire_up:
+            self._wire()
+            self.segment.announce(node.port, node.config.ip, self.now)
 
     # ---------------------------------------------------------------- world changes
 
@@ -611,39 +623,68 @@ class Lan:
             node.bound = False
             node.removed_externally = True
 
-    # ---------------------------------------------------------------- the runtime loops
+    # ---------------------------------------------------------------- the runtime
 
     def start_all(self) -> None:
         for node in self.nodes:
             if not node.started:
                 node.start(node.bound)
-                t = node.timers
-                t.ping_at = t.tick_at = t.service_at = t.peer_at = self.now
-                t.address_at = self.now + ADDRESS_POLL
 
     def run(self, seconds: float) -> None:
-        """Every node's runtime loops for `seconds` of simulated time."""
-        self.start_all()
+        """Every node's runtime for `seconds` of virtual time: a MonitorRuntime per node on
+        the node's machine, resuming its outstanding probe and bind, the neighbour watch
+        the daemon sets up (an announcement heard is a ConflictSeen), and the host's tick
+        and link/address loops. When the time is up everything stops where it is; what is
+        outstanding stays with the node (and the next `run` resumes it)."""
+        assert seconds >= 0
+        self._wire()
         end = self.now + seconds
-        for _ in range(10_000_000):
-            due = [n._next_due() for n in self.nodes]
-            if self._deliveries:
-                due.append(min(self._deliveries).at)
-            t = min(due)
-            if t > end:
-                self.now = end
-                return
-            self.now = max(self.now, t)
-            pending = [d for d in self._deliveries if d.at <= self.now]
-            if pending:
-                self._deliveries = [d for d in self._deliveries if d.at > self.now]
-                for d in sorted(pending):
-                    if d.to.bound and d.to.machine.state is not State.STARTING:
-                        d.to.feed(ConflictSeen(d.mac))
-            for node in self.nodes:
-                if node._next_due() <= self.now:
-                    node._fire()
-        raise AssertionError("simulation did not advance")  # pragma: no cover
+        clock = VirtualClock(self.now)
+        run_virtual(self._run(end, clock), clock)
+        self.now = end
+
+    async def _run(self, end: float, clock: VirtualClock) -> None:
+        executor = InlineExecutor()
+        self.segment.resume()
+        tasks: list[asyncio.Task[None]] = []  # held until the runner cancels them
+        for node in self.nodes:
+            rt = node.runtime(clock.now, executor)
+            node.port.watch(node.config.ip, _conflict_to(rt))
+            if not node.started:
+                rt.start(node.bound)
+            else:
+                for work in (node.probe, node.bind):
+                    if work is not None:
+                        rt.driver.execute(work)  # the probe starts its rounds again
+                rt.resume()
+            loops = HostLoops(functools.partial(list, [rt]), clock=clock.now,
+                              link_up=_async(node.port.link_up, node.port.iface),
+                              iface_name=node.port.iface.name)
+            tasks += [asyncio.create_task(loops.tick_loop()),
+                      asyncio.create_task(loops.link_loop(node.machine.link_up))]
+        await asyncio.sleep(end - clock.now())
+        # the runner cancels every task on the way out: loops, probes, pings in flight
+
+
+def _at_once(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a fake's coroutine that never waits for time (a step's answer, read off the
+    segment) to its end, outside any event loop."""
+    try:
+        while True:
+            coro.send(None)  # asyncio.sleep(0) yields once, bare
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
+
+def _conflict_to(rt: MonitorRuntime) -> Callable[[str], None]:
+    """The daemon's neighbour watch callback: a frame claiming the address is a conflict."""
+    return lambda mac: rt.feed(ConflictSeen(mac))
+
+
+def _async(fn: Callable[[object], bool], arg: object) -> Callable[[], Awaitable[bool]]:
+    async def call() -> bool:
+        return fn(arg)
+    return call
 
 
 def single(config: MonitorConfig, *, holder: Host | None = None, peer: Host | None = None,
@@ -654,7 +695,4 @@ def single(config: MonitorConfig, *, holder: Host | None = None, peer: Host | No
     node.bound = bound
     if start:
         node.start(bound)
-        t = node.timers
-        t.ping_at = t.tick_at = t.service_at = t.peer_at = lan.now
-        t.address_at = lan.now + ADDRESS_POLL
     return node

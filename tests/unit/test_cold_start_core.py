@@ -3,9 +3,10 @@
 Issue 10, defect 1: started at the same moment, the backup's ARP probes (sent at its first
 missed ping) made the primary's start-up probe back off under the MAC tie-break, or the
 backup took the free address before the primary had bound it; the primary then logged
-`address_in_use` and watched, and with manual fallback it stayed so. Driven in simulated
-time through `core_driver`, whose wire lets a running probe hear another node's probe
-under that probe's `on_prober` rule, as the neighbour watch does.
+`address_in_use` and watched, and with manual fallback it stayed so. Driven in virtual
+time through `core_driver`: the daemon's own MonitorRuntime and host loops on a simulated
+segment (`minisft.testing.segment`), whose wire lets a running probe hear another node's
+probe under that probe's `on_prober` rule, as the neighbour watch does.
 """
 
 from __future__ import annotations
