@@ -105,9 +105,19 @@ def test_spread_failover_and_fallback(tmp_path: Path) -> None:
         assert took < DETECTION + 3.0, f"failover took {took:.2f}s"
         for n in ("a", "c"):
             assert [e["details"]["member"] for e in pl.events(n, "member_lost")] == ["b"]
-        moved = [e for n in ("a", "c") for e in pl.events(n, "address_moved")]
-        assert sorted(e["address"] for e in moved) == sorted(
-            a for a, m in before.items() if m == "b")
+        # the event follows the bind (bound, announced, then reported to the machine): an
+        # address already seen on the interface may have its address_moved a moment later
+        b_had = sorted(a for a, m in before.items() if m == "b")
+
+        def moved_events() -> list[dict[str, Any]]:
+            return [e for n in ("a", "c") for e in pl.events(n, "address_moved")]
+
+        wait_until("an address_moved for each of b's addresses",
+                   lambda: sorted(e["address"] for e in moved_events()) == b_had,
+                   timeout=2, step=0.02, describe=lambda: str(
+                       [(n, e["kind"], e.get("address")) for n in ("a", "c")
+                        for e in pl.events(n) if e.get("address") in b_had]))
+        moved = moved_events()
         assert all(e["details"]["from"] == "b" for e in moved)
         # b judges its peers lost at about the moment they bind its addresses (the probe
         # round no longer delays them), or notices its link at the next housekeeping
