@@ -67,9 +67,11 @@ Rules, each with the reason its event carries:
   announced; this node then claims it in ``holds`` and ``wants`` until the holder lets
   go. The holder hears a duplicate, the duplicates rule names this node keeper, and it
   releases (a ``switchover`` event on both sides): clients see the announcement before
-  the release, so no gap. Refused (nothing bound, one reason) unless this node is active
-  with a sure quorum and its link up, has been active for one detection time (views
-  settle after joining or a healed partition), and the holder is not isolated, not
+  the release, so no gap; and once the holder's heartbeat shows it let go, this node
+  announces again (the holder may have refreshed its own announcement in between).
+  Refused (nothing bound, one reason) unless this node is active with a sure quorum
+  and its link up, has been active for one detection time (views settle after joining
+  or a healed partition), and the holder is not isolated, not
   suspect, does not count this node lost, and names this node keeper by its own view
   (its ``lost`` list): a holder that could not hear this node, or would keep the address
   by its view, would leave it held twice for good. A holder that still holds it one
@@ -761,7 +763,12 @@ class PoolMachine:
                 if a in self._switching:
                     holder, by, since = self._switching[a]
                     if not others:
-                        del self._switching[a]  # the holder let go: the switchover is done
+                        # the holder let go: the switchover is done. Announce once more:
+                        # a refresh the holder sent between our announcement and its
+                        # release pointed the clients back at it, and our burst's next
+                        # frame is an announce interval away, a gap they would see
+                        del self._switching[a]
+                        self._do(Announce(a))
                     elif self.now - since > self.detection_time:
                         # its view differs after all: one holder, not two for good
                         self._release(a)

@@ -114,6 +114,8 @@ class ActionDriver:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._interface_changes: set[asyncio.Task[Any]] = set()
         self._probes: dict[int, tuple[str, asyncio.Task[None]]] = {}
+        # announcements under way, by address: a release stops them (_start_announcement)
+        self._announcements: dict[str, set[asyncio.Task[None]]] = {}
         # one per address: each address's up/down keep their order, addresses run apart
         self._address_hooks: dict[str, AddressHooks] = {}
         self.stopping = False
@@ -138,10 +140,11 @@ class ActionDriver:
             self._interface_changes.add(self.spawn(self._run_bind(action),
                                                    f"bind-{action.address}"))
         elif isinstance(action, Release):
+            self._stop_announcements(action.address)
             self._interface_changes.add(self.spawn(self._run_release(action.address),
                                                    f"release-{action.address}"))
         elif isinstance(action, Announce):
-            self.spawn(self.announce(action.address), f"announce-{action.address}")
+            self._start_announcement(action.address)
 
     def spawn(self, coro: Awaitable[Any], what: str) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
@@ -173,6 +176,28 @@ class ActionDriver:
         return await self.netlink(self._netlink_port.link_up, self._iface)
 
     # ------------------------------------------------------------- the actions
+
+    def _start_announcement(self, address_text: str) -> asyncio.Task[None]:
+        """Announce the address, tracked until done. Several may run at once (the bind's
+        and a refresh, say): each frame only repeats where the address is."""
+        task = self.spawn(self.announce(address_text), f"announce-{address_text}")
+        running = self._announcements.setdefault(address_text, set())
+        running.add(task)
+
+        def done(_: asyncio.Task[None]) -> None:
+            running.discard(task)
+            if not running and self._announcements.get(address_text) is running:
+                del self._announcements[address_text]
+
+        task.add_done_callback(done)
+        return task
+
+    def _stop_announcements(self, address_text: str) -> None:
+        """An address being released is announced no more: a frame sent after it left
+        (the tail of a burst started just before) would point the neighbours back at this
+        node, whose address is gone, after the new holder's announcement had moved them."""
+        for task in self._announcements.pop(address_text, set()):
+            task.cancel()
 
     def _cancel_probe(self, token: int) -> None:
         probe = self._probes.pop(token, None)
@@ -219,12 +244,13 @@ class ActionDriver:
         announced = None
         if error is None:
             # announce first: routers must learn the new MAC as early as possible
-            announced = self.spawn(self.announce(action.address),
-                                   f"announce-{action.address}")
+            announced = self._start_announcement(action.address)
         self.report(BindDone(action.token, error))
         if announced is not None:
             # off the failover path (the machine already holds); a failure does not undo it
-            await announced
+            await asyncio.wait({announced})
+            if announced.cancelled():
+                return  # released (or stopping) before the burst ended: not up here
             await self.run_hook("up", address)
 
     async def _run_release(self, address_text: str) -> None:

@@ -152,7 +152,7 @@ class FakeHost:
     """A node's interface, ARP/NDP and ICMP, in memory and in (virtual) time.
 
     `log` records what the runtime did to the world, in order: "bind 192.0.2.10/24",
-    "release 192.0.2.10/24", "announce 192.0.2.10", "probe 192.0.2.10"."""
+    "release 192.0.2.10/24", "announce 192.0.2.10" (one per frame), "probe 192.0.2.10"."""
 
     def __init__(self, *, rtt: float = 0.002) -> None:
         self.iface = FakeInterface()
@@ -245,8 +245,10 @@ class FakeHost:
         return None
 
     async def announce(self, ip: IPAddress, count: int, interval: float) -> None:
-        self.log.append(f"announce {ip}")
-        await asyncio.sleep(interval * max(0, count - 1))
+        for i in range(count):  # a log line per frame, as the real one sends them
+            if i:
+                await asyncio.sleep(interval)
+            self.log.append(f"announce {ip}")
 
     def watch(self, ip: IPAddress, callback: Callable[[str], object]) -> None:
         self.watched[ip] = callback

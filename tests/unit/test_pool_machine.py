@@ -854,6 +854,26 @@ def test_rebalance_on_the_returned_member_takes_its_addresses_make_before_break(
     assert sim.layout() == home
 
 
+def test_a_switchover_announces_again_once_the_holder_let_go() -> None:
+    """The holder may have refreshed its own announcement between c's and its release
+    (clients then point at a node whose address is gone): c announces again as soon as
+    the holder's heartbeat shows it let go, not a burst interval later."""
+    sim, home = _c_back_after_failover()
+    moved = {a: sim.holders(a)[0] for a in ADDRESSES if home[a] == "c"}
+    sim.feed("c", Rebalance("cli"))
+    sim.run(1.0)
+    trace = sim.nodes["c"].trace
+    asked = max(i for i, (_, _, x) in enumerate(trace) if isinstance(x, Rebalance))
+    for a, holder in moved.items():
+        let_go = next(i for i, (_, _, x) in enumerate(trace)
+                      if i > asked and isinstance(x, HeartbeatSeen) and x.member == holder
+                      and a not in x.holds)
+        again = next((x for _, _, x in trace[let_go + 1:] if isinstance(x, _INPUTS)
+                      or x == Announce(a)), None)
+        assert again == Announce(a), f"{a}: {again} after {holder} let go"
+    assert sim.layout() == home
+
+
 def test_rebalance_refuses_on_an_isolated_member() -> None:
     sim, _home = _c_back_after_failover()
     sim.isolate("c")

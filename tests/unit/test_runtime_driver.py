@@ -160,7 +160,7 @@ def test_a_cancelled_probe_never_reports_and_a_new_one_replaces_the_old() -> Non
     assert reports.results == [ProbeDone(2, None)]
 
 
-def test_release_removes_the_address_after_the_announcements_asked_before_it() -> None:
+def test_an_announcement_asked_just_before_a_release_is_not_sent() -> None:
     host, reports = FakeHost(), Reports()
 
     async def main() -> None:
@@ -173,8 +173,59 @@ def test_release_removes_the_address_after_the_announcements_asked_before_it() -
         await d.stop()
 
     run_virtual(main())
-    assert host.log == ["bind 192.0.2.10/24", "announce 192.0.2.10", "announce 192.0.2.10",
-                        "release 192.0.2.10/24"]
+    # the release came after: the address is leaving, a frame for it would mislead
+    assert host.log == ["bind 192.0.2.10/24", "announce 192.0.2.10", "release 192.0.2.10/24"]
+
+
+def test_a_release_stops_the_announcements_under_way() -> None:
+    """A frame sent after the address left would point the neighbours back at this node
+    after the new holder's announcement had moved them (a switchover's gap)."""
+    host, reports = FakeHost(), Reports()
+
+    async def main() -> None:
+        d = driver(host, reports)  # 3 frames 0.5 s apart
+        d.execute(Bind(1, ADDRESS))
+        await until("bound", lambda: host.holds(ADDRESS), 1)
+        await asyncio.sleep(0.6)  # the bind's burst has sent 2 of its 3 frames
+        d.execute(Announce(ADDRESS))  # a refresh starts another burst: 1 frame so far
+        await asyncio.sleep(0.1)
+        d.execute(Release(ADDRESS))
+        await until("released", lambda: not host.holds(ADDRESS), 1)
+        await asyncio.sleep(3.0)
+        await d.stop()
+
+    run_virtual(main())
+    assert host.log == ["bind 192.0.2.10/24"] + ["announce 192.0.2.10"] * 3 + [
+        "release 192.0.2.10/24"]
+    assert not [r for r in reports.results if not isinstance(r, BindDone)]
+
+
+def test_a_bind_released_before_its_announcements_end_runs_no_up_hook() -> None:
+    host, reports = FakeHost(), Reports()
+
+    hooks_run: list[str] = []
+
+    async def main() -> None:
+        d = driver(host, reports)
+
+        async def run_hook(hook: str, address: object) -> None:
+            hooks_run.append(f"{hook} {address}")
+
+        d.run_hook = run_hook  # type: ignore[method-assign,assignment]
+        d.execute(Bind(1, ADDRESS))
+        await until("bound", lambda: host.holds(ADDRESS), 1)
+        d.execute(Release(ADDRESS))
+        await until("released", lambda: not host.holds(ADDRESS), 1)
+        await asyncio.sleep(2.0)
+        d.execute(Bind(2, ADDRESS))  # held to the end of its burst: up, as before
+        await asyncio.sleep(2.0)
+        await d.stop()
+
+    run_virtual(main())
+    assert host.log == ["bind 192.0.2.10/24", "announce 192.0.2.10", "release 192.0.2.10/24",
+                        "bind 192.0.2.10/24"] + ["announce 192.0.2.10"] * 3
+    # the up hook would have said the address is here when it no longer was
+    assert hooks_run == ["down 192.0.2.10/24", "up 192.0.2.10/24"]
 
 
 def test_stop_lets_a_bind_under_way_finish_and_report() -> None:
