@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -397,7 +398,9 @@ class Daemon:
 
     # ================================================================= loops
 
+    @functools.cached_property
     def _host_loops(self) -> HostLoops:
+        """The tick and link loops, built once the interface is known (both use it)."""
         return HostLoops(lambda: self.runtimes.values(), clock=self.clock,
                          link_up=lambda: self._in_netlink(self.netlink.link_up, self.iface),
                          iface_name=self.iface.name)
@@ -412,7 +415,7 @@ class Daemon:
                 systemd.notify_watchdog()
                 next_watchdog = self.clock() + watchdog
 
-        await self._host_loops().tick_loop(on_tick)
+        await self._host_loops.tick_loop(on_tick)
 
     async def _link_loop(self) -> None:
         def on_change(up: bool) -> None:
@@ -420,7 +423,7 @@ class Daemon:
             if self.delivery is not None:  # first: the link_down events are held too
                 self.delivery.set_link(up, self.iface.name)
 
-        await self._host_loops().link_loop(self._link_up, on_change)
+        await self._host_loops.link_loop(self._link_up, on_change)
 
     async def _status_loop(self) -> None:
         last = 0.0
