@@ -210,6 +210,47 @@ def _consume(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
+_CLIENT_CLASSES: dict[int, type] = {}
+
+
+def _client_class(aetcd: Any, rpc: Any) -> Any:
+    """aetcd's Client on a channel built here (TLS, and the `hasleader` metadata that makes
+    a member cut off from its quorum refuse instead of serving stale data).
+
+    aetcd 1.0 opens only insecure channels and sends no metadata but the token: it has no
+    channel, credentials or metadata argument. Every one of its calls goes through
+    `connect()` first, so overriding it is the way in that leaves the calls, transactions
+    and watches to aetcd. The constructor builds what aetcd's own connect builds, on our
+    channel; `_watcher` is the attribute the base class reads in its watch methods. A
+    closed client refuses instead of connecting again: aetcd's connect would open a plain
+    channel, without TLS or credentials. Built once per aetcd module, which is imported
+    only for etcd pools (an optional extra)."""
+    cls = _CLIENT_CLASSES.get(id(aetcd))
+    if cls is not None:
+        return cls
+
+    class ChannelClient(aetcd.Client):  # type: ignore[misc]
+        def __init__(self, channel: Any, metadata: tuple[tuple[str, str], ...], *,
+                     url: str, host: str, port: int, timeout: float) -> None:
+            super().__init__(host=host, port=port, timeout=timeout)
+            self.url = url
+            self.channel = channel
+            self.metadata = metadata
+            self.kvstub = rpc.KVStub(channel)
+            self.clusterstub = rpc.ClusterStub(channel)
+            self.leasestub = rpc.LeaseStub(channel)
+            self.maintenancestub = rpc.MaintenanceStub(channel)
+            self._watcher = aetcd.Watcher(rpc.WatchStub(channel), timeout=timeout,
+                                          metadata=metadata)
+
+        async def connect(self) -> None:
+            if self.channel is None:  # aetcd's close() clears it
+                raise EtcdUnavailable(f"{self.url}: the client was closed")
+
+    _CLIENT_CLASSES[id(aetcd)] = ChannelClient
+    return ChannelClient
+
+
 class EtcdSession:
     """One gRPC connection to one endpoint at a time, every call bounded by `timeout`.
 
@@ -256,13 +297,6 @@ class EtcdSession:
             channel = rpc.secure_channel(target, self._credentials(), options=options)
         else:
             channel = rpc.insecure_channel(target, options=options)
-        # aetcd.Client.connect opens only insecure channels and sends no metadata but the
-        # token: build what it would build, on our channel. aetcd 1.0 has no public way to
-        # do so (no channel, credentials or metadata argument; the watcher takes the
-        # metadata when it is built), hence the two private attributes set below: the
-        # watcher, and the "connected" flag that keeps its connect() from replacing all
-        # this with a plain channel on the next call.
-        client = aetcd.Client(host=ep.host, port=ep.port, timeout=self.timeout)
         metadata: list[tuple[str, str]] = [("hasleader", "true")]
         try:
             if self.coord.username is not None:
@@ -276,15 +310,8 @@ class EtcdSession:
             if isinstance(exc, Exception):
                 raise EtcdUnavailable(f"{ep.url}: authentication failed: {exc}") from exc
             raise
-        client.channel = channel
-        client.metadata = tuple(metadata)
-        client.kvstub = rpc.KVStub(channel)
-        client.clusterstub = rpc.ClusterStub(channel)
-        client.leasestub = rpc.LeaseStub(channel)
-        client.maintenancestub = rpc.MaintenanceStub(channel)
-        client._watcher = aetcd.Watcher(rpc.WatchStub(channel), timeout=self.timeout,
-                                        metadata=client.metadata)
-        client._connected.set()
+        client = _client_class(aetcd, rpc)(channel, tuple(metadata), url=ep.url,
+                                           host=ep.host, port=ep.port, timeout=self.timeout)
         self.client = client
         return client
 

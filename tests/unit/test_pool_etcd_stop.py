@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 
+import pytest
+
 from minisft.config.model import (
     CoordinationBackend,
     CoordinationConfig,
@@ -111,3 +113,28 @@ def test_an_etcd_call_that_swallows_its_cancel_still_ends_at_its_deadline() -> N
     assert "keepalive: no answer within 0.55s" in error
     assert took < 1.0
     assert swallowed == [True]
+
+
+def test_the_session_client_runs_aetcd_on_its_own_channel_and_never_reconnects_plain() -> None:
+    """aetcd's calls go through its connect(): the session's client keeps the channel the
+    session built (TLS, the hasleader metadata), and once closed it refuses instead of
+    letting aetcd open a plain channel without TLS or credentials."""
+    pytest.importorskip("aetcd")
+
+    async def main() -> tuple[bool, bool, str]:
+        session = EtcdSession(one_member_pool(), timeout=0.05)
+        client = await session.connect()  # builds the channel; nothing is sent yet
+        ours = client.channel
+        await client.connect()  # what every aetcd call does first
+        kept = client.channel is ours and client.kvstub is not None
+        hasleader = ("hasleader", "true") in client.metadata
+        await session.close()
+        try:
+            await client.get(b"/minisft/front/members/alpha")
+        except EtcdUnavailable as exc:
+            return kept, hasleader, str(exc)
+        raise AssertionError("a closed client answered")
+
+    kept, hasleader, refused = asyncio.run(main())
+    assert kept and hasleader
+    assert "the client was closed" in refused
