@@ -17,6 +17,7 @@ from concurrent.futures import Executor
 from typing import Any, Protocol
 
 from minisft.config.model import MonitorConfig
+from minisft.core.actions import Action
 from minisft.core.events import Notice
 from minisft.core.io import (
     AddressVanished,
@@ -78,8 +79,14 @@ class MonitorRuntime:
         emit: Callable[[Notice], object],
         check: Check | None,
         rng: random.Random | None = None,
+        on_handled: Callable[[Input, list[Action]], object] | None = None,
     ) -> None:
-        """`rng`: where the start jitter comes from (the tests pass a seeded one)."""
+        """`rng`: where the start jitter comes from (the tests pass a seeded one).
+
+        `on_handled(input, actions)`: called after every input the machine handled, once
+        its actions went to the driver. It only observes (the daemon passes none): the
+        tests trace what the machine did through the daemon's own `feed`, and tracing
+        could too, without a copy of `feed` that could drift from it."""
         self.config = config
         self._uniform = rng.uniform if rng is not None else random.uniform
         self.clock = clock
@@ -87,6 +94,7 @@ class MonitorRuntime:
         self._pinger = pinger
         self._neighbours = neighbours
         self._check = check
+        self._on_handled = on_handled
         self.changed = Broadcast()
         self._loops: list[asyncio.Task[None]] = []
         self.driver = ActionDriver(
@@ -190,6 +198,8 @@ class MonitorRuntime:
                 self.changed.fire()
         for action in actions:
             self.driver.execute(action)
+        if self._on_handled is not None:
+            self._on_handled(event, actions)
 
     def peer_asked(self, sender: Any, mac: str) -> None:
         """A host resolved the address (NeighbourWatch.watch_askers): if it is this

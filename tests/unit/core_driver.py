@@ -75,7 +75,7 @@ from minisft.core.monitor import MonitorMachine, Purpose, State
 from minisft.runtime.host_loops import TICK, HostLoops
 from minisft.runtime.monitor_runtime import MonitorRuntime
 from minisft.testing.fakes import InlineExecutor, Neighbour, VirtualClock, run_virtual
-from minisft.testing.segment import Segment, SegmentCheck, SegmentPort
+from minisft.testing.segment import Segment, SegmentPort
 
 T = TypeVar("T")
 
@@ -199,6 +199,7 @@ class Node:
         self.issued_probes: list[int] = []
         self.issued_binds: list[int] = []
         self.trace: list[Step] = []
+        self._view = View.of(self.machine)  # as the last step left it (see `handled`)
         self.notices: list[Notice] = []
         self.announces = 0
         self.releases = 0
@@ -251,20 +252,21 @@ class Node:
 
     def feed(self, event: Input) -> list[Action]:
         """One input, its actions carried out at once on the segment (the step methods)."""
-        return self.record(event, lambda: self.machine.handle(event, self.lan.now),
-                           self._execute, self.lan.now)
+        actions = self.machine.handle(event, self.lan.now)
+        for action in actions:
+            self._execute(action)
+        self.handled(event, actions, self.lan.now)
+        return actions
 
-    def record(self, event: Input, handle: Callable[[], list[Action]],
-               execute: Callable[[Action], object], now: float) -> list[Action]:
-        """Feed `event` through `handle`, carry the actions out with `execute`, and keep
-        what the runtime knows (outstanding probe and bind) and the trace up to date."""
-        before = View.of(self.machine)
+    def handled(self, event: Input, actions: list[Action], now: float) -> None:
+        """The machine handled `event` and its actions were carried out, by a step or by
+        the runtime (MonitorRuntime's `on_handled`): keep what the runtime knows
+        (outstanding probe and bind) and the trace up to date."""
         current = self.probe.token if self.probe else None
         if isinstance(event, ProbeDone) and current == event.token:
             self.probe = None
         if isinstance(event, BindDone) and self.bind_token == event.token:
             self.bind = None
-        actions = handle()
         for action in actions:
             if isinstance(action, StartProbe):
                 self.probe = action  # replaces any probe still running
@@ -281,14 +283,15 @@ class Node:
                 self.removed_externally = False
             elif isinstance(action, Announce):
                 self.announces += 1
-            execute(action)
         # the others' probes hear this node's outstanding one, between runs too
         self.port.probing = {self.config.ip} if self.probe is not None else set()
         if not self.machine.holds and self.machine.state is not State.BINDING:
             self.removed_externally = False  # the machine caught up with the interface
-        self.trace.append(Step(now, event, tuple(actions), before, View.of(self.machine),
+        # the machine changes only by handling an input, and every input fed to it comes
+        # through here: the view the last step left is the one this step started from
+        before, self._view = self._view, View.of(self.machine)
+        self.trace.append(Step(now, event, tuple(actions), before, self._view,
                                self.bound, self.removed_externally, current))
-        return actions
 
     def _execute(self, action: Action) -> None:
         """An action of a step: what the runtime does at once. A probe or bind stays
@@ -448,32 +451,17 @@ class Node:
 
     # ---------------------------------------------------------------- the real runtime
 
-    def runtime(self, clock: Callable[[], float], executor: Executor) -> _NodeRuntime:
-        """A MonitorRuntime on this node's machine and port, as the daemon builds it."""
+    def runtime(self, clock: Callable[[], float], executor: Executor) -> MonitorRuntime:
+        """The daemon's MonitorRuntime on this node's machine and port, built as the daemon
+        builds it; every input it feeds is traced (`handled`)."""
         check = self.port.check() if self.config.isalive.enabled else None
-        return _NodeRuntime(self, clock, executor, check)
-
-class _NodeRuntime(MonitorRuntime):
-    """The daemon's MonitorRuntime on a node's machine; every input it feeds is traced."""
-
-    def __init__(self, node: Node, clock: Callable[[], float], executor: Executor,
-                 check: SegmentCheck | None) -> None:
-        super().__init__(node.config, clock=clock, pinger=node.port, neighbours=node.port,
-                         addresses=node.port, iface=node.port.iface,
-                         netlink_executor=executor, emit=node.notices.append, check=check,
-                         rng=node.rng)
-        self.node = node
-        self.machine = node.machine  # adopt it: the steps before and after use it too
-
-    def feed(self, event: Input) -> None:
-        """MonitorRuntime.feed, through the node's record (which traces the Step)."""
-        before = (self.machine.state, self.machine.paused)
-        try:
-            self.node.record(event, lambda: self.machine.handle(event, self.clock()),
-                             self.driver.execute, self.clock())
-        finally:
-            if (self.machine.state, self.machine.paused) != before:
-                self.changed.fire()
+        rt = MonitorRuntime(
+            self.config, clock=clock, pinger=self.port, neighbours=self.port,
+            addresses=self.port, iface=self.port.iface, netlink_executor=executor,
+            emit=self.notices.append, check=check, rng=self.rng,
+            on_handled=lambda event, actions: self.handled(event, actions, clock()))
+        rt.machine = self.machine  # adopt it: the steps before and after use it too
+        return rt
 
 
 class _HostOnWire:

@@ -8,20 +8,15 @@ is on the interface afterwards, and the events; a refused command changes nothin
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import yaml
 
-from minisft.config.loader import load_config
-from minisft.core.events import EventKind, Notice
+from minisft.core.events import EventKind
 from minisft.core.monitor import State
-from minisft.runtime.daemon import Daemon
-from minisft.runtime.monitor_runtime import MonitorRuntime
-from minisft.testing.fakes import FakeHost, fake_host_ports
+from minisft.testing.fakes import FakeHost
+from tests.unit.daemon_harness import DaemonOnFakeHost, run_daemon
 
 ADDRESS = "192.0.2.10/24"
 PEER = "192.0.2.1"  # the other node's own address (its node.local_ip)
@@ -41,56 +36,14 @@ def write_config(path: Path, role: str) -> None:
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
-class Node:
-    """One daemon on the fake host; `events` are the notices it emitted, in order."""
-
-    def __init__(self, path: Path, host: FakeHost) -> None:
-        self.host = host
-        self.daemon = Daemon(load_config(path), config_path=path,
-                             ports=fake_host_ports(host))
-        self.events: list[Notice] = []
-        emit = self.daemon.emit
-
-        def record(notice: Notice) -> Any:
-            self.events.append(notice)
-            return emit(notice)
-
-        self.daemon.emit = record  # type: ignore[method-assign]
-
-    @property
-    def web(self) -> MonitorRuntime:
-        return self.daemon.runtimes["web"]
-
-    def kinds(self) -> list[EventKind]:
-        return [n.kind for n in self.events]
-
-    async def ask(self, cmd: str, **fields: str) -> dict[str, Any]:
-        return await self.daemon.handle_request({"cmd": cmd, **fields})
-
-    async def until(self, what: str, predicate: Callable[[], bool], timeout: float = 5.0
-                    ) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            m = self.web.machine
-            assert time.monotonic() < deadline, \
-                f"not within {timeout:g}s: {what} (web: {m.state.value} {m.reason!r})"
-            await asyncio.sleep(0.01)
+Node = DaemonOnFakeHost[FakeHost]  # the shared harness: the daemon, its events, `ask`
 
 
 def run(tmp_path: Path, role: str, host: FakeHost,
         scenario: Callable[[Node], Awaitable[None]]) -> None:
     path = tmp_path / "minisft.yaml"
     write_config(path, role)
-
-    async def main() -> None:
-        node = Node(path, host)
-        await node.daemon.start_monitoring()
-        try:
-            await asyncio.wait_for(scenario(node), timeout=20)
-        finally:
-            await node.daemon.stop_monitoring()
-
-    asyncio.run(main())
+    run_daemon(path, host, scenario)
 
 
 def peer_holding_the_address() -> FakeHost:

@@ -20,12 +20,12 @@ from typing import Any
 import pytest
 import yaml
 
-from minisft.config.loader import load_config, parse_config
+from minisft.config.loader import parse_config
 from minisft.config.model import IsAliveConfig
 from minisft.core.actions import (
     Emit,
 )
-from minisft.core.events import EventKind, Notice
+from minisft.core.events import EventKind
 from minisft.core.io import (
     Command,
     LinkChanged,
@@ -37,9 +37,9 @@ from minisft.core.io import (
 )
 from minisft.core.monitor import TRANSITIONS, IllegalInput, MonitorMachine, Purpose, State
 from minisft.runtime.daemon import Daemon
-from minisft.runtime.monitor_runtime import MonitorRuntime
 from minisft.testing.fakes import FakeHost, fake_host_ports
 from tests.unit.core_driver import make_config
+from tests.unit.daemon_harness import DaemonOnFakeHost, run_daemon
 
 HOLDER_MAC = "02:00:00:00:00:aa"
 PEER = ipaddress.ip_address("192.0.2.1")
@@ -100,61 +100,14 @@ def write_config(path: Path, monitors: list[dict[str, Any]], **extra: Any) -> No
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
-class Harness:
-    def __init__(self, path: Path) -> None:
-        self.host = ReloadHost()
-        self.daemon = Daemon(load_config(path), config_path=path,
-                             ports=fake_host_ports(self.host))
-        self.events: list[Notice] = []
-        d = self.daemon
-        emit = d.emit
-
-        def record(notice: Notice) -> Any:
-            self.events.append(notice)
-            return emit(notice)
-
-        d.emit = record  # type: ignore[method-assign]
-
-    @property
-    def web(self) -> MonitorRuntime:
-        return self.daemon.runtimes["web"]
-
-    async def start(self) -> None:
-        await self.daemon.start_monitoring()
-
-    async def stop(self) -> None:
-        await self.daemon.stop_monitoring()
-
-    async def until(self, what: str, predicate: Callable[[], bool], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            web = self.daemon.runtimes.get("web")
-            seen = f"web: {web.machine.state.value} {web.machine.reason!r}" if web else "no web"
-            assert time.monotonic() < deadline, f"not within {timeout:g}s: {what} ({seen})"
-            await asyncio.sleep(0.01)
+Harness = DaemonOnFakeHost[ReloadHost]  # the shared harness: the daemon and its events
 
 
 def run(path: Path, scenario: Callable[[Harness], Awaitable[None]], *,
         holder_alive: bool = True) -> None:
-    async def main() -> None:
-        h = Harness(path)
-        h.host.holder_alive = holder_alive
-        await h.start()
-        try:
-            await scenario(h)
-        finally:
-            await h.stop()
-
-    async def bounded() -> None:  # a hang (a task that ignores cancel) fails, with stacks
-        task = asyncio.create_task(main())
-        done, _ = await asyncio.wait([task], timeout=20)
-        if not done:
-            for t in asyncio.all_tasks():
-                t.print_stack()
-            task.cancel()
-        await task
-
-    asyncio.run(bounded())
+    host = ReloadHost()
+    host.holder_alive = holder_alive
+    run_daemon(path, host, scenario)
 
 
 def in_state(h: Harness, state: State, purpose: Purpose | None) -> bool:
