@@ -12,6 +12,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +28,29 @@ def etcd_available() -> bool:
     return os.path.exists(ETCD) and os.path.exists(ETCDCTL)
 
 
+@dataclass(frozen=True)
+class ServerTLS:
+    """Client-facing TLS for the etcd members: their certificate and key, and the CA that
+    etcdctl checks them with. The peer traffic stays plain (it is the lab's own)."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
 class EtcdCluster:
     """`size` etcd members, each in its own lab host `etcd<i>` on 192.0.2.(250 + i).
 
     Data directories live in /dev/shm (a tmpfs): fsync on a shared disk stalls raft
-    heartbeats and causes spurious elections on a loaded machine."""
+    heartbeats and causes spurious elections on a loaded machine. With `tls` the clients
+    are served over https only; `user` ("name:password") is what `ctl` authenticates as
+    once the test has enabled etcd's auth."""
 
-    def __init__(self, lab: Lab, size: int = 3, first: int = 250) -> None:
+    def __init__(self, lab: Lab, size: int = 3, first: int = 250,
+                 tls: ServerTLS | None = None) -> None:
         self.lab = lab
+        self.tls = tls
+        self.user: str | None = None
         self.hosts: list[Host] = []
         self.names = [f"etcd{i}" for i in range(size)]
         self.ips = [f"192.0.2.{first + i}" for i in range(size)]
@@ -48,7 +64,8 @@ class EtcdCluster:
 
     @property
     def endpoints(self) -> list[str]:
-        return [f"http://{ip}:{CLIENT_PORT}" for ip in self.ips]
+        scheme = "https" if self.tls else "http"
+        return [f"{scheme}://{ip}:{CLIENT_PORT}" for ip in self.ips]
 
     def start(self, timeout: float = 60.0) -> None:
         cluster = ",".join(f"{n}=http://{ip}:{PEER_PORT}" for n, ip in zip(
@@ -56,15 +73,18 @@ class EtcdCluster:
         for name, ip, host in zip(self.names, self.ips, self.hosts, strict=True):
             log = self.data / f"{name}.log"
             self.logs.append(log)
+            client = f"{'https' if self.tls else 'http'}://{ip}:{CLIENT_PORT}"
             argv = [ETCD, "--name", name, "--data-dir", str(self.data / name),
-                    "--listen-client-urls", f"http://{ip}:{CLIENT_PORT}",
-                    "--advertise-client-urls", f"http://{ip}:{CLIENT_PORT}",
+                    "--listen-client-urls", client, "--advertise-client-urls", client,
                     "--listen-peer-urls", f"http://{ip}:{PEER_PORT}",
                     "--initial-advertise-peer-urls", f"http://{ip}:{PEER_PORT}",
                     "--initial-cluster", cluster, "--initial-cluster-state", "new",
                     "--initial-cluster-token", f"minisft-{self.lab.id}",
                     "--heartbeat-interval", "100", "--election-timeout", "1000",
                     "--log-level", "warn", "--logger", "zap"]
+            if self.tls:
+                argv += ["--cert-file", str(self.tls.cert_file),
+                         "--key-file", str(self.tls.key_file)]
             with open(log, "ab") as fh:
                 self.procs.append(host.popen(argv, stdout=fh, stderr=fh))
         deadline = time.monotonic() + timeout
@@ -80,9 +100,12 @@ class EtcdCluster:
     def ctl(self, *args: str, host: Host | None = None, check: bool = True,
             endpoints: list[str] | None = None) -> Any:
         h = host or self.hosts[-1]
+        extra = [f"--cacert={self.tls.ca_file}"] if self.tls else []
+        extra += [f"--user={self.user}"] if self.user else []
         return h.run("env", "ETCDCTL_API=3", ETCDCTL, "--dial-timeout=2s",
                      "--command-timeout=3s", "--endpoints=" + ",".join(
-                         endpoints or self.endpoints), *args, check=check, timeout=15)
+                         endpoints or self.endpoints), *extra, *args, check=check,
+                     timeout=15)
 
     def leader(self) -> int:
         """Index of the current raft leader."""
