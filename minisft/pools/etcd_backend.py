@@ -210,6 +210,34 @@ def _consume(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
+# gRPC codes that mean the request never reached etcd (no route, TLS handshake, timeout)
+_NOT_REACHED = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED"})
+
+
+def _rpc_reason(exc: BaseException) -> tuple[str | None, str]:
+    """(gRPC status code name or None, one line saying why). str() of a gRPC error is a
+    multi-line repr with the detail twice (details and debug_error_string): the status
+    line and the log want the detail once."""
+    code, details = getattr(exc, "code", None), getattr(exc, "details", None)
+    if callable(code) and callable(details):
+        try:
+            name = str(getattr(code(), "name", code()))
+            return name, str(details() or name)
+        except Exception:  # not a gRPC error after all
+            pass
+    return None, str(exc) or type(exc).__name__
+
+
+def _login_failure(url: str, exc: BaseException) -> str:
+    """The reason for a failed Authenticate: a refusal by etcd is an authentication
+    failure; a request that never reached it (an untrusted CA, no route) is not, and
+    saying "authentication failed" would send the admin to the password."""
+    code, reason = _rpc_reason(exc)
+    if isinstance(exc, TimeoutError) or code in _NOT_REACHED:
+        return f"{url}: cannot connect: {reason}"
+    return f"{url}: authentication failed: {reason}"
+
+
 _CLIENT_CLASSES: dict[int, type] = {}
 
 
@@ -308,7 +336,7 @@ class EtcdSession:
         except BaseException as exc:
             await channel.close()
             if isinstance(exc, Exception):
-                raise EtcdUnavailable(f"{ep.url}: authentication failed: {exc}") from exc
+                raise EtcdUnavailable(_login_failure(ep.url, exc)) from exc
             raise
         client = _client_class(aetcd, rpc)(channel, tuple(metadata), url=ep.url,
                                            host=ep.host, port=ep.port, timeout=self.timeout)
@@ -354,7 +382,7 @@ class EtcdSession:
         except EtcdUnavailable:
             raise
         except Exception as exc:
-            detail = str(exc) or type(exc).__name__
+            detail = _rpc_reason(exc)[1]
             raise EtcdUnavailable(f"{self.endpoint.url}: {what}: {detail}") from exc
 
 

@@ -15,7 +15,12 @@ from minisft.config.model import (
     PoolMemberConfig,
 )
 from minisft.core.events import Notice
-from minisft.pools.etcd_backend import EtcdPoolRuntime, EtcdSession, EtcdUnavailable
+from minisft.pools.etcd_backend import (
+    EtcdPoolRuntime,
+    EtcdSession,
+    EtcdUnavailable,
+    _login_failure,
+)
 from minisft.testing.fake_etcd import FakeEtcd, FakeEtcdSession
 from minisft.testing.fakes import FakeHost, InlineExecutor, run_virtual
 
@@ -138,3 +143,52 @@ def test_the_session_client_runs_aetcd_on_its_own_channel_and_never_reconnects_p
     kept, hasleader, refused = asyncio.run(main())
     assert kept and hasleader
     assert "the client was closed" in refused
+
+
+class RpcError(Exception):
+    """What grpc.aio raises: code() and details(), and a multi-line str()."""
+
+    def __init__(self, code: str, details: str) -> None:
+        super().__init__(f"<AioRpcError\n\tstatus = {code}\n\tdetails = {details!r}\n"
+                         f"\tdebug_error_string = {details!r}\n>")
+        self._code, self._details = code, details
+
+    def code(self) -> object:
+        return type("StatusCode", (), {"name": self._code})()
+
+    def details(self) -> str:
+        return self._details
+
+
+def test_a_failed_login_says_whether_etcd_refused_it_or_was_never_reached() -> None:
+    """Seen against a real etcd with an untrusted CA: "authentication failed:" and the
+    gRPC error's repr over five lines, which sends the admin to the password."""
+    url = "https://192.0.2.250:2379"
+    refused = _login_failure(url, RpcError(
+        "INVALID_ARGUMENT", "etcdserver: authentication failed, invalid user ID or password"))
+    assert refused == (f"{url}: authentication failed: etcdserver: authentication failed, "
+                       "invalid user ID or password")
+    handshake = _login_failure(url, RpcError(
+        "UNAVAILABLE", "failed to connect to all addresses; last error: Tls handshake "
+        "failed: CERTIFICATE_VERIFY_FAILED"))
+    assert handshake.startswith(f"{url}: cannot connect: failed to connect")
+    assert "\n" not in handshake and "authentication" not in handshake
+    assert _login_failure(url, TimeoutError("no answer within 1.5s")) == \
+        f"{url}: cannot connect: no answer within 1.5s"
+
+
+def test_a_failed_call_reports_the_grpc_detail_on_one_line() -> None:
+    async def main() -> str:
+        session = EtcdSession(one_member_pool(), timeout=0.05)
+        session.client = object()
+
+        async def fail(client: object) -> None:
+            raise RpcError("PERMISSION_DENIED", "etcdserver: permission denied")
+        try:
+            await session.call(fail, "lease grant")
+        except EtcdUnavailable as exc:
+            return str(exc)
+        raise AssertionError("the call returned")
+
+    assert asyncio.run(main()) == \
+        "http://192.0.2.250:2379: lease grant: etcdserver: permission denied"
