@@ -31,11 +31,15 @@ def etcd_available() -> bool:
 @dataclass(frozen=True)
 class ServerTLS:
     """Client-facing TLS for the etcd members: their certificate and key, and the CA that
-    etcdctl checks them with. The peer traffic stays plain (it is the lab's own)."""
+    etcdctl checks them with. With `client_cert` + `client_key` (etcdctl's) the members
+    also require client certificates signed by that CA. The peer traffic stays plain (it
+    is the lab's own)."""
 
     ca_file: Path
     cert_file: Path
     key_file: Path
+    client_cert: Path | None = None
+    client_key: Path | None = None
 
 
 class EtcdCluster:
@@ -85,6 +89,8 @@ class EtcdCluster:
             if self.tls:
                 argv += ["--cert-file", str(self.tls.cert_file),
                          "--key-file", str(self.tls.key_file)]
+                if self.tls.client_cert:
+                    argv += ["--client-cert-auth", "--trusted-ca-file", str(self.tls.ca_file)]
             with open(log, "ab") as fh:
                 self.procs.append(host.popen(argv, stdout=fh, stderr=fh))
         deadline = time.monotonic() + timeout
@@ -101,6 +107,8 @@ class EtcdCluster:
             endpoints: list[str] | None = None) -> Any:
         h = host or self.hosts[-1]
         extra = [f"--cacert={self.tls.ca_file}"] if self.tls else []
+        if self.tls and self.tls.client_cert:
+            extra += [f"--cert={self.tls.client_cert}", f"--key={self.tls.client_key}"]
         extra += [f"--user={self.user}"] if self.user else []
         return h.run("env", "ETCDCTL_API=3", ETCDCTL, "--dial-timeout=2s",
                      "--command-timeout=3s", "--endpoints=" + ",".join(

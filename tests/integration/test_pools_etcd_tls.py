@@ -1,10 +1,11 @@
 """Pools in etcd mode over TLS and etcd authentication, through the real daemon.
 
-One etcd on 192.0.2.250 serving clients over https only (a CA and a server certificate made
-in the test's tmp dir, an IP SAN for the documentation address) with auth enabled: a root
-user, and a `minisft` user whose role may read and write the pool's prefix only. Three
-`minisft run` members configured as docs/pools.md tells an admin (`coordination.tls.ca_file`,
-`username`, `password_file`):
+One etcd on 192.0.2.250 serving clients over https only (a CA, a server certificate with an
+IP SAN for the documentation address, and client certificates, all made in the test's tmp
+dir; etcd requires a client certificate) with auth enabled: a root user, and a `minisft`
+user whose role may read and write the pool's prefix only. Three `minisft run` members
+configured as docs/pools.md tells an admin (`coordination.tls` with ca_file, cert_file and
+key_file; `username`, `password_file`):
 
 * a: the right CA and password: the pool goes active, a binds every address and its owner
   keys are in etcd;
@@ -28,10 +29,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.integration.cluster import Cluster, Node, wait_until
-from tests.integration.etcd_support import EtcdCluster, ServerTLS, etcd_available
+from tests.integration.etcd_support import ETCDCTL, EtcdCluster, ServerTLS, etcd_available
 
 pytestmark = [
     pytest.mark.netns,
@@ -80,25 +81,39 @@ def make_ca(path: Path, cn: str) -> tuple[x509.Certificate, ec.EllipticCurvePriv
     return cert, key
 
 
-def make_server_tls(tmp: Path, ip: str) -> ServerTLS:
-    """A CA, and a server certificate it signed for `ip` (an IP SAN: the endpoints are IPs)."""
-    ca_file = tmp / "etcd-ca.pem"
-    ca, ca_key = make_ca(ca_file, "minisft test etcd CA")
+def issue(ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, cn: str,
+          usage: x509.ObjectIdentifier, cert_file: Path, key_file: Path,
+          ip: str | None = None) -> None:
+    """A certificate `ca` signs for `cn` (and an IP SAN for `ip`: the endpoints are IPs)."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(_name("etcd0")).issuer_name(ca.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address(ip))]), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    cert_file, key_file = tmp / "etcd.pem", tmp / "etcd.key"
+    builder = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(ca.subject)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5))
+               .not_valid_after(now + datetime.timedelta(days=1))
+               .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
+    if ip is not None:
+        builder = builder.add_extension(x509.SubjectAlternativeName(
+            [x509.IPAddress(ipaddress.ip_address(ip))]), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     _write_key(key, key_file)
-    return ServerTLS(ca_file=ca_file, cert_file=cert_file, key_file=key_file)
+
+
+def make_tls(tmp: Path, ip: str) -> tuple[ServerTLS, Path, Path]:
+    """A CA; the server certificate it signed for `ip`; client certificates for etcdctl
+    and for the members (returned: cert, key). The members' CN is no etcd user: etcd
+    takes a client certificate's CN as the user when no token comes, and the password
+    must be what decides here."""
+    ca_file = tmp / "etcd-ca.pem"
+    ca, ca_key = make_ca(ca_file, "minisft test etcd CA")
+    server, client = ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH
+    issue(ca, ca_key, "etcd0", server, tmp / "etcd.pem", tmp / "etcd.key", ip)
+    issue(ca, ca_key, "etcdctl", client, tmp / "etcdctl.pem", tmp / "etcdctl.key")
+    issue(ca, ca_key, "minisft-member", client, tmp / "member.pem", tmp / "member.key")
+    return (ServerTLS(ca_file=ca_file, cert_file=tmp / "etcd.pem", key_file=tmp / "etcd.key",
+                      client_cert=tmp / "etcdctl.pem", client_key=tmp / "etcdctl.key"),
+            tmp / "member.pem", tmp / "member.key")
 
 
 # ---------------------------------------------------------------------- the lab
@@ -122,14 +137,15 @@ def enable_auth(etcd: EtcdCluster) -> None:
     assert refused.returncode != 0, "etcd answered without a user: auth is not on"
 
 
-def pool_cfg(endpoints: list[str], ca_file: Path, password_file: Path) -> dict[str, Any]:
+def pool_cfg(endpoints: list[str], tls: dict[str, str], password_file: Path
+             ) -> dict[str, Any]:
     return {
         "name": "front",
         "members": [{"name": m, "ip": f"192.0.2.{i}"} for i, m in enumerate(MEMBERS, 1)],
         "addresses": ADDRESSES,
         "fallback": {"mode": "auto", "hold_down": "1s"},
         "coordination": {"backend": "etcd", "endpoints": endpoints, "ttl": "3s",
-                         "prefix": PREFIX, "tls": {"ca_file": str(ca_file)},
+                         "prefix": PREFIX, "tls": tls,
                          "username": "minisft", "password_file": str(password_file)},
     }
 
@@ -139,20 +155,27 @@ def tls_lab(tmp_path: Path) -> Iterator[tuple[Cluster, EtcdCluster]]:
     certs = tmp_path / "certs"
     certs.mkdir()
     with Cluster(tmp_path, MEMBERS) as c:
-        etcd = EtcdCluster(c.lab, 1, tls=make_server_tls(certs, "192.0.2.250"))
+        server_tls, member_cert, member_key = make_tls(certs, "192.0.2.250")
+        etcd = EtcdCluster(c.lab, 1, tls=server_tls)
         try:
             etcd.start()
+            bare = etcd.hosts[0].run("env", "ETCDCTL_API=3", ETCDCTL, "--dial-timeout=2s",
+                                     f"--endpoints={etcd.endpoints[0]}",
+                                     f"--cacert={server_tls.ca_file}", "get", "x",
+                                     check=False, timeout=15)
+            assert bare.returncode != 0, "etcd answered a client without a certificate"
             enable_auth(etcd)
             untrusted = certs / "other-ca.pem"
             make_ca(untrusted, "a CA etcd's certificate does not come from")
-            setups = {"a": (etcd.tls, PASSWORD), "b": (etcd.tls, WRONG_PASSWORD),
-                      "c": (None, PASSWORD)}
-            for n, (tls, password) in setups.items():
+            setups = {"a": (server_tls.ca_file, PASSWORD),
+                      "b": (server_tls.ca_file, WRONG_PASSWORD), "c": (untrusted, PASSWORD)}
+            for n, (ca, password) in setups.items():
                 pw = tmp_path / n / "etcd.password"
                 pw.write_text(password + "\n")
                 pw.chmod(0o600)
-                ca = tls.ca_file if tls is not None else untrusted
-                c.nodes[n].configure([], pools=[pool_cfg(etcd.endpoints, ca, pw)])
+                tls = {"ca_file": str(ca), "cert_file": str(member_cert),
+                       "key_file": str(member_key)}
+                c.nodes[n].configure([], pools=[pool_cfg(etcd.endpoints, tls, pw)])
                 c.nodes[n].start(wait=False)
             for n in MEMBERS:
                 wait_until(f"{n}'s daemon to listen", c.nodes[n]._ready, timeout=20)
