@@ -111,8 +111,22 @@ class Daemon:
         # The control socket is up, so the daemon looks alive to an admin and to systemd's
         # ExecReload (kill -HUP), well before start-up is done; SIGHUP's default action
         # would end the process then. Catch it from the first moment and reload once up.
+        # One handler, never replaced: asyncio runs a signal's handler later, as a queued
+        # callback, so a start-up handler swapped for another after `_start` could still
+        # run after the check below, and that reload was lost (1 run in 5 under load).
         reload_asked = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_asked.set)
+        up = False
+        reloads: set[asyncio.Task[None]] = set()  # referenced until done (not collected)
+
+        def on_sighup() -> None:
+            if up:
+                task = asyncio.ensure_future(self._reload_on_signal())
+                reloads.add(task)
+                task.add_done_callback(reloads.discard)
+            else:
+                reload_asked.set()
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_sighup)
         try:
             await self._start()
         except StartupError as exc:
@@ -122,10 +136,9 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig, why in ((signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT")):
             loop.add_signal_handler(sig, self.request_stop, why)
-        loop.add_signal_handler(signal.SIGHUP,
-                                lambda: asyncio.ensure_future(self._reload_on_signal()))
         systemd.notify_ready("watching " + ", ".join(self.runtimes) if self.runtimes
                              else "no monitors")
+        up = True  # from here on_sighup reloads at once; before, it set reload_asked
         if reload_asked.is_set():  # a SIGHUP that came during start-up
             await self._reload_on_signal()
         await self._stop.wait()
