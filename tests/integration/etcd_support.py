@@ -14,9 +14,12 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from minisft.lab.netns import Host, Lab
+
+if TYPE_CHECKING:
+    from tests.integration.cluster import Node
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
@@ -184,3 +187,10 @@ def push(host: Host, config: Path) -> dict[str, Any]:
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     return result
 
+
+def pool_status(node: Node) -> dict[str, Any]:
+    """The one pool in `node`'s `minisft status --json`."""
+    pools = node.status()["pools"]
+    assert len(pools) == 1
+    result: dict[str, Any] = pools[0]
+    return result

@@ -27,7 +27,7 @@ import yaml
 
 from minisft.pools.formula import assign
 from tests.integration.cluster import Cluster, Node, wait_until
-from tests.integration.etcd_support import EtcdCluster, etcd_available
+from tests.integration.etcd_support import EtcdCluster, etcd_available, pool_status
 
 pytestmark = [
     pytest.mark.netns,
@@ -136,13 +136,6 @@ def etcd_daemons(tmp_path: Path) -> Iterator[tuple[Cluster, EtcdCluster, Sampler
             raise
         finally:
             etcd.stop()
-
-
-def pool_status(node: Node) -> dict[str, Any]:
-    pools = node.status()["pools"]
-    assert len(pools) == 1
-    result: dict[str, Any] = pools[0]
-    return result
 
 
 def reported(node: Node, assignment: dict[str, str]) -> dict[str, Any] | None:

@@ -32,7 +32,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.integration.cluster import Cluster, Node, wait_until
-from tests.integration.etcd_support import ETCDCTL, EtcdCluster, ServerTLS, etcd_available
+from tests.integration.etcd_support import (
+    ETCDCTL,
+    EtcdCluster,
+    ServerTLS,
+    etcd_available,
+    pool_status,
+)
 
 pytestmark = [
     pytest.mark.netns,
@@ -185,13 +191,6 @@ def tls_lab(tmp_path: Path) -> Iterator[tuple[Cluster, EtcdCluster]]:
             raise
         finally:
             etcd.stop()
-
-
-def pool_status(node: Node) -> dict[str, Any]:
-    pools = node.status()["pools"]
-    assert len(pools) == 1
-    result: dict[str, Any] = pools[0]
-    return result
 
 
 def refused(node: Node) -> dict[str, Any] | None:
